@@ -1,0 +1,74 @@
+"""The Backbone protocol: the four things GradMem needs from a causal language model.
+
+GradMem never forks a model. It needs to turn token ids into input embeddings, run the
+decoder on input embeddings (so memory vectors can be prepended), project hidden states to the
+vocabulary, and know the width. Any causal LM that offers these works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A causal decoder seen through input embeddings."""
+
+    hidden_size: int
+    vocab_size: int
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, T, D) input embeddings."""
+        ...
+
+    def hidden(self, embeds: Tensor) -> Tensor:
+        """(B, T, D) input embeddings -> (B, T, D) final (normalised) hidden states, causal."""
+        ...
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(..., D) hidden states -> (..., V) next-token logits with the LM head."""
+        ...
+
+    def head_weight(self) -> Tensor:
+        """(V, D) weight of the LM head (a WRITE head is initialised as a copy of it)."""
+        ...
+
+    def supports_double_backward(self) -> bool:
+        """Whether second-order gradients can flow through this model's attention."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able architecture description: enough to rebuild it and to fingerprint it."""
+        ...
+
+
+def tensor_sha256(tensor: Tensor) -> str:
+    """SHA-256 of a tensor's raw bytes (any dtype, any device)."""
+    return hashlib.sha256(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (name, shape, dtype, bytes): identifies the weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(backbone: Backbone) -> dict[str, Any]:
+    """Architecture, sizes and weight hash of a backbone: a memory written by one model is
+    meaningless to another, and this is what memory files are checked against."""
+    assert isinstance(backbone, nn.Module)
+    return {
+        "architecture": backbone.describe(),
+        "hidden_size": backbone.hidden_size,
+        "vocab_size": backbone.vocab_size,
+        "weights_sha256": weights_hash(backbone),
+    }

@@ -1,0 +1,63 @@
+"""Evaluation: exact match (teacher forced and generated), token accuracy, READ loss, WRITE curve."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from gradmem.data import Example, iterate_batches
+from gradmem.metrics import exact_match_from_logits, exact_match_generated, token_accuracy
+from gradmem.model import MemoryModel
+
+
+def evaluate(
+    model: MemoryModel,
+    examples: Sequence[Example],
+    batch_size: int = 64,
+    steps: int | None = None,
+    lr: float | None = None,
+    generate: bool = False,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+) -> dict[str, float | list[float]]:
+    """Score a model on held-out examples. `steps`/`lr` override the WRITE config (test-time K).
+
+    Returns exact_match (teacher forced, answer tokens only), token_accuracy (all target tokens),
+    loss (READ cross-entropy), write_loss (mean reconstruction loss before each WRITE step) and,
+    with `generate`, generated_exact_match (greedy decoding).
+    """
+    if not examples:
+        raise ValueError("evaluate needs at least one example")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    em = correct = total = loss_sum = gen_em = 0.0
+    write_curve: torch.Tensor | None = None
+    with torch.no_grad():
+        for batch in iterate_batches(examples, batch_size, pad_id):
+            batch = batch.to(device)
+            memory = model.write(batch.context, steps=steps, lr=lr)
+            read = model.read(memory, batch.query, batch.target)
+            em += exact_match_from_logits(read.logits, batch).float().sum().item()
+            c, t = token_accuracy(read.logits, batch)
+            correct, total = correct + c.item(), total + t.item()
+            loss_sum += read.per_example_loss.sum().item()
+            if memory.stats is not None and memory.stats.steps:
+                curve = memory.stats.losses.sum(1)  # (K,)
+                write_curve = curve if write_curve is None else write_curve + curve
+            if generate:
+                out = model.generate(memory, batch.query, int(batch.target.lengths.max()), eos_id)
+                gen_em += exact_match_generated(out, batch).float().sum().item()
+    model.train(was_training)
+    n = len(examples)
+    result: dict[str, float | list[float]] = {
+        "exact_match": em / n,
+        "token_accuracy": correct / max(total, 1.0),
+        "loss": loss_sum / n,
+        "write_loss": [] if write_curve is None else (write_curve / n).tolist(),
+        "examples": float(n),
+    }
+    if generate:
+        result["generated_exact_match"] = gen_em / n
+    return result

@@ -1,0 +1,138 @@
+"""GradMem: memory written by K steps of gradient descent on a context-reconstruction loss.
+
+Learned parts: the initial memory M0 (m x d), an optional projection applied before the memory
+enters the model (shared linear map, or per-example fast weights that are written too), an
+optional WRITE head (a copy of the LM head used only for reconstruction) and optional learned
+control tokens around the memory. The backbone stays outside: it is passed to `write`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradmem.backbones.base import Backbone
+from gradmem.data import TokenBatch
+from gradmem.memory import Memory
+from gradmem.sequence import per_example_cross_entropy
+from gradmem.write import WriteConfig, write
+
+PROJECTIONS = ("none", "linear", "fast")
+
+
+@dataclass
+class GradMemConfig:
+    """Shape of the memory and how it is written."""
+
+    num_memory: int = 8  # m, memory vectors
+    projection: str = "linear"  # "none" | "linear" (shared d x d, init identity) | "fast" (per-example, written)
+    write_head: bool = True  # separate reconstruction head initialised from the LM head
+    control_tokens: bool = False  # learned vectors placed before and after the memory
+    init_std: float = 0.02  # std of the normal initialisation of M0
+    inner_loss_weight: float = 0.0  # weight of the mean WRITE loss added to the training loss
+    write: WriteConfig = field(default_factory=WriteConfig)  # steps, inner optimiser, grad mode
+
+    def __post_init__(self) -> None:
+        if isinstance(self.write, dict):  # built from JSON
+            self.write = WriteConfig(**self.write)
+        if self.num_memory < 1:
+            raise ValueError(f"num_memory must be >= 1, got {self.num_memory}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"unknown projection {self.projection!r}; valid: {list(PROJECTIONS)}")
+        if self.init_std <= 0 or self.inner_loss_weight < 0:
+            raise ValueError("init_std must be > 0 and inner_loss_weight >= 0")
+
+
+class GradMem(nn.Module):
+    """The GradMem memory method (see module docstring)."""
+
+    name = "gradmem"
+
+    def __init__(self, backbone: Backbone, cfg: GradMemConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d = backbone.hidden_size
+        self.memory0 = nn.Parameter(torch.randn(cfg.num_memory, d) * cfg.init_std)  # (m, D)
+        self.projection = nn.Parameter(torch.eye(d)) if cfg.projection != "none" else None  # (D, D)
+        self.write_head: nn.Linear | None = None
+        if cfg.write_head:
+            self.write_head = nn.Linear(d, backbone.vocab_size, bias=False)
+            with torch.no_grad():
+                self.write_head.weight.copy_(backbone.head_weight())
+        self.control = nn.Parameter(torch.randn(2, d) * cfg.init_std) if cfg.control_tokens else None
+
+    def prefix_size(self) -> int:
+        """Vectors READ sees: m, plus 2 control tokens if enabled."""
+        return self.config.num_memory + (2 if self.control is not None else 0)
+
+    def state_floats(self) -> int:
+        """Floats stored per example: what is written (memory, and fast weights when used)."""
+        d = self.memory0.shape[1]
+        return self.config.num_memory * d + (d * d if self.config.projection == "fast" else 0)
+
+    def initial_params(self, batch: int) -> tuple[Tensor, ...]:
+        """The tensors WRITE starts from, one copy per example."""
+        params: tuple[Tensor, ...] = (self.memory0.expand(batch, -1, -1),)  # (B, m, D)
+        if self.config.projection == "fast":
+            params += (self.projection.expand(batch, -1, -1),)  # (B, D, D)
+        return params
+
+    def prefix(self, params: tuple[Tensor, ...]) -> Tensor:
+        """Written tensors -> (B, P, D) prefix embeddings that enter the model."""
+        memory = params[0]  # (B, m, D)
+        if self.config.projection == "fast":
+            memory = torch.bmm(memory, params[1].transpose(1, 2))
+        elif self.projection is not None:
+            memory = memory @ self.projection.T
+        if self.control is not None:
+            b = memory.shape[0]
+            memory = torch.cat((self.control[:1].expand(b, 1, -1), memory, self.control[1:].expand(b, 1, -1)), 1)
+        return memory
+
+    def reconstruction_loss(self, backbone: Backbone, prefix: Tensor, context: TokenBatch, context_embeds: Tensor) -> Tensor:
+        """(B,) mean next-token cross-entropy of each example's real context tokens given [prefix; C].
+
+        The last prefix position predicts the first context token; pads are excluded, and since they
+        come after the real tokens, causal attention keeps them from influencing anything.
+        """
+        p = prefix.shape[1]
+        n = context.ids.shape[1]
+        h = backbone.hidden(torch.cat((prefix, context_embeds[:, :-1]), dim=1))[:, p - 1 : p - 1 + n]  # (B, N, D)
+        logits = self.write_head(h) if self.write_head is not None else backbone.logits(h)  # (B, N, V)
+        return per_example_cross_entropy(logits, context.ids, context.mask)
+
+    def write(
+        self,
+        backbone: Backbone,
+        context: TokenBatch,
+        steps: int | None = None,
+        lr: float | None = None,
+        measure_final: bool = False,
+    ) -> Memory:
+        """Write each context of the batch into its own memory; `steps`/`lr` override the config."""
+        cfg = self.config.write
+        total = cfg.steps if steps is None else steps
+        if torch.is_grad_enabled() and cfg.grad_mode == "second" and total > 0 and not backbone.supports_double_backward():
+            raise RuntimeError(
+                "grad_mode='second' needs attention with a double backward, and this backbone's attention "
+                "has none (fused SDPA/flash kernels). Use attention='math' (built-in) or "
+                "attn_implementation='eager' (Hugging Face), or choose grad_mode='first' explicitly."
+            )
+        context_embeds = backbone.embed(context.ids)  # (B, N, D), computed once for all steps
+
+        def loss_fn(params: tuple[Tensor, ...]) -> Tensor:
+            return self.reconstruction_loss(backbone, self.prefix(params), context, context_embeds)
+
+        params, stats = write(loss_fn, self.initial_params(len(context)), cfg, steps, lr, measure_final)
+        aux = None
+        if self.config.inner_loss_weight > 0 and stats.mean_loss is not None:
+            aux = self.config.inner_loss_weight * stats.mean_loss
+        return Memory(self.prefix(params), None, stats, aux)
+
+    def export_config(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self.config)

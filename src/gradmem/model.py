@@ -1,0 +1,111 @@
+"""MemoryModel: a backbone plus a memory method, with the three public calls write / read / generate.
+
+READ is the same for every method: the model runs on [memory prefix; query; target] and is scored
+on the target tokens. Everything is right-padded, so no attention mask is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gradmem.backbones.base import Backbone
+from gradmem.data import Batch, TokenBatch
+from gradmem.memory import Memory
+from gradmem.sequence import concat_right, gather_positions, per_example_cross_entropy
+
+
+@dataclass
+class ReadOutput:
+    """What READ returns."""
+
+    logits: Tensor  # (B, Ty, V): logits[b, t] predicts target token t of example b
+    loss: Tensor | None  # scalar: mean over examples of each example's mean target cross-entropy
+    per_example_loss: Tensor | None  # (B,)
+
+
+@dataclass
+class StepOutput:
+    """A training forward: the loss to minimise and its parts."""
+
+    loss: Tensor
+    read: ReadOutput
+    memory: Memory
+
+
+class MemoryModel(nn.Module):
+    """Backbone + memory method. `write` a context batch once, `read`/`generate` from it many times."""
+
+    def __init__(self, backbone: Backbone, method: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError("the backbone must be an nn.Module implementing gradmem.backbones.Backbone")
+        self.backbone = backbone
+        self.method = method
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.backbone, "max_positions", None)
+
+    def write(self, context: TokenBatch, steps: int | None = None, lr: float | None = None,
+              measure_final: bool = False) -> Memory:
+        """Write each context of the batch into a memory. `steps`/`lr` override the method's config."""
+        if context.ids.numel() == 0 or bool((context.lengths < 1).any()):
+            raise ValueError("cannot write an empty context: every example needs at least one context token")
+        limit = self.max_positions
+        prefix = getattr(self.method, "prefix_size", lambda: 0)()
+        if limit is not None and int(context.lengths.max()) + prefix > limit:
+            raise ValueError(
+                f"context of {int(context.lengths.max())} tokens plus {prefix} memory vectors exceeds "
+                f"the backbone's {limit} positions"
+            )
+        return self.method.write(self.backbone, context, steps=steps, lr=lr, measure_final=measure_final)
+
+    def read(self, memory: Memory, query: TokenBatch, target: TokenBatch) -> ReadOutput:
+        """Teacher-forced READ: logits for every target token, and the loss."""
+        if len(memory) != len(query) or len(query) != len(target):
+            raise ValueError(f"batch sizes differ: memory {len(memory)}, query {len(query)}, target {len(target)}")
+        tokens, _ = concat_right(query.ids, query.lengths, target.ids, target.lengths)  # (B, Lq + Ly)
+        embeds, _ = concat_right(memory.prefix, memory.lengths, self.backbone.embed(tokens), query.lengths + target.lengths)
+        hidden = self.backbone.hidden(embeds)  # (B, T, D)
+        # target token t is predicted at position prefix_len + query_len - 1 + t
+        start = memory.prefix_lengths() + query.lengths - 1
+        positions = start[:, None] + torch.arange(target.ids.shape[1], device=start.device)
+        logits = self.backbone.logits(gather_positions(hidden, positions))  # (B, Ty, V)
+        per_example = per_example_cross_entropy(logits, target.ids, target.mask)
+        return ReadOutput(logits, per_example.mean(), per_example)
+
+    @torch.no_grad()
+    def generate(self, memory: Memory, query: TokenBatch, max_new_tokens: int, eos_id: int | None = None) -> Tensor:
+        """Greedy decoding from [memory; query]. Returns (B, max_new_tokens), -1 after an example stops."""
+        batch = len(query)
+        buffer = torch.full((batch, query.ids.shape[1] + max_new_tokens), 0, dtype=torch.long, device=query.ids.device)
+        buffer[:, : query.ids.shape[1]] = query.ids
+        lengths = query.lengths.clone()
+        out = torch.full((batch, max_new_tokens), -1, dtype=torch.long, device=query.ids.device)
+        active = torch.ones(batch, dtype=torch.bool, device=query.ids.device)
+        prefix_len = memory.prefix_lengths()
+        rows = torch.arange(batch, device=query.ids.device)
+        for t in range(max_new_tokens):
+            width = int(lengths.max())
+            embeds, _ = concat_right(memory.prefix, memory.lengths, self.backbone.embed(buffer[:, :width]), lengths)
+            hidden = self.backbone.hidden(embeds)
+            last = gather_positions(hidden, (prefix_len + lengths - 1)[:, None])[:, 0]  # (B, D)
+            token = self.backbone.logits(last).argmax(-1)  # (B,)
+            out[active, t] = token[active]
+            buffer[rows[active], lengths[active]] = token[active]
+            lengths = lengths + active.long()
+            if eos_id is not None:
+                active = active & (token != eos_id)
+            if not bool(active.any()):
+                break
+        return out
+
+    def forward(self, batch: Batch) -> StepOutput:
+        """Training step: write the contexts, read the targets; loss = READ loss (+ method's aux loss)."""
+        memory = self.write(batch.context)
+        read = self.read(memory, batch.query, batch.target)
+        loss = read.loss if memory.aux_loss is None else read.loss + memory.aux_loss
+        return StepOutput(loss, read, memory)

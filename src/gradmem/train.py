@@ -1,0 +1,196 @@
+"""Meta-training loop: AdamW, warmup + schedule, clipping, periodic evaluation, early stopping,
+an optional curriculum, checkpoints with exact resume and a JSONL metrics log.
+
+Training data for generator tasks is drawn fresh each step from a seed derived from (run seed,
+step), so a resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gradmem.build import build_task, load_trainer_state, save_checkpoint
+from gradmem.data import collate
+from gradmem.evaluate import evaluate
+from gradmem.model import MemoryModel
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclass
+class TrainConfig:
+    """How the outer (meta) optimisation runs."""
+
+    steps: int = 2000  # optimiser steps in total (all curriculum stages together)
+    batch_size: int = 32  # examples per step
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 100  # linear warmup from 0 to lr
+    schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear" decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1  # floor of the decaying schedules
+    grad_clip: float | None = 1.0  # max global gradient norm; None = off
+    eval_every: int = 200  # steps between evaluations
+    eval_examples: int = 500  # held-out examples per evaluation
+    eval_batch_size: int = 100  # batch size of evaluation
+    early_stop_patience: int | None = None  # stop after this many evaluations without improvement
+    target_exact_match: float | None = None  # stop once the last curriculum stage reaches this EM
+    checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
+    log_every: int = 10  # steps between training-loss log lines
+    seed: int = 0  # seeds model init, data and the held-out set
+    curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
+    advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {list(SCHEDULES)}")
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak lr at `step`: linear warmup, then the chosen decay."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if cfg.schedule == "linear":
+        return 1 - (1 - floor) * min(progress, 1.0)
+    return 1.0
+
+
+def stage_spec(spec: dict[str, Any], cfg: TrainConfig, stage: int) -> dict[str, Any]:
+    """The spec's task with curriculum stage `stage`'s overrides applied (the last stage = target)."""
+    if not cfg.curriculum:
+        return spec["task"]
+    return {**spec["task"], **cfg.curriculum[stage]}
+
+
+class Trainer:
+    """Runs (and resumes) one training run in `out_dir`."""
+
+    def __init__(self, model: MemoryModel, spec: dict[str, Any], out_dir: str | Path,
+                 on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.model = model
+        self.spec = spec
+        self.cfg = TrainConfig(**spec.get("train", {}))
+        self.out_dir = Path(out_dir)
+        self.on_log = on_log or (lambda record: None)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.step = 0
+        self.stage = 0
+        self.best = -1.0
+        self.bad_evals = 0
+        self.history: list[dict[str, Any]] = []
+        self._tasks: dict[int, Any] = {}
+        self._valid: dict[int, list] = {}
+
+    # -- data -----------------------------------------------------------------------------------
+    def task(self, stage: int) -> Any:
+        if stage not in self._tasks:
+            self._tasks[stage] = build_task({"task": stage_spec(self.spec, self.cfg, stage)})
+        return self._tasks[stage]
+
+    def valid_set(self, stage: int) -> list:
+        if stage not in self._valid:
+            self._valid[stage] = self.task(stage).make_split("valid", self.cfg.eval_examples, self.cfg.seed)
+        return self._valid[stage]
+
+    def train_batch(self, step: int):
+        # A distinct, reproducible stream per (seed, step): offset far from the valid/test seeds.
+        task = self.task(self.stage)
+        examples = task.make_split("train", self.cfg.batch_size, seed=1_000_003 * (self.cfg.seed + 1) + step)
+        return collate(examples, task.tokenizer.pad_id)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "stage": self.stage, "best": self.best, "bad_evals": self.bad_evals,
+                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+
+    def save(self) -> None:
+        save_checkpoint(self.out_dir / "last", self.model, self.spec, self.state())
+
+    def resume(self) -> bool:
+        """Load `out_dir/last` if present; returns whether a run was resumed."""
+        state = load_trainer_state(self.out_dir / "last")
+        if state is None:
+            return False
+        from safetensors.torch import load_model
+
+        load_model(self.model, str(self.out_dir / "last" / "model.safetensors"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.stage, self.best, self.bad_evals = state["step"], state["stage"], state["best"], state["bad_evals"]
+        return True
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self.on_log(record)
+
+    # -- loop -------------------------------------------------------------------------------------
+    def run_eval(self) -> dict[str, Any]:
+        result = evaluate(self.model, self.valid_set(self.stage), self.cfg.eval_batch_size,
+                          pad_id=self.task(self.stage).tokenizer.pad_id)
+        record = {"kind": "eval", "step": self.step, "stage": self.stage, **result}
+        self.log(record)
+        return record
+
+    def train(self) -> dict[str, Any]:
+        """Train until `steps`, early stopping or the target; returns the last evaluation."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        last_stage = max(len(self.cfg.curriculum) - 1, 0)
+        self.model.train()
+        record: dict[str, Any] = {}
+        started = time.time()
+        while self.step < self.cfg.steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg)
+            out = self.model(self.train_batch(self.step))
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+            self.optimizer.step()
+            self.step += 1
+            if self.step % self.cfg.log_every == 0:
+                stats = out.memory.stats
+                self.log({"kind": "train", "step": self.step, "stage": self.stage, "loss": out.loss.item(),
+                          "read_loss": out.read.loss.item(), "grad_norm": float(grad_norm),
+                          "write_loss": stats.losses.mean(1).tolist() if stats is not None else [],
+                          "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": time.time() - started})
+            done = False
+            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                record = self.run_eval()
+                done = self._after_eval(record["exact_match"], last_stage)
+            if done or self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save()
+            if done:
+                break
+        return record or self.run_eval()
+
+    def _after_eval(self, em: float, last_stage: int) -> bool:
+        """Curriculum advance, early stopping and target check; returns whether to stop."""
+        if self.stage < last_stage:
+            if em >= self.cfg.advance_exact_match:
+                self.stage += 1
+                self.best, self.bad_evals = -1.0, 0
+            return False
+        if em > self.best:
+            self.best, self.bad_evals = em, 0
+            save_checkpoint(self.out_dir / "best", self.model, self.spec)
+        else:
+            self.bad_evals += 1
+        if self.cfg.target_exact_match is not None and em >= self.cfg.target_exact_match:
+            return True
+        return self.cfg.early_stop_patience is not None and self.bad_evals >= self.cfg.early_stop_patience

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny models built in-process and seeded key-value data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradmem.backbones import LlamaBackbone, LlamaConfig
+from gradmem.data import collate
+from gradmem.methods import build_method
+from gradmem.model import MemoryModel
+from gradmem.tasks.kv import KVConfig, generate_kv
+
+TINY = dict(vocab_size=70, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=128)
+
+
+def tiny_model(method: str = "gradmem", dtype: torch.dtype = torch.float32, seed: int = 0, **method_cfg) -> MemoryModel:
+    torch.manual_seed(seed)
+    backbone = LlamaBackbone(LlamaConfig(**TINY))
+    if method == "gradmem":
+        method_cfg.setdefault("num_memory", 3)
+    model = MemoryModel(backbone, build_method(method, backbone, method_cfg))
+    return model.to(dtype)
+
+
+def kv_batch(n: int = 4, pairs: int = 2, seed: int = 0):
+    return collate(generate_kv(KVConfig(num_pairs=pairs), n, seed=seed))
+
+
+@pytest.fixture
+def batch():
+    return kv_batch()
