@@ -3,7 +3,7 @@
     gradmem train --config configs/kv_demo.json --out runs/demo [--set train.steps=100 ...]
     gradmem eval runs/demo/best [--steps 0,1,2,5] [--generate]
     gradmem write runs/demo/best --context story.txt --out mem/story
-    gradmem ask runs/demo/best --memory mem/story "?!ab:" "?!cd:"
+    gradmem ask runs/demo/best --memory mem/story -q "?!ab:" -q "?!cd:"
     gradmem data --config configs/kv_demo.json --split valid -n 1000 --out valid.jsonl
 """
 
@@ -38,20 +38,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _load_spec(args)
     torch.manual_seed(spec.get("train", {}).get("seed", 0))
     model = build_model(spec)
-    bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True)
+    bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
 
     def on_log(record: dict[str, Any]) -> None:
-        bar.n = record["step"]
         if record["kind"] == "train":
-            bar.set_postfix(loss=f"{record['loss']:.3f}", stage=record["stage"])
+            bar.set_postfix(loss=f"{record['loss']:.3f}", stage=record["stage"], refresh=False)
+            bar.update(record["step"] - bar.n)
         else:
+            curve = ", ".join(f"{x:.3f}" for x in record["write_loss"])
             bar.write(f"step {record['step']} stage {record['stage']}: EM {record['exact_match']:.3f} "
-                      f"token acc {record['token_accuracy']:.3f} write loss {record['write_loss']}")
-        bar.refresh()
+                      f"token acc {record['token_accuracy']:.3f} write loss [{curve}]", file=sys.stderr)
 
     trainer = Trainer(model, spec, args.out, on_log)
     if args.resume and trainer.resume():
-        bar.write(f"resumed {args.out} at step {trainer.step}")
+        bar.write(f"resumed {args.out} at step {trainer.step}", file=sys.stderr)
+        bar.update(trainer.step)
     started = time.time()
     final = trainer.train()
     bar.close()
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="answer queries from a memory file (the context is not needed)")
     p.add_argument("checkpoint")
     p.add_argument("--memory", required=True)
-    p.add_argument("queries", nargs="*")
+    p.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
     p.add_argument("--queries-file", default=None, help="one query per line")
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.set_defaults(func=cmd_ask)

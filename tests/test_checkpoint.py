@@ -1,0 +1,104 @@
+"""Checkpoints, exact resume, and memory files (round trip, wrong model, tampering)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, kv_batch, tiny_model
+from gradmem.build import apply_overrides, build_model, load_checkpoint, save_checkpoint
+from gradmem.data import pad_right
+from gradmem.memory_io import load_memory, save_memory
+from gradmem.train import Trainer
+
+SPEC = {
+    "task": {"name": "kv", "num_pairs": 2},
+    "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+    "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+    "train": {"steps": 6, "batch_size": 4, "warmup_steps": 2, "schedule": "cosine", "eval_every": 3,
+              "eval_examples": 8, "checkpoint_every": 3, "log_every": 1, "seed": 3},
+}
+
+
+def train_losses(spec, out_dir, resume=False):
+    torch.manual_seed(0)
+    trainer = Trainer(build_model(spec), spec, out_dir)
+    if resume:
+        assert trainer.resume()
+    trainer.train()
+    return [r["loss"] for r in trainer.history if r["kind"] == "train"], trainer
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    full, _ = train_losses(SPEC, tmp_path / "full")
+    first_half, _ = train_losses(apply_overrides(SPEC, ["train.steps=3"]), tmp_path / "split")
+    # the second sitting continues the same 6-step run from the step-3 checkpoint
+    second_half, trainer = train_losses(SPEC, tmp_path / "split", resume=True)
+    assert trainer.step == 6
+    assert first_half + second_half == pytest.approx(full, abs=1e-6)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_model(SPEC)
+    save_checkpoint(tmp_path, model, SPEC)
+    loaded, task, spec = load_checkpoint(tmp_path)
+    assert spec == SPEC and task.config.num_pairs == 2
+    batch = kv_batch()
+    with torch.no_grad():
+        a = model.read(model.write(batch.context), batch.query, batch.target).logits
+        b = loaded.read(loaded.write(batch.context), batch.query, batch.target).logits
+    assert torch.equal(a, b)
+
+
+def test_malformed_spec_is_a_clear_error():
+    with pytest.raises(ValueError, match="'method' section"):
+        build_model({k: v for k, v in SPEC.items() if k != "method"})
+    with pytest.raises(ValueError, match="unknown task"):
+        build_model({**SPEC, "task": {"name": "babi9"}})
+    with pytest.raises(ValueError, match="schedule"):
+        Trainer(build_model(SPEC), apply_overrides(SPEC, ["train.schedule=exp"]), "unused")
+    with pytest.raises(ValueError, match="key.path=value"):
+        apply_overrides(SPEC, ["train.steps"])
+
+
+def written(model, ids=(5, 6, 7, 8)):
+    with torch.no_grad():
+        return model.write(pad_right([list(ids)]), measure_final=True)
+
+
+def test_memory_file_round_trip(tmp_path):
+    model = tiny_model()
+    memory = written(model)
+    path = save_memory(tmp_path / "m", memory, model, [5, 6, 7, 8], {"steps": None})
+    loaded, meta = load_memory(path, model)
+    assert torch.equal(loaded.prefix, memory.prefix)
+    assert meta["num_vectors"] == 3 and meta["hidden_size"] == 16 and meta["context_tokens"] == 4
+    assert len(meta["write_loss"]) == 2 and meta["final_write_loss"] is not None
+    query = pad_right([[1, 2]])
+    assert torch.equal(model.generate(loaded, query, 3), model.generate(memory, query, 3))
+
+
+def test_memory_from_another_model_is_refused(tmp_path):
+    path = save_memory(tmp_path / "m", written(tiny_model(seed=0)), tiny_model(seed=0), [5, 6, 7, 8], {})
+    with pytest.raises(ValueError, match="different model"):
+        load_memory(path, tiny_model(seed=1))
+
+
+def test_tampered_or_newer_memory_file_is_refused(tmp_path):
+    model = tiny_model()
+    path = save_memory(tmp_path / "m", written(model), model, [5, 6, 7, 8], {})
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum|damaged"):
+        load_memory(path, model)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ValueError, match="damaged"):
+        load_memory(path, model)
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(ValueError, match="newer"):
+        load_memory(path, model)

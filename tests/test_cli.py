@@ -1,0 +1,76 @@
+"""The command line end to end: a 2-step training run against recorded losses, eval, write, ask, data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gradmem.cli import main
+from gradmem.data import load_jsonl
+from test_checkpoint import SPEC
+
+# Recorded from `gradmem train` on this spec (torch 2.13 CPU, float32); a change here means the
+# method's numerics changed and must be explained.
+GOLDEN_LOSSES = [4.195992469787598, 4.168677806854248]
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(SPEC))
+    return path
+
+
+def test_two_step_training_matches_recorded_losses(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=2", "train.eval_every=2"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4)
+    assert (out / "last" / "model.safetensors").exists() and (out / "best" / "spec.json").exists()
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2
+
+
+def test_write_then_ask_without_the_context(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=1"])
+    context = tmp_path / "ctx.txt"
+    context.write_text("!ab:cd!!ef:gh!|\n")
+    assert main(["write", str(out / "last"), "--context", str(context), "--out", str(tmp_path / "mem")]) == 0
+    written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert written["context_tokens"] == 15 and len(written["write_loss"]) == 1
+    assert main(["ask", str(out / "last"), "--memory", str(tmp_path / "mem"), "-q", "?!ab:", "-q", "?!ef:"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [a["query"] for a in answers] == ["?!ab:", "?!ef:"]
+    assert all(isinstance(a["answer"], str) for a in answers)
+
+
+def test_eval_sweeps_write_steps(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=1"])
+    capsys.readouterr()
+    assert main(["eval", str(out / "last"), "--examples", "10", "--steps", "0,2", "--generate",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["write_steps"] for r in rows] == [0, 2]
+    assert len(rows[0]["write_loss"]) == 0 and len(rows[1]["write_loss"]) == 2
+    assert 0 <= rows[1]["generated_exact_match"] <= 1
+
+
+def test_data_export(config, tmp_path):
+    path = tmp_path / "valid.jsonl"
+    assert main(["data", "--config", str(config), "-n", "5", "--out", str(path)]) == 0
+    examples = load_jsonl(path)
+    assert len(examples) == 5 and len(examples[0].context) == 2 * 7 + 1
+
+
+def test_malformed_config_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**SPEC, "method": {"name": "gradmem", "num_memory": 0}}))
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "num_memory must be >= 1" in capsys.readouterr().err
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot read config"):
+        main(["train", "--config", str(bad), "--out", str(tmp_path / "r")])
