@@ -13,7 +13,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from gradmem.inner_optim import InnerOptimConfig, init_state, step
+from gradmem.inner_optim import InnerOptimConfig, init_state, per_example_norm, step
 from gradmem.memory import WriteStats
 
 Params = tuple[Tensor, ...]
@@ -64,6 +64,7 @@ def write(
     steps: int | None = None,
     lr: float | None = None,
     measure_final: bool = False,
+    target_loss: float | None = None,
 ) -> tuple[Params, WriteStats]:
     """Run the WRITE loop from `init` (tensors with a leading batch dim) and return the written tensors.
 
@@ -71,6 +72,10 @@ def write(
     (B,) vector: its sum is differentiated, so each example's gradient depends on that example only.
     Runs with gradients enabled even under `torch.no_grad()`; the outer graph is kept only if the
     caller had gradients enabled.
+
+    Adaptive writes: with `target_loss`, an example whose loss before a step is <= target is frozen
+    for good (its tensors stop changing), so it ends exactly as if written alone with the steps it
+    took; the loop stops early once every example is frozen. `stats.steps_taken` counts them.
     """
     outer_grad = torch.is_grad_enabled()
     total = cfg.steps if steps is None else steps
@@ -81,6 +86,9 @@ def write(
     losses: list[Tensor] = []
     norms: list[Tensor] = []
     in_graph: list[Tensor] = []
+    active = torch.ones(init[0].shape[0], dtype=torch.bool, device=init[0].device)  # (B,) still writing
+    taken = torch.zeros(init[0].shape[0], dtype=torch.long, device=init[0].device)  # (B,) steps applied
+    final = None
     with torch.enable_grad():
         for index in range(total):
             kind = step_kind(index, total, cfg, outer_grad)
@@ -88,13 +96,20 @@ def write(
                 params = tuple(p.detach() for p in params)
             params = tuple(p if p.requires_grad else p.requires_grad_() for p in params)
             loss = loss_fn(params)  # (B,)
+            if target_loss is not None:
+                active = active & (loss.detach() > target_loss)
+                if not bool(active.any()):  # every example reached the target: loss is their final loss
+                    final = loss.detach()
+                    break
             grads = torch.autograd.grad(loss.sum(), params, create_graph=kind == "second")
-            params, state = step(params, grads, state, cfg.optim, lr=lr)
+            new_params, state = step(params, grads, state, cfg.optim, lr=lr)
+            params = tuple(torch.where(active.view((-1,) + (1,) * (p.dim() - 1)), n, p)
+                           for n, p in zip(new_params, params)) if target_loss is not None else new_params
+            taken = taken + active.long()
             in_graph.append(loss.mean())
             losses.append(loss.detach())
-            norms.append(_per_example_norm(grads))
-        final = None
-        if measure_final:
+            norms.append(per_example_norm(tuple(g.detach() for g in grads)))
+        if measure_final and final is None:
             with torch.no_grad():
                 final = loss_fn(tuple(p.detach() for p in params)).detach()
     if not outer_grad:
@@ -105,11 +120,6 @@ def write(
         grad_norms=torch.stack(norms) if norms else init[0].new_zeros(0, batch),
         final_loss=final,
         mean_loss=torch.stack(in_graph).mean() if in_graph and outer_grad else None,
+        steps_taken=taken,
     )
     return params, stats
-
-
-def _per_example_norm(grads: Params) -> Tensor:
-    """(B,) L2 norm over all of an example's gradient tensors (detached)."""
-    squared = sum(g.detach().flatten(1).pow(2).sum(1) for g in grads)
-    return squared.sqrt()

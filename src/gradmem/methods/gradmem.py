@@ -8,7 +8,8 @@ control tokens around the memory. The backbone stays outside: it is passed to `w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -126,13 +127,13 @@ class GradMem(nn.Module):
         def loss_fn(params: tuple[Tensor, ...]) -> Tensor:
             return self.reconstruction_loss(backbone, self.prefix(params), context, context_embeds)
 
-        params, stats = write(loss_fn, self.initial_params(len(context)), cfg, steps, lr, measure_final)
+        # A backbone may change itself for WRITE only (write-only LoRA adapters); READ sees it unchanged.
+        with getattr(backbone, "write_mode", nullcontext)():
+            params, stats = write(loss_fn, self.initial_params(len(context)), cfg, steps, lr, measure_final)
         aux = None
         if self.config.inner_loss_weight > 0 and stats.mean_loss is not None:
             aux = self.config.inner_loss_weight * stats.mean_loss
         return Memory(self.prefix(params), None, stats, aux)
 
     def export_config(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self.config)
