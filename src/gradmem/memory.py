@@ -20,6 +20,7 @@ class WriteStats:
     grad_norms: Tensor  # (K, B) norm of each example's inner gradient at each step
     final_loss: Tensor | None = None  # (B,) reconstruction loss after the last step, when measured
     mean_loss: Tensor | None = field(default=None, repr=False)  # in-graph mean loss over steps (training)
+    steps_taken: Tensor | None = None  # (B,) steps applied to each example (fewer with a target loss)
 
     @property
     def steps(self) -> int:

@@ -1,8 +1,13 @@
 """Memory files: a written memory saved as safetensors plus a JSON sidecar that says what wrote it.
 
-The sidecar carries the model fingerprint (architecture + weight hash of backbone AND method,
-since M0, projection and heads all shape the memory), m, d, dtype and the write settings. Loading
-a memory into a model with another fingerprint is refused: its vectors would mean nothing there.
+The sidecar records the backbone (architecture, config and a hash of its weights), the method's
+structure, a fingerprint over all of these and every weight (M0, projection and heads shape the
+memory too), m, d, dtype, the write settings, the per-step reconstruction loss and the context's
+hash and length. A memory means something only to the model that wrote it, so loading it into
+another model, a damaged or tampered file, or a newer format version is refused with a clear error.
+
+Files are written under unique temporary names, flushed to disk and renamed, tensor first and
+sidecar last: a sidecar on disk always describes a complete tensor file.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,93 +27,162 @@ from gradmem.backbones.base import tensor_sha256, weights_hash
 from gradmem.memory import Memory
 from gradmem.model import MemoryModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def backbone_record(model: MemoryModel) -> dict[str, Any]:
+    """Architecture, config and weight hash of the backbone (the attention kernel is left out:
+    it does not change what the model computes)."""
+    describe = dict(model.backbone.describe())
+    describe.pop("attention", None)
+    return {"architecture": describe.get("model_type") or describe.get("type"), "config": describe,
+            "weights_sha256": weights_hash(model.backbone)}
+
+
+def method_record(model: MemoryModel) -> dict[str, Any]:
+    """Method name and structural config. The write settings (steps, lr) are left out: they change
+    how a memory was written, not what a memory vector means to the model."""
+    config = dict(model.method.export_config())
+    config.pop("write", None)
+    return {"name": getattr(model.method, "name", type(model.method).__name__), "config": config}
 
 
 def model_fingerprint(model: MemoryModel) -> str:
-    """SHA-256 of the backbone description, the method config and all weights."""
-    describe = model.backbone.describe()
-    describe.pop("attention", None)  # the attention kernel does not change what the model computes
-    payload = json.dumps({"backbone": describe, "method": getattr(model.method, "name", "?"),
-                          "method_config": model.method.export_config()}, sort_keys=True, default=str)
+    """SHA-256 of the backbone record, the method record and all weights (backbone and method)."""
+    payload = json.dumps({"backbone": backbone_record(model), "method": method_record(model)},
+                         sort_keys=True, default=str)
     return hashlib.sha256((payload + weights_hash(model)).encode()).hexdigest()
 
 
 def context_hash(ids: list[int]) -> str:
-    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+    """SHA-256 of a token id list."""
+    return hashlib.sha256(json.dumps([int(i) for i in ids]).encode()).hexdigest()
+
+
+def memory_paths(path: str | Path) -> tuple[Path, Path]:
+    """(tensor file, sidecar) of a memory path given with or without a suffix."""
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call write(tmp_path), fsync, then rename onto `path`. The temporary name is unique, so
+    concurrent writers never share it; on any error it is removed."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_sidecar(memory: Memory, model: MemoryModel, context_ids: list[int], write_settings: dict[str, Any],
+                  fingerprint: str | None = None, blocks: int = 1) -> dict[str, Any]:
+    """The sidecar of a one-row memory (`blocks` chunk memories side by side in its prefix)."""
+    if len(memory) != 1:
+        raise ValueError(f"save one memory at a time; this one has {len(memory)} rows")
+    prefix = memory.prefix.detach()
+    if prefix.shape[1] % blocks:
+        raise ValueError(f"{prefix.shape[1]} memory vectors do not split into {blocks} blocks")
+    stats = memory.stats
+    losses = [] if stats is None else stats.losses.mean(1).tolist()  # (K,) mean over blocks
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_fingerprint": fingerprint or model_fingerprint(model),
+        "backbone": backbone_record(model),
+        "method": method_record(model)["name"],
+        "method_config": method_record(model)["config"],
+        "num_vectors": prefix.shape[1],
+        "hidden_size": prefix.shape[2],
+        "blocks": blocks,
+        "dtype": str(prefix.dtype).replace("torch.", ""),
+        "write": write_settings,
+        "write_loss": losses,
+        "block_write_loss": [] if stats is None else stats.losses.T.tolist(),  # (blocks, K)
+        "steps_taken": None if stats is None or stats.steps_taken is None else stats.steps_taken.tolist(),
+        "final_write_loss": None if stats is None or stats.final_loss is None else float(stats.final_loss.mean()),
+        "context_sha256": context_hash(context_ids),
+        "context_tokens": len(context_ids),
+        "tensor_sha256": tensor_sha256(prefix),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_memory_files(path: str | Path, prefix: torch.Tensor, sidecar: dict[str, Any]) -> Path:
+    """Atomically write a (1, P, D) prefix and its sidecar; returns the tensor file's path."""
+    tensor_path, side = memory_paths(path)
+    tensor_path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = prefix.detach().to("cpu").contiguous()
+    _atomic_write(tensor_path, lambda tmp: save_file({"prefix": prefix}, tmp))
+    _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    return tensor_path
 
 
 def save_memory(path: str | Path, memory: Memory, model: MemoryModel, context_ids: list[int],
-                write_settings: dict[str, Any], fingerprint: str | None = None) -> Path:
-    """Save a one-row memory to `path` (.safetensors) and its sidecar (`path` with .json).
-
-    Both files are written under temporary names and renamed, tensor first, sidecar last: a
-    sidecar on disk always describes a complete tensor file.
-    """
-    if len(memory) != 1:
-        raise ValueError(f"save one memory at a time; this one has {len(memory)} rows")
-    path = Path(path).with_suffix(".safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = memory.prefix.detach().to("cpu").contiguous()  # (1, P, D)
-    digest = tensor_sha256(prefix)
-    stats = memory.stats
-    sidecar = {
-        "format_version": FORMAT_VERSION,
-        "model_fingerprint": fingerprint or model_fingerprint(model),
-        "method": getattr(model.method, "name", "?"),
-        "num_vectors": prefix.shape[1],
-        "hidden_size": prefix.shape[2],
-        "dtype": str(prefix.dtype).replace("torch.", ""),
-        "write": write_settings,
-        "write_loss": [] if stats is None else stats.losses[:, 0].tolist(),
-        "final_write_loss": None if stats is None or stats.final_loss is None else float(stats.final_loss[0]),
-        "context_sha256": context_hash(context_ids),
-        "context_tokens": len(context_ids),
-        "tensor_sha256": digest,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"prefix": prefix}, str(tmp))
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp_side = side.with_name(side.name + ".tmp")
-    tmp_side.write_text(json.dumps(sidecar, indent=2))
-    os.replace(tmp_side, side)
-    return path
+                write_settings: dict[str, Any], fingerprint: str | None = None, blocks: int = 1) -> Path:
+    """Save a one-row memory to `path`.safetensors and its sidecar `path`.json."""
+    sidecar = build_sidecar(memory, model, context_ids, write_settings, fingerprint, blocks)
+    return write_memory_files(path, memory.prefix, sidecar)
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """The JSON sidecar of a memory file."""
-    side = Path(path).with_suffix(".json")
+    side = memory_paths(path)[1]
     if not side.exists():
         raise FileNotFoundError(f"no memory sidecar {side}")
     try:
-        return json.loads(side.read_text())
+        meta = json.loads(side.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"memory sidecar {side} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"memory sidecar {side} is not a JSON object")
+    return meta
+
+
+def check_compatible(meta: dict[str, Any], model: MemoryModel, fingerprint: str, where: str) -> None:
+    """Raise a ValueError saying why a memory with sidecar `meta` cannot be read by `model`."""
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{where}: memory format version {version!r} is newer than this gradmem reads "
+                         f"({FORMAT_VERSION}); upgrade gradmem")
+    if version < FORMAT_VERSION:
+        raise ValueError(f"{where}: memory format version {version} is older than {FORMAT_VERSION}; rewrite the memory")
+    if meta.get("model_fingerprint") == fingerprint:
+        return
+    theirs, ours = meta.get("backbone") or {}, backbone_record(model)
+    if theirs.get("config") != ours["config"]:
+        why = f"another backbone architecture ({theirs.get('architecture')!r} vs this {ours['architecture']!r}, configs differ)"
+    elif theirs.get("weights_sha256") != ours["weights_sha256"]:
+        why = "the same backbone architecture with different weights"
+    else:
+        why = "the same backbone with a different memory method or method weights"
+    raise ValueError(f"{where} was written by a different model, {why} (fingerprint {str(meta.get('model_fingerprint'))[:12]}..., "
+                     f"this model is {fingerprint[:12]}...); a memory is only meaningful to the model that wrote it")
 
 
 def load_memory(path: str | Path, model: MemoryModel, fingerprint: str | None = None) -> tuple[Memory, dict[str, Any]]:
-    """Load a memory for `model`, refusing files written by another model, newer formats,
+    """Load a memory for `model`, refusing files written by another model, other format versions,
     or tensors that do not match their sidecar (truncated or tampered)."""
-    path = Path(path).with_suffix(".safetensors")
-    meta = read_sidecar(path)
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{path}: memory format version {version!r} is newer than this gradmem reads ({FORMAT_VERSION})")
-    expected = fingerprint or model_fingerprint(model)
-    if meta.get("model_fingerprint") != expected:
-        raise ValueError(
-            f"{path} was written by a different model (fingerprint {str(meta.get('model_fingerprint'))[:12]}..., "
-            f"this model is {expected[:12]}...); a memory is only meaningful to the model that wrote it"
-        )
+    tensor_path, _ = memory_paths(path)
+    meta = read_sidecar(tensor_path)
+    check_compatible(meta, model, fingerprint or model_fingerprint(model), str(tensor_path))
     try:
-        prefix = load_file(str(path))["prefix"]
+        prefix = load_file(str(tensor_path))["prefix"]
     except Exception as err:  # safetensors raises several types for a damaged file
-        raise ValueError(f"{path}: memory tensor file is damaged ({err})") from err
+        raise ValueError(f"{tensor_path}: memory tensor file is damaged ({err})") from err
     if tensor_sha256(prefix) != meta.get("tensor_sha256"):
-        raise ValueError(f"{path}: memory tensor does not match its sidecar checksum (tampered or truncated)")
+        raise ValueError(f"{tensor_path}: memory tensor does not match its sidecar checksum (tampered or truncated)")
+    expected = (1, meta.get("num_vectors"), meta.get("hidden_size"))
+    if tuple(prefix.shape) != expected or str(prefix.dtype).replace("torch.", "") != meta.get("dtype"):
+        raise ValueError(f"{tensor_path}: tensor {tuple(prefix.shape)} {prefix.dtype} does not match its sidecar "
+                         f"{expected} {meta.get('dtype')}")
     if prefix.shape[2] != model.backbone.hidden_size:
-        raise ValueError(f"{path}: memory width {prefix.shape[2]} != model width {model.backbone.hidden_size}")
-    device = next(model.parameters()).device
-    return Memory(prefix.to(device)), meta
+        raise ValueError(f"{tensor_path}: memory width {prefix.shape[2]} != model width {model.backbone.hidden_size}")
+    param = next(model.parameters())
+    return Memory(prefix.to(device=param.device, dtype=param.dtype)), meta
