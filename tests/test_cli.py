@@ -1,7 +1,9 @@
-"""The command line end to end: a 2-step training run against recorded losses, eval, write, ask, data."""
+"""The command line end to end: a 2-step training run against recorded losses, eval, write, ask,
+inspect, store, data."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -33,18 +35,38 @@ def test_two_step_training_matches_recorded_losses(config, tmp_path, capsys):
     assert summary["step"] == 2
 
 
-def test_write_then_ask_without_the_context(config, tmp_path, capsys):
+def test_write_then_ask_without_the_context(config, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=1"])
     context = tmp_path / "ctx.txt"
     context.write_text("!ab:cd!!ef:gh!|\n")
-    assert main(["write", str(out / "last"), "--context", str(context), "--out", str(tmp_path / "mem")]) == 0
-    written = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert written["context_tokens"] == 15 and len(written["write_loss"]) == 1
-    assert main(["ask", str(out / "last"), "--memory", str(tmp_path / "mem"), "-q", "?!ab:", "-q", "?!ef:"]) == 0
+    store = ["--store", str(tmp_path / "store")]
+    assert main(["write", str(out / "last"), "--context", str(context), "--out", str(tmp_path / "mem"), *store]) == 0
+    captured = capsys.readouterr()
+    written = json.loads(captured.out.strip().splitlines()[-1])
+    assert written["context_tokens"] == 15 and len(written["write_loss"]) == 1 and written["created"]
+    assert "step 0/1" in captured.err and "final" in captured.err  # progress: each step's loss
+    assert main(["ask", str(out / "last"), "--memory", str(tmp_path / "mem"), "-q", "?!ab:", "-q", "?!ef:", *store]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [a["query"] for a in answers] == ["?!ab:", "?!ef:"]
     assert all(isinstance(a["answer"], str) for a in answers)
+    # the same text from stdin: found in the store by its id, nothing written again
+    monkeypatch.setattr("sys.stdin", io.StringIO("!ab:cd!!ef:gh!|"))
+    assert main(["write", str(out / "last"), *store]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["id"] == written["id"] and not again["created"]
+    assert main(["ask", str(out / "last"), written["id"], "-q", "?!ab:", *store]) == 0
+    assert [json.loads(line)["answer"] for line in capsys.readouterr().out.strip().splitlines()] == [answers[0]["answer"]]
+    assert main(["inspect", str(out / "last"), written["id"], "--json", *store]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["reconstruction"]) == 15 and 0 <= report["token_accuracy"] <= 1
+    assert main(["inspect", str(out / "last"), written["id"], *store]) == 0
+    assert "greedy token accuracy" in capsys.readouterr().out
+    assert main(["store", "list", *store]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == written["id"]
+    assert main(["store", "delete", written["id"], *store]) == 0
+    assert main(["store", "delete", written["id"], *store]) == 2
+    assert "no memory" in capsys.readouterr().err
 
 
 def test_eval_sweeps_write_steps(config, tmp_path, capsys):

@@ -1,9 +1,11 @@
-"""The `gradmem` command line: train, eval, write, ask, data.
+"""The `gradmem` command line: train, eval, data, and the memory commands (write, ask, inspect,
+store, serve; see gradmem.cli_memory).
 
     gradmem train --config configs/kv_demo.json --out runs/demo [--set train.steps=100 ...]
     gradmem eval runs/demo/best [--steps 0,1,2,5] [--generate]
-    gradmem write runs/demo/best --context story.txt --out mem/story
-    gradmem ask runs/demo/best --memory mem/story -q "?!ab:" -q "?!cd:"
+    gradmem write runs/demo/best --context story.txt --store mem      # -> memory id
+    gradmem ask runs/demo/best ID --store mem -q "?!ab:" -q "?!cd:"
+    gradmem serve runs/demo/best --store mem --port 8000
     gradmem data --config configs/kv_demo.json --split valid -n 1000 --out valid.jsonl
 """
 
@@ -19,7 +21,8 @@ from typing import Any
 import torch
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint
-from gradmem.data import pad_right, save_jsonl
+from gradmem.cli_memory import add_memory_commands
+from gradmem.data import save_jsonl
 
 
 def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -80,40 +83,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_write(args: argparse.Namespace) -> int:
-    from gradmem.memory_io import save_memory
-
-    model, task, _ = load_checkpoint(args.checkpoint)
-    text = sys.stdin.read() if args.context == "-" else Path(args.context).read_text()
-    ids = task.tokenizer.encode(text.strip())
-    with torch.no_grad():
-        memory = model.write(pad_right([ids], task.tokenizer.pad_id), steps=args.steps, lr=args.lr, measure_final=True)
-    path = save_memory(args.out, memory, model, ids, {"steps": args.steps, "lr": args.lr})
-    losses = memory.stats.losses[:, 0].tolist() if memory.stats else []
-    print(json.dumps({"memory": str(path), "context_tokens": len(ids), "write_loss": losses,
-                      "final_write_loss": None if memory.stats is None or memory.stats.final_loss is None
-                      else float(memory.stats.final_loss[0])}))
-    return 0
-
-
-def cmd_ask(args: argparse.Namespace) -> int:
-    from gradmem.memory_io import load_memory
-
-    model, task, _ = load_checkpoint(args.checkpoint)
-    memory, _ = load_memory(args.memory, model)
-    queries = list(args.queries)
-    if args.queries_file:
-        queries += [q.strip() for q in Path(args.queries_file).read_text().splitlines() if q.strip()]
-    if not queries:
-        raise SystemExit("gradmem ask: give at least one query")
-    tok = task.tokenizer
-    batch = pad_right([tok.encode(q) for q in queries], tok.pad_id)
-    generated = model.generate(memory.repeat(len(queries)), batch, args.max_new_tokens, tok.eos_id)
-    for query, row in zip(queries, generated.tolist()):
-        print(json.dumps({"query": query, "answer": tok.decode([t for t in row if t >= 0])}))
-    return 0
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     spec = _load_spec(args)
     task = build_task(spec)
@@ -145,21 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("write", help="write a context file into a memory file")
-    p.add_argument("checkpoint")
-    p.add_argument("--context", required=True, help="text file, or - for stdin")
-    p.add_argument("--out", required=True, help="memory file path (.safetensors + .json sidecar)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.set_defaults(func=cmd_write)
-
-    p = sub.add_parser("ask", help="answer queries from a memory file (the context is not needed)")
-    p.add_argument("checkpoint")
-    p.add_argument("--memory", required=True)
-    p.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a query (repeatable)")
-    p.add_argument("--queries-file", default=None, help="one query per line")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.set_defaults(func=cmd_ask)
+    add_memory_commands(sub)  # write, ask, inspect, store, serve
 
     p = sub.add_parser("data", help="export a task split as JSONL")
     p.add_argument("--config", required=True)
@@ -176,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
         print(f"gradmem {args.command}: error: {err}", file=sys.stderr)
         return 2
 

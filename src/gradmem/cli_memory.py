@@ -1,0 +1,219 @@
+"""The memory commands of the `gradmem` command line: write, ask, inspect, store, serve.
+
+    gradmem write CKPT --context story.txt [--store DIR] [--out mem/story] [--target-loss 0.1]
+    gradmem ask CKPT MEMORY -q "?!ab:" -q "?!cd:"        MEMORY: a store id or a memory file path
+    gradmem inspect CKPT MEMORY [--context story.txt]     loss curve + context decoded from memory
+    gradmem store list | show ID | delete ID | clean [--store DIR]
+    gradmem serve CKPT [--store DIR] [--port 8000]
+
+The store defaults to $GRADMEM_STORE, else ~/.cache/gradmem/store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from gradmem.store import MemoryStore
+
+
+def default_store() -> str:
+    return os.environ.get("GRADMEM_STORE") or str(Path.home() / ".cache" / "gradmem" / "store")
+
+
+def open_engine(args: argparse.Namespace) -> Any:
+    from gradmem.build import load_checkpoint
+    from gradmem.engine import Engine, EngineConfig
+
+    model, task, _ = load_checkpoint(args.checkpoint)
+    cfg = EngineConfig(max_blocks=args.max_blocks, chunk_tokens=args.chunk_tokens,
+                       max_new_tokens=getattr(args, "max_new_tokens", 8), stop=getattr(args, "stop", None))
+    return Engine(model, task.tokenizer, MemoryStore(args.store), cfg)
+
+
+def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | None]:
+    """(memory, sidecar, stored context) for a store id or a memory file path."""
+    from gradmem.memory_io import load_memory
+
+    if ref in engine.store:
+        return engine.memory(ref), engine.store.show(ref), engine.store.context(ref)
+    if not Path(ref).with_suffix(".json").exists() and not Path(ref + ".json").exists():
+        raise FileNotFoundError(f"{ref!r} is neither a memory id in {engine.store.root} nor a memory file")
+    memory, meta = load_memory(ref, engine.model, engine.fingerprint)
+    return memory, meta, None
+
+
+def cmd_write(args: argparse.Namespace) -> int:
+    from gradmem.memory_io import memory_paths
+
+    engine = open_engine(args)
+    text = sys.stdin.read() if args.context == "-" else Path(args.context).read_text(encoding="utf-8")
+    text = text.strip()
+    total = engine.settings(args.steps, args.lr, args.target_loss)["steps"]
+
+    def progress(_: int, step: int, loss: float) -> None:
+        if not args.quiet:
+            label = f"step {step}/{total}" if step < total else "final"
+            print(f"write {label:>11}  reconstruction loss {loss:.4f}  {'#' * max(1, round(loss * 10))}",
+                  file=sys.stderr, flush=True)
+
+    [result] = engine.write_texts([text], args.steps, args.lr, args.target_loss, on_step=progress)
+    if not result.created and not args.quiet:
+        print(f"write: memory {result.id} already in the store, nothing to compute", file=sys.stderr)
+    tensor, side = memory_paths(engine.store.path(result.id))
+    path = tensor
+    if args.out:
+        out_tensor, out_side = memory_paths(args.out)
+        out_tensor.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tensor, out_tensor)
+        shutil.copyfile(side, out_side)
+        path = out_tensor
+    meta = result.meta
+    print(json.dumps({"id": result.id, "created": result.created, "memory": str(path),
+                      "context_tokens": meta["context_tokens"], "blocks": meta["blocks"],
+                      "write_loss": meta["write_loss"], "final_write_loss": meta["final_write_loss"],
+                      "steps_taken": meta["steps_taken"], "memory_bytes": meta["memory_bytes"],
+                      "kv_cache_bytes": meta["kv_cache_bytes"]}))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    engine = open_engine(args)
+    ref = args.memory_ref or args.memory
+    if not ref:
+        raise SystemExit("gradmem ask: give a memory (store id or file path)")
+    memory, _, _ = resolve_memory(engine, ref)
+    queries = list(args.queries)
+    if args.queries_file:
+        queries += [q.strip() for q in Path(args.queries_file).read_text().splitlines() if q.strip()]
+    if not queries:
+        raise SystemExit("gradmem ask: give at least one query")
+    answers = engine.answer([(memory, q) for q in queries], args.max_new_tokens)  # one batched decode
+    for query, answer in zip(queries, answers):
+        print(json.dumps({"query": query, "answer": answer}))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    engine = open_engine(args)
+    memory, meta, context = resolve_memory(engine, args.memory)
+    if args.context:
+        context = Path(args.context).read_text(encoding="utf-8").strip()
+    report = engine.reconstruct_memory(memory, meta, context)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    curve = report["write_loss"] + ([report["final_write_loss"]] if report["final_write_loss"] is not None else [])
+    top = max(curve) if curve else 1.0
+    print(f"memory {report['id'] or args.memory}: {meta['num_vectors']} vectors x {meta['hidden_size']} "
+          f"({report['blocks']} block(s)), {report['memory_bytes']} bytes; a full-context KV cache would be "
+          f"{report['kv_cache_bytes']} bytes")
+    print("reconstruction loss per write step:")
+    for step, loss in enumerate(curve):
+        label = f"after {step - 1}" if step == len(curve) - 1 and report["final_write_loss"] is not None else f"before {step}"
+        print(f"  {label:>9}  {loss:8.4f}  {'#' * max(1, round(40 * loss / top))}")
+    print(f"decoded from memory: {report['reconstruction']}")
+    if report.get("context") is not None:
+        print(f"original context:    {report['context']}")
+        print(f"greedy token accuracy {report['token_accuracy']:.3f}, "
+              f"teacher-forced accuracy {report['teacher_forced_accuracy']:.3f}")
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    store = MemoryStore(args.store)
+    if args.action == "list":
+        for meta in store.list():
+            print(json.dumps({k: meta.get(k) for k in ("id", "created", "context_tokens", "blocks",
+                                                       "num_vectors", "final_write_loss")}))
+    elif args.action == "clean":
+        print(json.dumps({"removed": store.clean()}))
+    else:
+        if not args.id:
+            raise SystemExit(f"gradmem store {args.action}: give a memory id")
+        if args.action == "show":
+            print(json.dumps(store.show(args.id), indent=2))
+        elif not store.delete(args.id):
+            raise KeyError(f"no memory {args.id!r} in {store.root}")
+        else:
+            print(json.dumps({"deleted": args.id}))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gradmem.service import ServiceConfig, create_app
+
+    engine = open_engine(args)
+    cfg = ServiceConfig(max_body_bytes=args.max_body_bytes, max_questions=args.max_questions,
+                        rate_per_second=args.rate, rate_burst=args.burst, max_batch=args.max_batch,
+                        batch_wait_ms=args.batch_wait_ms)
+    app = create_app(engine, cfg, checkpoint=str(args.checkpoint))
+    print(f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a checkpoint folder (spec.json + model.safetensors)")
+    p.add_argument("--store", default=default_store(), help="memory store directory (default: $GRADMEM_STORE "
+                   "or ~/.cache/gradmem/store)")
+    p.add_argument("--max-blocks", type=int, default=16, help="most chunks a long context is written into")
+    p.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk (default: what the window allows)")
+
+
+def add_memory_commands(sub: Any) -> None:
+    """Register write / ask / inspect / store / serve on the `gradmem` sub-parser."""
+    p = sub.add_parser("write", help="write a context (file or stdin) into a memory in the store")
+    _engine_options(p)
+    p.add_argument("--context", default="-", help="text file, or - for stdin (default)")
+    p.add_argument("--out", default=None, help="also copy the memory files here (PATH.safetensors + PATH.json)")
+    p.add_argument("--steps", type=int, default=None, help="maximum WRITE steps K (default: the checkpoint's)")
+    p.add_argument("--lr", type=float, default=None, help="inner lr (default: the checkpoint's)")
+    p.add_argument("--target-loss", type=float, default=None, help="stop a chunk once its reconstruction loss <= this")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_write)
+
+    p = sub.add_parser("ask", help="answer questions from a memory (the context is not needed)")
+    _engine_options(p)
+    p.add_argument("memory_ref", nargs="?", default=None, help="a store id or a memory file path")
+    p.add_argument("--memory", default=None, help="same as the positional MEMORY")
+    p.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a question (repeatable)")
+    p.add_argument("--queries-file", default=None, help="one question per line")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--stop", default=None, help="cut each answer after this string (e.g. '|' for key-value)")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("inspect", help="fidelity of a memory: loss curve and the context decoded from it")
+    _engine_options(p)
+    p.add_argument("memory", help="a store id or a memory file path")
+    p.add_argument("--context", default=None, help="the original text, to score the reconstruction")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("store", help="list / show / delete memories in a store, clean crash leftovers")
+    p.add_argument("action", choices=["list", "show", "delete", "clean"])
+    p.add_argument("id", nargs="?", default=None)
+    p.add_argument("--store", default=default_store())
+    p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("serve", help="serve a checkpoint and a store over HTTP (API + web page)")
+    _engine_options(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--stop", default=None, help="cut answers after this string (e.g. '|')")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger requests get 413")
+    p.add_argument("--max-questions", type=int, default=64, help="questions per request")
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second per client (token bucket)")
+    p.add_argument("--burst", type=int, default=100, help="burst size of the rate limit")
+    p.add_argument("--max-batch", type=int, default=32, help="most requests the model runs as one batch")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,304 @@
+"""A trained GradMem checkpoint ready for use: write texts into a memory store, answer questions
+from stored memories, and inspect how faithfully a memory holds its context.
+
+Shared by the command line and the HTTP service. Contexts longer than the model's window are cut
+into chunks, every chunk is written into its own block of m vectors (all chunks of all texts in one
+batched WRITE), and the blocks are concatenated into one prefix. Adaptive writes stop each chunk
+once its reconstruction loss reaches a target. Memories are keyed by model, context and write
+settings in a `MemoryStore`, so the same document is only written once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from gradmem.data import pad_right
+from gradmem.memory import Memory
+from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
+from gradmem.model import MemoryModel
+from gradmem.store import MemoryStore, memory_key
+from gradmem.write import write
+
+StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
+
+
+@dataclass
+class EngineConfig:
+    """Limits and defaults of an engine."""
+
+    max_blocks: int = 16  # most memory blocks (chunks) one text may be written into
+    chunk_tokens: int | None = None  # tokens per chunk; None = as many as the window allows
+    max_new_tokens: int = 8  # default answer length
+    stop: str | None = None  # answers are cut after the first occurrence of this string
+    cache_memories: int = 256  # loaded memories kept in RAM
+
+    def __post_init__(self) -> None:
+        if self.max_blocks < 1 or self.max_new_tokens < 1 or self.cache_memories < 0:
+            raise ValueError("max_blocks and max_new_tokens must be >= 1, cache_memories >= 0")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+
+
+@dataclass
+class WriteResult:
+    """One written (or found) memory."""
+
+    id: str
+    created: bool  # False when the store already held it (the write cost nothing)
+    meta: dict[str, Any] = field(repr=False)
+
+
+def kv_cache_floats(model: MemoryModel, tokens: int) -> int:
+    """Floats a full-context KV cache of `tokens` tokens takes: 2 * layers * tokens * kv width."""
+    describe = model.backbone.describe()
+    cfg = describe.get("config", describe)
+    layers = cfg.get("num_layers") or cfg.get("num_hidden_layers") or cfg.get("n_layer")
+    heads = cfg.get("num_heads") or cfg.get("num_attention_heads") or cfg.get("n_head")
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or model.backbone.hidden_size // heads
+    return 2 * int(layers) * tokens * int(kv_heads) * int(head_dim)
+
+
+class Engine:
+    """A MemoryModel with its tokenizer and a MemoryStore. Not thread-safe for model calls: the
+    service runs them on one worker thread; store operations are safe from any thread."""
+
+    def __init__(self, model: MemoryModel, tokenizer: Any, store: MemoryStore, cfg: EngineConfig | None = None) -> None:
+        method = model.method
+        for needed in ("initial_params", "prefix", "reconstruction_loss", "prefix_size"):
+            if not hasattr(method, needed):
+                raise ValueError(f"method {getattr(method, 'name', method)!r} does not write by gradient descent; "
+                                 "the engine serves GradMem checkpoints")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.store = store
+        self.cfg = cfg or EngineConfig()
+        self.fingerprint = model_fingerprint(model)
+        self.block_vectors = method.prefix_size()
+        window = model.max_positions
+        room = None if window is None else window - self.block_vectors
+        if room is not None and room < 1:
+            raise ValueError(f"the model's window of {window} positions has no room beside {self.block_vectors} memory vectors")
+        self.chunk_tokens = self.cfg.chunk_tokens or room or 512
+        if room is not None and self.chunk_tokens > room:
+            raise ValueError(f"chunk_tokens={self.chunk_tokens} exceeds the {room} tokens the window leaves beside memory")
+        self._cache: OrderedDict[str, Memory] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # ---- limits and settings -------------------------------------------------------------
+    @property
+    def max_context_tokens(self) -> int:
+        return self.cfg.max_blocks * self.chunk_tokens
+
+    def settings(self, steps: int | None, lr: float | None, target_loss: float | None) -> dict[str, Any]:
+        """The effective write settings (part of a memory's store key)."""
+        cfg = self.model.method.config.write
+        return {"steps": cfg.steps if steps is None else int(steps), "lr": cfg.optim.lr if lr is None else float(lr),
+                "optim": cfg.optim.name, "target_loss": target_loss, "chunk_tokens": self.chunk_tokens}
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise ValueError("cannot write an empty context")
+        if len(ids) > self.max_context_tokens:
+            raise ValueError(f"context of {len(ids)} tokens exceeds the limit of {self.max_context_tokens} tokens "
+                             f"({self.cfg.max_blocks} blocks x {self.chunk_tokens} tokens per chunk)")
+        return ids
+
+    def chunks(self, ids: list[int]) -> list[list[int]]:
+        return [ids[i : i + self.chunk_tokens] for i in range(0, len(ids), self.chunk_tokens)]
+
+    # ---- WRITE ---------------------------------------------------------------------------
+    def write_rows(self, rows: Sequence[Sequence[int]], steps: int | None = None, lr: float | None = None,
+                   target_loss: float | None = None, on_loss: Callable[[int, Tensor], None] | None = None) -> Memory:
+        """Write each token row into its own block: (R, P, D) prefix with stats. `on_loss(step, (R,) loss)`
+        is called as each loss is computed (before every step, and once after the last)."""
+        method, backbone = self.model.method, self.model.backbone
+        device = next(self.model.parameters()).device
+        context = pad_right(rows, self.tokenizer.pad_id).to(device)
+        calls = [0]
+        with torch.no_grad():
+            embeds = backbone.embed(context.ids)  # (R, N, D)
+
+            def loss_fn(params: tuple[Tensor, ...]) -> Tensor:
+                # The same loss GradMem.write differentiates (tests check the memories are equal);
+                # wrapped here so every step's loss can be reported while the write runs.
+                loss = method.reconstruction_loss(backbone, method.prefix(params), context, embeds)  # (R,)
+                if on_loss is not None:
+                    on_loss(calls[0], loss.detach())
+                calls[0] += 1
+                return loss
+
+            params, stats = write(loss_fn, method.initial_params(len(rows)), method.config.write, steps, lr,
+                                  measure_final=True, target_loss=target_loss)
+            return Memory(method.prefix(params).detach(), None, stats)
+
+    def write_texts(self, texts: Sequence[str], steps: int | None = None, lr: float | None = None,
+                    target_loss: float | None = None, on_step: StepCallback | None = None) -> list[WriteResult]:
+        """Write several texts in one batched WRITE (chunks of all texts side by side); texts whose
+        memory is already stored are not written again."""
+        settings = self.settings(steps, lr, target_loss)
+        encoded = [self.encode(t) for t in texts]
+        keys = [memory_key(self.fingerprint, ids, settings) for ids in encoded]
+        todo: dict[str, int] = {}  # key -> first text index needing a write (duplicates share it)
+        for i, key in enumerate(keys):
+            if key not in self.store and key not in todo:
+                todo[key] = i
+        written: dict[str, tuple[Tensor, dict[str, Any]]] = {}
+        if todo:
+            rows, owner = [], []
+            for i in todo.values():
+                for chunk in self.chunks(encoded[i]):
+                    rows.append(chunk)
+                    owner.append(i)
+            owner_t = torch.tensor(owner)
+
+            def on_loss(step: int, loss: Tensor) -> None:
+                if on_step is not None:
+                    for i in todo.values():
+                        on_step(i, step, float(loss.cpu()[owner_t == i].mean()))
+
+            memory = self.write_rows(rows, steps, lr, target_loss, on_loss)
+            for key, i in todo.items():
+                rows_i = (owner_t == i).nonzero()[:, 0]
+                blocks = len(rows_i)
+                one = Memory(memory.prefix[rows_i].reshape(1, blocks * self.block_vectors, -1), None,
+                             _select_stats(memory.stats, rows_i))
+                sidecar = build_sidecar(one, self.model, encoded[i], settings, self.fingerprint, blocks)
+                sidecar["context_chars"] = len(texts[i])
+                written[key] = (one.prefix, sidecar)
+        results = []
+        for i, key in enumerate(keys):
+            if key in written:
+                meta, created = self.store.get_or_write(key, lambda k=key: written.pop(k), texts[i])
+            else:
+                meta, created = self.store.show(key), False
+            results.append(WriteResult(key, created, self.describe(meta)))
+        return results
+
+    def describe(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """A sidecar plus sizes: the memory's bytes next to a full-context KV cache's bytes."""
+        item = torch.empty(0, dtype=getattr(torch, meta["dtype"])).element_size()
+        return {**meta, "memory_bytes": meta["num_vectors"] * meta["hidden_size"] * item,
+                "kv_cache_bytes": kv_cache_floats(self.model, meta["context_tokens"]) * item}
+
+    # ---- READ ----------------------------------------------------------------------------
+    def memory(self, memory_id: str) -> Memory:
+        """A stored memory, loaded once and cached (KeyError if absent)."""
+        with self._cache_lock:
+            if memory_id in self._cache:
+                self._cache.move_to_end(memory_id)
+                return self._cache[memory_id]
+        if memory_id not in self.store:
+            raise KeyError(f"no memory {memory_id!r}")
+        memory, _ = load_memory(self.store.path(memory_id), self.model, self.fingerprint)
+        with self._cache_lock:
+            self._cache[memory_id] = memory
+            while len(self._cache) > self.cfg.cache_memories:
+                self._cache.popitem(last=False)
+        return memory
+
+    def forget(self, memory_id: str) -> bool:
+        """Delete a memory from the store and the cache."""
+        with self._cache_lock:
+            self._cache.pop(memory_id, None)
+        return self.store.delete(memory_id)
+
+    def ask(self, items: Sequence[tuple[str, str]], max_new_tokens: int | None = None) -> list[str]:
+        """Answer (memory id, question) pairs, batched across memories (one decode per prefix length)."""
+        return self.answer([(self.memory(memory_id), q) for memory_id, q in items], max_new_tokens)
+
+    def answer(self, items: Sequence[tuple[Memory, str]], max_new_tokens: int | None = None) -> list[str]:
+        """Answer (one-row memory, question) pairs; rows with equal prefix length share one greedy decode."""
+        max_new = max_new_tokens or self.cfg.max_new_tokens
+        queries = [self.tokenizer.encode(q) for _, q in items]
+        window = self.model.max_positions
+        for (memory, _), ids in zip(items, queries):
+            if not ids:
+                raise ValueError("a question must not be empty")
+            if window is not None and memory.num_vectors + len(ids) + max_new > window:
+                raise ValueError(f"memory ({memory.num_vectors} vectors) + question ({len(ids)} tokens) + "
+                                 f"{max_new} answer tokens exceed the model's {window} positions")
+        answers: list[str] = [""] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (memory, _) in enumerate(items):
+            groups.setdefault(memory.num_vectors, []).append(i)
+        device = next(self.model.parameters()).device
+        for index in groups.values():
+            prefix = torch.cat([items[i][0].prefix for i in index])  # (G, P, D)
+            batch = pad_right([queries[i] for i in index], self.tokenizer.pad_id).to(device)
+            out = self.model.generate(Memory(prefix), batch, max_new, self.tokenizer.eos_id)
+            for i, row in zip(index, out.tolist()):
+                answers[i] = self._cut(self.tokenizer.decode([t for t in row if t >= 0]))
+        return answers
+
+    def _cut(self, text: str) -> str:
+        stop = self.cfg.stop
+        if stop and stop in text:
+            return text[: text.index(stop) + len(stop)]
+        return text
+
+    # ---- INSPECT -------------------------------------------------------------------------
+    def reconstruct(self, memory_id: str, context: str | None = None) -> dict[str, Any]:
+        """`reconstruct_memory` for a stored memory (its stored context is used when none is given)."""
+        context = context if context is not None else self.store.context(memory_id)
+        return self.reconstruct_memory(self.memory(memory_id), self.store.show(memory_id), context)
+
+    @torch.no_grad()
+    def reconstruct_memory(self, memory: Memory, meta: dict[str, Any], context: str | None = None) -> dict[str, Any]:
+        """Decode the context back from the memory alone: greedy generation from each block with the
+        WRITE head (the head the reconstruction loss trained), scored against the context if known."""
+        meta = self.describe(meta)
+        ids = self.tokenizer.encode(context) if context is not None else None
+        total, chunk = meta["context_tokens"], meta["write"].get("chunk_tokens", self.chunk_tokens)
+        lengths = [min(chunk, total - s) for s in range(0, total, chunk)]
+        blocks = memory.prefix.view(len(lengths), self.block_vectors, -1)  # (blocks, P, D)
+        decoded = self._greedy(blocks, max(lengths))
+        tokens = [t for row, n in zip(decoded.tolist(), lengths) for t in row[:n]]
+        result = {"id": meta.get("id"), "write_loss": meta["write_loss"], "final_write_loss": meta["final_write_loss"],
+                  "steps_taken": meta.get("steps_taken"), "blocks": len(lengths),
+                  "reconstruction": self.tokenizer.decode(tokens, skip_special=False), "context": context,
+                  "memory_bytes": meta["memory_bytes"], "kv_cache_bytes": meta["kv_cache_bytes"]}
+        if ids is not None:
+            if len(ids) != total:
+                raise ValueError(f"the given context has {len(ids)} tokens, the memory was written from {total}")
+            result["token_accuracy"] = sum(a == b for a, b in zip(tokens, ids)) / total
+            rows = self.chunks(ids)
+            batch = pad_right(rows, self.tokenizer.pad_id).to(blocks.device)
+            result["teacher_forced_accuracy"] = self._teacher_forced(blocks, batch)
+        return result
+
+    def _head(self, hidden: Tensor) -> Tensor:
+        head = getattr(self.model.method, "write_head", None)
+        return head(hidden) if head is not None else self.model.backbone.logits(hidden)
+
+    def _greedy(self, prefix: Tensor, length: int) -> Tensor:
+        """(R, P, D) prefixes -> (R, length) greedily reconstructed token ids."""
+        backbone = self.model.backbone
+        tokens = prefix.new_zeros(prefix.shape[0], 0, dtype=torch.long)
+        for _ in range(length):
+            hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))[:, -1]  # (R, D)
+            tokens = torch.cat((tokens, self._head(hidden).argmax(-1, keepdim=True)), 1)
+        return tokens
+
+    def _teacher_forced(self, prefix: Tensor, batch: Any) -> float:
+        """Share of context tokens the WRITE head predicts right given [memory; previous tokens]."""
+        p = prefix.shape[1]
+        embeds = self.model.backbone.embed(batch.ids)
+        hidden = self.model.backbone.hidden(torch.cat((prefix, embeds[:, :-1]), 1))[:, p - 1 :]
+        right = (self._head(hidden).argmax(-1) == batch.ids) & batch.mask
+        return float(right.sum() / batch.mask.sum())
+
+
+def _select_stats(stats: Any, rows: Tensor) -> Any:
+    from gradmem.memory import WriteStats
+
+    return WriteStats(losses=stats.losses[:, rows], grad_norms=stats.grad_norms[:, rows],
+                      final_loss=None if stats.final_loss is None else stats.final_loss[rows],
+                      steps_taken=None if stats.steps_taken is None else stats.steps_taken[rows])
