@@ -1,0 +1,75 @@
+"""The web page end to end in a real headless browser (Debian chromium driven by Playwright),
+against a real uvicorn server on loopback: write a context with a live loss chart, ask questions."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install chromium)")
+pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright pip package (dev extra)")
+uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from conftest import tiny_model  # noqa: E402
+from gradmem.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.service import ServiceConfig, create_app  # noqa: E402
+from gradmem.store import MemoryStore  # noqa: E402
+from gradmem.tokenizer import CharTokenizer  # noqa: E402
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def server(tmp_path):
+    engine = Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(tmp_path / "store"), EngineConfig(stop="|"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, ServiceConfig()), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", engine
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_write_and_ask_in_a_browser(server):
+    url, engine = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.fill("#context", "!ab:cd!!ef:gh!|")
+            page.fill("#steps", "3")
+            page.click("#write")
+            page.wait_for_function("document.getElementById('memory-id').textContent.length === 32", timeout=30000)
+            memory_id = page.inner_text("#memory-id")
+            assert page.evaluate("losses.length") == 4  # one point per write step, plus the final loss
+            assert "KiB" in page.inner_text("#kv-size") or "B" in page.inner_text("#kv-size")
+            assert "smaller" in page.inner_text("#ratio")
+            page.fill("#questions", "?!ab:\n?!ef:")
+            page.click("#ask")
+            page.wait_for_function("document.querySelectorAll('#answers li').length === 2", timeout=30000)
+            shown = page.locator("#answers li").all_inner_texts()
+            expected = engine.ask([(memory_id, "?!ab:"), (memory_id, "?!ef:")])
+            assert shown == [f"?!ab: → {expected[0]}", f"?!ef: → {expected[1]}"]
+            page.fill("#context", "")  # an error is shown, not thrown
+            page.click("#write")
+            assert "paste a context" in page.inner_text("#status")
+        finally:
+            browser.close()
+    meta = engine.store.show(memory_id)
+    assert meta["write"]["steps"] == 3 and meta["context_tokens"] == 15

@@ -1,0 +1,114 @@
+"""The HTTP service in-process: memories CRUD, ask, streaming writes, limits, batching, restarts."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import tiny_model  # noqa: E402
+from gradmem.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.service import ServiceConfig, create_app  # noqa: E402
+from gradmem.store import MemoryStore  # noqa: E402
+from gradmem.tokenizer import CharTokenizer  # noqa: E402
+
+TEXT = "!ab:cd!!ef:gh!|"
+
+
+def make_engine(root, **cfg):
+    return Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root), EngineConfig(chunk_tokens=15, max_blocks=2, **cfg))
+
+
+def client(root, **limits):
+    return TestClient(create_app(make_engine(root), ServiceConfig(**limits), checkpoint="tiny"))
+
+
+def test_memory_lifecycle_and_answers(tmp_path):
+    with client(tmp_path) as c:
+        r = c.post("/v1/memories", json={"text": TEXT})
+        assert r.status_code == 201 and r.json()["created"]
+        memory = r.json()
+        assert memory["context_tokens"] == 15 and memory["memory_bytes"] < memory["kv_cache_bytes"]
+        assert c.post("/v1/memories", json={"text": TEXT}).json()["created"] is False
+        assert [m["id"] for m in c.get("/v1/memories").json()] == [memory["id"]]
+        assert c.get(f"/v1/memories/{memory['id']}").json()["tensor_sha256"] == memory["tensor_sha256"]
+        r = c.post(f"/v1/memories/{memory['id']}/ask", json={"questions": ["?!ab:", "?!ef:"], "max_new_tokens": 4})
+        assert r.status_code == 200
+        answers = [a["answer"] for a in r.json()["answers"]]
+        engine = make_engine(tmp_path / "other")
+        [written] = engine.write_texts([TEXT])
+        assert answers == engine.ask([(written.id, "?!ab:"), (written.id, "?!ef:")], 4)
+        assert c.delete(f"/v1/memories/{memory['id']}").status_code == 204
+        assert c.delete(f"/v1/memories/{memory['id']}").status_code == 404
+        assert c.post(f"/v1/memories/{memory['id']}/ask", json={"questions": ["?!ab:"]}).status_code == 404
+        assert c.get("/v1/memories/not-an-id").status_code == 404
+
+
+def test_streamed_write_reports_every_step(tmp_path):
+    with client(tmp_path) as c:
+        r = c.post("/v1/memories?stream=true", json={"text": TEXT, "steps": 3})
+        assert r.status_code == 201 and r.headers["content-type"].startswith("text/event-stream")
+        events = [(block.split("\n")[0][len("event: "):], json.loads(block.split("\n")[1][len("data: "):]))
+                  for block in r.text.strip().split("\n\n")]
+        assert [kind for kind, _ in events] == ["step"] * 4 + ["done"]  # before steps 0..2, then after the last
+        done = events[-1][1]
+        assert [d["loss"] for _, d in events[:3]] == pytest.approx(done["write_loss"])
+        assert events[3][1]["loss"] == pytest.approx(done["final_write_loss"])
+
+
+def test_limits_give_clear_4xx(tmp_path):
+    with client(tmp_path, max_body_bytes=600, max_questions=2, rate_per_second=1, rate_burst=8) as c:
+        r = c.post("/v1/memories", content=json.dumps({"text": "a" * 700}), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "600 bytes" in r.json()["detail"]
+        r = c.post("/v1/memories", json={"text": "a" * 40})
+        assert r.status_code == 413 and "limit of 30 tokens" in r.json()["detail"]
+        assert c.post("/v1/memories", json={"text": ""}).status_code == 422
+        assert c.post("/v1/memories", json={"text": TEXT, "steps": -1}).status_code == 422
+        mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
+        r = c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?!ab:"] * 3})
+        assert r.status_code == 413 and "limit is 2" in r.json()["detail"]
+        codes = [c.get("/v1/memories").status_code for _ in range(6)]
+        assert codes[-1] == 429 and set(codes) == {200, 429}
+        r = c.get("/v1/memories")
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "rate limit" in r.json()["detail"]
+        assert c.get("/health").status_code == 200  # health is never rate limited
+
+
+def test_concurrent_requests_are_batched(tmp_path):
+    with client(tmp_path, batch_wait_ms=200, rate_burst=1000) as c:
+        ids = [c.post("/v1/memories", json={"text": f"!a{i}:cd!|"}).json()["id"] for i in range(3)]
+        results: dict[int, list[str]] = {}
+
+        def ask(i: int) -> None:
+            r = c.post(f"/v1/memories/{ids[i % 3]}/ask", json={"questions": [f"?!a{i % 3}:"], "max_new_tokens": 3})
+            results[i] = [a["answer"] for a in r.json()["answers"]]
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        health = c.get("/health").json()
+        assert health["largest_batch"] > 1, health
+        engine = make_engine(tmp_path)  # same store: the memories are there
+        for i in range(8):
+            assert results[i] == engine.ask([(ids[i % 3], f"?!a{i % 3}:")], 3)
+
+
+def test_store_survives_a_restart_and_the_api_is_described(tmp_path):
+    with client(tmp_path) as c:
+        mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
+        before = c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?!ab:"]}).json()
+    with client(tmp_path) as c:  # a new process would see the same directory
+        assert [m["id"] for m in c.get("/v1/memories").json()] == [mid]
+        assert c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?!ab:"]}).json() == before
+        schema = c.get("/openapi.json").json()
+        assert {"/v1/memories", "/v1/memories/{memory_id}", "/v1/memories/{memory_id}/ask", "/health",
+                "/version"} <= set(schema["paths"])
+        version = c.get("/version").json()
+        assert version["memory_format"] == 2 and version["max_context_tokens"] == 30
+        assert "<canvas" in c.get("/").text
