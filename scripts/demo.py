@@ -54,9 +54,35 @@ def main() -> None:
     print(f"{'method':<12} {'EM (teacher forced)':>20} {'EM (generated)':>15} {'train s':>8}")
     for r in rows:
         print(f"{r['method']:<12} {r['exact_match']:>20.3f} {r['generated_exact_match']:>15.3f} {r['train_s']:>8.0f}")
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps({"config": spec, "overrides": args.set, "rows": rows}, indent=2))
-    print(f"wrote {args.results}")
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"config": spec, "overrides": args.set, "rows": rows}, indent=2))
+    plot_curve(Path(args.out) / "gradmem" / "metrics.jsonl", results.with_suffix(".png"))
+    print(f"wrote {results} and {results.with_suffix('.png')}")
+
+
+def plot_curve(metrics: Path, png: Path) -> None:
+    """Held-out EM and WRITE loss over training, curriculum stages marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "eval"]
+    steps = [r["step"] for r in evals]
+    fig, (ax_em, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_em.plot(steps, [r["exact_match"] for r in evals], marker="o", ms=3)
+    for prev, cur in zip(evals, evals[1:]):
+        if cur["stage"] != prev["stage"]:
+            ax_em.axvline(cur["step"], color="grey", ls=":", lw=1)
+    ax_em.set(xlabel="training step", ylabel="held-out exact match", ylim=(0, 1.02),
+              title="EM on the current curriculum stage (dotted: next stage)")
+    for k in range(len(evals[0]["write_loss"])):
+        ax_loss.plot(steps, [r["write_loss"][k] for r in evals], label=f"before write step {k + 1}")
+    ax_loss.set(xlabel="training step", ylabel="reconstruction loss", title="WRITE loss")
+    ax_loss.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
 
 
 if __name__ == "__main__":
