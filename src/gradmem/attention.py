@@ -2,18 +2,23 @@
 
 GradMem's meta-gradient differentiates through the WRITE gradient, so attention needs a double
 backward. PyTorch's fused SDPA kernels do not have one; `math` is written from differentiable ops.
+`sdpa_explicit` runs the fused kernel forward and writes its backward out as differentiable ops
+(recomputing the attention probabilities, flash-style), so it works at any order and keeps no
+(T, T) tensor alive between a forward and its backward. It is also registered for Hugging Face
+models as `attn_implementation="gradmem_sdpa_explicit"` (see `register_hf_attention`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+HF_ATTENTION_NAME = "gradmem_sdpa_explicit"
 
 _MASK_CACHE: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 
@@ -28,19 +33,19 @@ def causal_bias(length: int, device: torch.device, dtype: torch.dtype) -> Tensor
     return bias
 
 
+def _causal_probs(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """(N, T, T) causal softmax of scale * q k^T, from differentiable ops. q, k: (N, T, Dh)."""
+    t = q.shape[-2]
+    scores = torch.baddbmm(causal_bias(t, q.device, q.dtype).expand(q.shape[0], -1, -1), q, k.transpose(1, 2), alpha=scale)
+    return torch.softmax(scores, dim=-1)
+
+
 def math_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal softmax attention from plain ops (any order of derivatives).
 
     q, k, v: (B, H, T, Dh) -> (B, H, T, Dh).
     """
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.baddbmm(
-        causal_bias(q.shape[-2], q.device, q.dtype).expand(q.shape[0] * q.shape[1], -1, -1),
-        q.flatten(0, 1),
-        k.flatten(0, 1).transpose(1, 2),
-        alpha=scale,
-    )  # (B*H, T, T)
-    probs = torch.softmax(scores, dim=-1)
+    probs = _causal_probs(q.flatten(0, 1), k.flatten(0, 1), 1.0 / math.sqrt(q.shape[-1]))  # (B*H, T, T)
     return torch.bmm(probs, v.flatten(0, 1)).view_as(q)
 
 
@@ -49,8 +54,53 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-ATTENTION: dict[str, AttentionFn] = {"math": math_attention, "sdpa": sdpa_attention}
-DOUBLE_BACKWARD = {"math": True, "sdpa": False}
+def attention_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of causal softmax attention, written out as differentiable ops.
+
+    q, k, v, grad: (N, T, Dh). With P = softmax(scale q k^T + causal mask) and O = P v:
+    dv = P^T dO, dP = dO v^T, dS = P * (dP - rowsum(P * dP)), dq = scale dS k, dk = scale dS^T q.
+    """
+    probs = _causal_probs(q, k, scale)  # (N, T, T), recomputed rather than kept from the forward
+    dv = torch.bmm(probs.transpose(1, 2), grad)
+    dprobs = torch.bmm(grad, v.transpose(1, 2))
+    dscores = probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True))  # softmax backward
+    dq = torch.bmm(dscores, k) * scale
+    dk = torch.bmm(dscores.transpose(1, 2), q) * scale
+    return dq, dk, dv
+
+
+class _SdpaExplicit(torch.autograd.Function):
+    """Fused SDPA forward; backward from differentiable ops, so autograd can differentiate it again."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(q, k, v)
+        ctx.scale = scale
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        q, k, v = ctx.saved_tensors
+        shape = q.shape  # (B, H, T, Dh)
+        flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]
+        dq, dk, dv = attention_backward(*flat, ctx.scale)
+        return dq.view(shape), dk.view(shape), dv.view(shape), None
+
+
+def sdpa_explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """Causal attention: fused SDPA forward, explicit differentiable backward (any order).
+
+    q, k, v: (B, H, T, Dh) -> (B, H, T, Dh); scale defaults to 1/sqrt(Dh).
+    """
+    return _SdpaExplicit.apply(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+
+
+ATTENTION: dict[str, AttentionFn] = {
+    "math": math_attention,
+    "sdpa": sdpa_attention,
+    "sdpa_explicit": sdpa_explicit_attention,
+}
+DOUBLE_BACKWARD = {"math": True, "sdpa": False, "sdpa_explicit": True}
 
 
 def get_attention(name: str) -> AttentionFn:
@@ -58,3 +108,26 @@ def get_attention(name: str) -> AttentionFn:
     if name not in ATTENTION:
         raise ValueError(f"unknown attention {name!r}; valid: {sorted(ATTENTION)}")
     return ATTENTION[name]
+
+
+def _hf_sdpa_explicit(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                      scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+    """`transformers` attention interface around `sdpa_explicit_attention`: (B, H, T, Dh) in,
+    (B, T, H, Dh) out. Causal only; gradmem right-pads and passes no mask, so none reaches here."""
+    if attention_mask is not None:
+        raise ValueError(f"{HF_ATTENTION_NAME} is causal-only and takes no attention mask")
+    if dropout > 0 or kwargs.get("sliding_window") or kwargs.get("softcap"):
+        raise ValueError(f"{HF_ATTENTION_NAME} supports neither dropout, sliding windows nor softcapping")
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+        key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+    out = sdpa_explicit_attention(query, key, value, scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_hf_attention() -> str:
+    """Register `sdpa_explicit` with `transformers` (idempotent); returns the implementation name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(HF_ATTENTION_NAME, _hf_sdpa_explicit)
+    return HF_ATTENTION_NAME

@@ -11,7 +11,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-DOUBLE_BACKWARD_ATTENTION = {"eager"}
+from gradmem.attention import HF_ATTENTION_NAME, register_hf_attention
+
+# gradmem's fused-forward / explicit-backward kernel is registered with transformers on demand.
+DOUBLE_BACKWARD_ATTENTION = {"eager", HF_ATTENTION_NAME}
 
 
 class HFBackbone(nn.Module):
@@ -29,6 +32,7 @@ class HFBackbone(nn.Module):
         """Build a randomly initialised model from a `transformers` config."""
         from transformers import AutoModelForCausalLM
 
+        register_hf_attention()
         return cls(AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation))
 
     @classmethod
@@ -36,6 +40,7 @@ class HFBackbone(nn.Module):
         """Load a local Hugging Face model folder."""
         from transformers import AutoModelForCausalLM
 
+        register_hf_attention()
         return cls(AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation, **kwargs))
 
     @property
