@@ -1,5 +1,5 @@
-"""WRITE and READ behaviour: reconstruction improves over steps, padding and batch-mates change
-nothing, evaluation-time overrides, and clear errors for bad input."""
+"""WRITE and READ behaviour: reconstruction improves over steps, evaluation-time overrides, and
+clear errors for bad input. (Batch invariance of every method: tests/test_methods.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import torch
 
 from conftest import kv_batch, tiny_model
 from gradmem.backbones import LlamaBackbone, LlamaConfig
-from gradmem.data import collate, pad_right
+from gradmem.data import pad_right
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
-from gradmem.tasks.kv import KVConfig, generate_kv
 
 
 def test_reconstruction_loss_decreases_over_write_steps():
@@ -22,29 +21,6 @@ def test_reconstruction_loss_decreases_over_write_steps():
     assert memory.stats.steps == 6
     assert torch.all(curve[1:] < curve[:-1]), curve
     assert memory.stats.final_loss.mean() < curve[-1]
-
-
-@pytest.mark.parametrize("method,projection", [("gradmem", "none"), ("gradmem", "linear"), ("gradmem", "fast"),
-                                               ("full_context", None), ("no_context", None)])
-def test_batch_invariance(method, projection):
-    """An example's memory and answer do not depend on its batch-mates or on padding."""
-    cfg = {"projection": projection, "control_tokens": True, "write": {"optim": {"name": "adam", "lr": 0.1}}} if method == "gradmem" else {}
-    model = tiny_model(method, **cfg)
-    mixed = generate_kv(KVConfig(num_pairs=1), 1, seed=1) + generate_kv(KVConfig(num_pairs=4), 3, seed=2)
-    with torch.no_grad():
-        alone = collate(mixed[:1])
-        m_alone = model.write(alone.context)
-        r_alone = model.read(m_alone, alone.query, alone.target)
-        together = collate(mixed)  # the 1-pair example is now padded to the 4-pair length
-        m_all = model.write(together.context)
-        r_all = model.read(m_all, together.query, together.target)
-    p = m_alone.prefix_lengths()[0]
-    assert torch.allclose(m_all.prefix[0, :p], m_alone.prefix[0, :p], atol=1e-5)
-    assert torch.allclose(r_all.logits[0], r_alone.logits[0], atol=1e-5)
-    assert torch.allclose(r_all.per_example_loss[0], r_alone.per_example_loss[0], atol=1e-5)
-    g_alone = model.generate(m_alone, alone.query, 4)
-    g_all = model.generate(m_all, together.query, 4)
-    assert torch.equal(g_all[0], g_alone[0])
 
 
 def test_write_steps_and_lr_override_at_evaluation():

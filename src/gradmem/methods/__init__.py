@@ -13,12 +13,14 @@ from torch import nn
 from gradmem.backbones.base import Backbone
 from gradmem.methods.context import FullContext, NoConfig, NoContext
 from gradmem.methods.gradmem import GradMem, GradMemConfig
+from gradmem.methods.rmt import RMT, RMTConfig
 
 # name -> (method class, its config class)
 METHODS: dict[str, tuple[Callable[..., nn.Module], type]] = {
     "gradmem": (GradMem, GradMemConfig),
     "full_context": (FullContext, NoConfig),
     "no_context": (NoContext, NoConfig),
+    "rmt": (RMT, RMTConfig),
 }
 
 
@@ -34,4 +36,4 @@ def build_method(name: str, backbone: Backbone, config: dict[str, Any] | None = 
     return cls(backbone, cfg)
 
 
-__all__ = ["METHODS", "build_method", "GradMem", "GradMemConfig", "FullContext", "NoContext"]
+__all__ = ["METHODS", "build_method", "GradMem", "GradMemConfig", "FullContext", "NoContext", "RMT", "RMTConfig"]

@@ -1,0 +1,152 @@
+"""One shared test for every memory method in the registry (and the main variants of each):
+forward, backward, write / read / generate, checkpoint and memory-file round trips, batch invariance,
+and the memory-state size every method reports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY, kv_batch
+from gradmem.backbones.mamba import mamba_backbone, mamba_state_floats, recurrent_state_floats
+from gradmem.build import build_model, load_checkpoint, save_checkpoint
+from gradmem.data import collate, pad_right
+from gradmem.memory_io import load_memory, save_memory
+from gradmem.methods import METHODS
+from gradmem.tasks.kv import KVConfig, generate_kv
+
+LLAMA = {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}}
+MAMBA = {"type": "hf", "config": {"model_type": "mamba", "vocab_size": 70, "hidden_size": 16, "state_size": 4,
+                                  "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4}}
+ADAM = {"optim": {"name": "adam", "lr": 0.1}}
+
+# case -> (method spec, backbone spec); every registered method appears at least once
+CASES = {
+    "gradmem-none": ({"name": "gradmem", "num_memory": 3, "projection": "none", "control_tokens": True, "write": ADAM}, LLAMA),
+    "gradmem-linear-control": ({"name": "gradmem", "num_memory": 3, "control_tokens": True, "write": ADAM}, LLAMA),
+    "gradmem-fast": ({"name": "gradmem", "num_memory": 2, "projection": "fast", "control_tokens": True, "write": ADAM}, LLAMA),
+    "gradmem-first-order": ({"name": "gradmem", "num_memory": 3, "write": {"grad_mode": "first"}}, LLAMA),
+    "rmt-x1": ({"name": "rmt", "num_memory": 3}, LLAMA),
+    "rmt-x2-no-projection": ({"name": "rmt", "num_memory": 3, "projection": "none", "steps": 2}, LLAMA),
+    "full_context": ({"name": "full_context"}, LLAMA),
+    "no_context": ({"name": "no_context"}, LLAMA),
+    "mamba-full_context": ({"name": "full_context"}, MAMBA),
+}
+
+
+def spec_for(case: str) -> dict:
+    method, backbone = CASES[case]
+    return {"task": {"name": "kv", "num_pairs": 2}, "backbone": backbone, "method": method, "train": {}}
+
+
+def model_for(case: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(spec_for(case)).eval()  # eval: no dropout, so outputs are deterministic
+
+
+def test_every_registered_method_is_covered():
+    assert set(METHODS) <= {method["name"] for method, _ in CASES.values()}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_forward_and_backward(case):
+    model = model_for(case).train()
+    out = model(kv_batch(n=3, pairs=2))
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    own = [name for name, _ in model.method.named_parameters()]
+    for name in own:  # a method's own learned state (M0, projection, heads) is trained through READ
+        if name != "write_head.weight" or CASES[case][0].get("write", {}).get("grad_mode") != "first":
+            assert grads.get(f"method.{name}") is not None and grads[f"method.{name}"].abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_write_read_generate(case):
+    model = model_for(case)
+    batch = kv_batch(n=4, pairs=2)
+    with torch.no_grad():
+        memory = model.write(batch.context)
+        read = model.read(memory, batch.query, batch.target)
+    assert memory.prefix.shape[0] == 4 and memory.prefix.shape[2] == 16
+    assert read.logits.shape == (4, batch.target.ids.shape[1], 70)
+    out = model.generate(memory, batch.query, 3)
+    assert out.shape == (4, 3)
+    assert torch.equal(out[:, 0], read.logits[:, 0].argmax(-1))  # greedy = teacher-forced first token
+    # one memory serves many queries: row 0 repeated answers like row 0
+    again = model.generate(memory.select(0).repeat(2), pad_right([batch.query.ids[0, : batch.query.lengths[0]].tolist()] * 2), 3)
+    assert torch.equal(again[0], out[0]) and torch.equal(again[1], out[0])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_checkpoint_and_memory_file_round_trip(case, tmp_path):
+    model = model_for(case)
+    spec = spec_for(case)
+    save_checkpoint(tmp_path / "ckpt", model, spec)
+    loaded, _, loaded_spec = load_checkpoint(tmp_path / "ckpt")
+    loaded.eval()
+    assert loaded_spec == spec
+    batch = kv_batch(n=3, pairs=2)
+    with torch.no_grad():
+        a = model.read(model.write(batch.context), batch.query, batch.target).logits
+        b = loaded.read(loaded.write(batch.context), batch.query, batch.target).logits
+    assert torch.equal(a, b)
+    ids = batch.context.ids[0, : batch.context.lengths[0]].tolist()
+    with torch.no_grad():
+        memory = model.write(pad_right([ids]))
+    path = save_memory(tmp_path / "mem", memory, model, ids, {})
+    restored, meta = load_memory(path, loaded)
+    assert meta["method"] == spec["method"]["name"]
+    assert torch.equal(restored.prefix, memory.prefix)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batch_invariance(case):
+    """An example's memory and answer do not depend on its batch-mates or on padding."""
+    model = model_for(case)
+    mixed = generate_kv(KVConfig(num_pairs=1), 1, seed=1) + generate_kv(KVConfig(num_pairs=4), 3, seed=2)
+    with torch.no_grad():
+        alone = collate(mixed[:1])
+        m_alone = model.write(alone.context)
+        r_alone = model.read(m_alone, alone.query, alone.target)
+        together = collate(mixed)  # the 1-pair example is now padded to the 4-pair length
+        m_all = model.write(together.context)
+        r_all = model.read(m_all, together.query, together.target)
+    p = m_alone.prefix_lengths()[0]
+    assert torch.allclose(m_all.prefix[0, :p], m_alone.prefix[0, :p], atol=1e-5)
+    assert torch.allclose(r_all.logits[0], r_alone.logits[0], atol=1e-5)
+    assert torch.allclose(r_all.per_example_loss[0], r_alone.per_example_loss[0], atol=1e-5)
+    assert torch.equal(model.generate(m_all, together.query, 4)[0], model.generate(m_alone, alone.query, 4)[0])
+
+
+def test_state_sizes():
+    """Floats each method keeps per example (paper Table 6)."""
+    d = 16
+    assert model_for("gradmem-none").method.state_floats() == 3 * d
+    assert model_for("gradmem-fast").method.state_floats() == 2 * d + d * d  # memory + written fast weights
+    assert model_for("rmt-x1").method.state_floats() == 3 * d
+    assert model_for("no_context").method.state_floats() == 0
+    assert model_for("full_context").method.state_floats(context_tokens=15, num_layers=2) == 2 * 2 * 15 * d
+    mamba = model_for("mamba-full_context")
+    # 2 layers x d_inner 32 x (d_state 4 + conv 4 - 1)
+    assert recurrent_state_floats(mamba.backbone) == mamba_state_floats(MAMBA["config"]) == 2 * 32 * 7
+    assert recurrent_state_floats(model_for("rmt-x1").backbone) is None
+    assert recurrent_state_floats(mamba_backbone(vocab_size=70, hidden_size=8, num_hidden_layers=1)) == 16 * (16 + 3)
+
+
+def test_rmt_rereading_and_trailing_memory_position():
+    """xK re-reading changes the memory; the trailing memory sits right after the real tokens, so a
+    context read with extra padding writes the same memory."""
+    model = model_for("rmt-x1")
+    ids = kv_batch(n=1, pairs=2).context
+    padded = pad_right([ids.ids[0].tolist()])
+    padded.ids = torch.cat((padded.ids, torch.zeros(1, 5, dtype=torch.long)), 1)  # 5 pads, same length
+    with torch.no_grad():
+        once, twice = model.write(ids).prefix, model.write(ids, steps=2).prefix
+        assert not torch.allclose(once, twice)
+        assert torch.allclose(model.write(padded).prefix, once, atol=1e-6)
+        zero = model.write(ids, steps=0).prefix
+    assert torch.allclose(zero, model.method.prefix(model.method.memory0[None]))
+    with pytest.raises(ValueError, match="projection"):
+        build_model({**spec_for("rmt-x1"), "method": {"name": "rmt", "projection": "fast"}})
