@@ -157,7 +157,7 @@ class Trainer:
         while self.step < self.cfg.steps:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg)
-            out = self.model(self.train_batch(self.step))
+            out = self.model(self.train_batch(self.step).to(next(self.model.parameters()).device))
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
