@@ -59,7 +59,7 @@ def cmd_write(args: argparse.Namespace) -> int:
     def progress(_: int, step: int, loss: float) -> None:
         if not args.quiet:
             label = f"step {step}/{total}" if step < total else "final"
-            print(f"write {label:>11}  reconstruction loss {loss:.4f}  {'#' * max(1, round(loss * 10))}",
+            print(f"write {label:>9}  reconstruction loss {loss:.4f}  {'#' * max(1, round(loss * 10))}",
                   file=sys.stderr, flush=True)
 
     [result] = engine.write_texts([text], args.steps, args.lr, args.target_loss, on_step=progress)
