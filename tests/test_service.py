@@ -64,6 +64,9 @@ def test_limits_give_clear_4xx(tmp_path):
     with client(tmp_path, max_body_bytes=600, max_questions=2, rate_per_second=1, rate_burst=8) as c:
         r = c.post("/v1/memories", content=json.dumps({"text": "a" * 700}), headers={"content-type": "application/json"})
         assert r.status_code == 413 and "600 bytes" in r.json()["detail"]
+        chunks = iter([b'{"text": "'] + [b"a" * 100] * 9)  # chunked: no content-length to check up front
+        r = c.post("/v1/memories", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "600 bytes" in r.json()["detail"]
         r = c.post("/v1/memories", json={"text": "a" * 40})
         assert r.status_code == 413 and "limit of 30 tokens" in r.json()["detail"]
         assert c.post("/v1/memories", json={"text": ""}).status_code == 422

@@ -99,24 +99,27 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and int(declared) > self.limit:
             return await _too_large(self.limit, send)
-        seen = 0
+        seen, responded = 0, False
 
         async def counted() -> dict:
-            nonlocal seen
+            nonlocal seen, responded
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _BodyTooLarge
+            if seen > self.limit and not responded:  # a chunked body without a content-length
+                responded = True
+                await _too_large(self.limit, send)
+                return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
             return message
 
+        async def guarded(message: dict) -> None:
+            if not responded:
+                await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await _too_large(self.limit, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not responded:
+                raise
 
 
 async def _too_large(limit: int, send: Any) -> None:
