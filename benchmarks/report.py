@@ -1,0 +1,97 @@
+"""Tables and plots shared by the benchmark scripts: Markdown tables, EM-vs-pairs lines, heatmaps.
+
+Plots use matplotlib's Agg backend (no display needed); matplotlib comes with the `dev` extra.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def percent(values: Sequence[float]) -> str:
+    """'97.3' for one value, '97.3 ± 1.2' for several (exact match given as a fraction)."""
+    mean, std = mean_std(values)
+    return f"{100 * mean:.1f}" if len(values) == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lines(path: Path, series: dict[str, dict[int, list[float]]], title: str, xlabel: str = "key-value pairs") -> None:
+    """One line per series: x -> exact-match values (mean plotted, std as error bars), in percent."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, points in series.items():
+        xs = sorted(points)
+        stats = [mean_std(points[x]) for x in xs]
+        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({x for points in series.values() for x in points}))
+    ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("exact match, %")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(path: Path, curves: dict[str, list[tuple[int, float]]], title: str) -> None:
+    """Held-out EM during training, one line per run: (step, EM) points."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for label, points in curves.items():
+        if points:
+            ax.plot([s for s, _ in points], [100 * e for _, e in points], label=label, linewidth=1.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out exact match, %")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heatmap(path: Path, rows: list[str], cols: list[str], values: list[list[float]], title: str,
+                 xlabel: str, ylabel: str) -> None:
+    """A rows x cols grid of exact-match fractions, annotated in percent."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 3.0 + 0.55 * len(cols)), max(2.8, 1.6 + 0.45 * len(rows))))
+    image = ax.imshow([[100 * v for v in row] for row in values], vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="exact match, %")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
