@@ -18,6 +18,7 @@ import torch
 
 from gradmem.build import build_task, load_trainer_state, save_checkpoint
 from gradmem.data import collate
+from gradmem.distributed import DataParallel
 from gradmem.evaluate import evaluate
 from gradmem.model import MemoryModel
 
@@ -80,8 +81,10 @@ class Trainer:
     """Runs (and resumes) one training run in `out_dir`."""
 
     def __init__(self, model: MemoryModel, spec: dict[str, Any], out_dir: str | Path,
-                 on_log: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_log: Callable[[dict[str, Any]], None] | None = None, parallel: DataParallel | None = None) -> None:
         self.model = model
+        self.parallel = parallel or DataParallel()  # data-parallel rank; only rank 0 logs and saves
+        self.forward_model = self.parallel.wrap(model)  # DDP around the model when data-parallel
         self.spec = spec
         self.cfg = TrainConfig(**spec.get("train", {}))
         self.out_dir = Path(out_dir)
@@ -110,7 +113,7 @@ class Trainer:
         # A distinct, reproducible stream per (seed, step): offset far from the valid/test seeds.
         task = self.task(self.stage)
         examples = task.make_split("train", self.cfg.batch_size, seed=1_000_003 * (self.cfg.seed + 1) + step)
-        return collate(examples, task.tokenizer.pad_id)
+        return self.parallel.shard(collate(examples, task.tokenizer.pad_id))  # this rank's slice
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -118,6 +121,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
 
     def save(self) -> None:
+        if not self.parallel.is_main:
+            return
         save_checkpoint(self.out_dir / "last", self.model, self.spec, self.state())
 
     def resume(self) -> bool:
@@ -135,6 +140,8 @@ class Trainer:
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        if not self.parallel.is_main:
+            return
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self.on_log(record)
@@ -157,7 +164,7 @@ class Trainer:
         while self.step < self.cfg.steps:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg)
-            out = self.model(self.train_batch(self.step).to(next(self.model.parameters()).device))
+            out = self.forward_model(self.train_batch(self.step).to(next(self.model.parameters()).device))
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
@@ -188,7 +195,8 @@ class Trainer:
             return False
         if em > self.best:
             self.best, self.bad_evals = em, 0
-            save_checkpoint(self.out_dir / "best", self.model, self.spec)
+            if self.parallel.is_main:
+                save_checkpoint(self.out_dir / "best", self.model, self.spec)
         else:
             self.bad_evals += 1
         if self.cfg.target_exact_match is not None and em >= self.cfg.target_exact_match:
