@@ -63,9 +63,10 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor, scale: flo
     probs = _causal_probs(q, k, scale)  # (N, T, T), recomputed rather than kept from the forward
     dv = torch.bmm(probs.transpose(1, 2), grad)
     dprobs = torch.bmm(grad, v.transpose(1, 2))
-    dscores = probs * (dprobs - (probs * dprobs).sum(-1, keepdim=True))  # softmax backward
-    dq = torch.bmm(dscores, k) * scale
-    dk = torch.bmm(dscores.transpose(1, 2), q) * scale
+    # softmax backward, P * (dP - rowsum(P * dP)), as one fused op that has its own derivative
+    dscores = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype)
+    dq = torch.bmm(dscores, k * scale)
+    dk = torch.bmm(dscores.transpose(1, 2), q * scale)
     return dq, dk, dv
 
 

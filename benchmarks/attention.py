@@ -1,0 +1,115 @@
+"""Attention kernels under GradMem's second-order pattern: `sdpa_explicit` vs plain `math` attention.
+
+One measured step = forward, the inner gradient with create_graph (what a WRITE step does), then
+the outer backward through that gradient (what meta-training does). Also timed: forward alone
+without grad (WRITE at evaluation / READ), and first order (forward + backward). Variants run
+interleaved per round; ratios are per round, medians reported.
+
+    python benchmarks/attention.py                      # T = 128, 512, 1024 on CPU, fp32
+    python benchmarks/attention.py --device cuda --dtype bf16 --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perfkit import DTYPES, interleaved, peak_bytes, ratios, summary  # noqa: E402
+
+from gradmem.attention import get_attention  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = ("math", "sdpa_explicit")
+
+
+def second_order(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        out = fn(q, k, v)
+        grads = torch.autograd.grad((out * w).sum(), (q, k, v), create_graph=True)
+        sum((g * g).sum() for g in grads).backward()
+    return run
+
+
+def first_order(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        (fn(q, k, v) * w).sum().backward()
+    return run
+
+
+def forward_only(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.no_grad():
+            fn(q, k, v)
+    return run
+
+
+MODES = {"second_order": second_order, "first_order": first_order, "forward": forward_only}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--lengths", default="128,512,1024")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    p.add_argument("--tag", default="")
+    p.add_argument("--out", default=str(ROOT / "results" / "perf"))
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    report: dict[str, Any] = {"setting": {**vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__},
+                              "results": []}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for length in (int(x) for x in args.lengths.split(",")):
+        shape = (args.batch, args.heads, length, args.head_dim)
+        q, k, v, w = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(4))
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        for mode, make in MODES.items():
+            calls = {name: make(get_attention(name), q, k, v, w) for name in KERNELS}
+            row: dict[str, Any] = {"length": length, "mode": mode}
+            for name, fn in calls.items():
+                fn()  # warm-up
+                row[f"{name}_peak_bytes"] = peak_bytes(fn, device)
+            times = interleaved(calls, args.rounds, device)
+            for name in KERNELS:
+                row[f"{name}_seconds"] = summary(times[name])
+            row["speedup"] = ratios(times, "math", "sdpa_explicit")
+            row["memory_ratio"] = row["sdpa_explicit_peak_bytes"] / row["math_peak_bytes"]
+            report["results"].append(row)
+            print(f"T={length:5d} {mode:12s} math {row['math_seconds']['median'] * 1e3:8.1f} ms, "
+                  f"sdpa_explicit {row['sdpa_explicit_seconds']['median'] * 1e3:8.1f} ms, speed-up "
+                  f"{row['speedup']['median']:.2f}x ({row['speedup']['min']:.2f}-{row['speedup']['max']:.2f}), "
+                  f"peak memory {row['math_peak_bytes'] / 2**20:.0f} -> {row['sdpa_explicit_peak_bytes'] / 2**20:.0f} MiB",
+                  flush=True)
+            q.grad = k.grad = v.grad = None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "attention" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    s = report["setting"]
+    lines = [f"Batch {s['batch']}, {s['heads']} heads, head dim {s['head_dim']}, {s['dtype']}, {s['device']}, "
+             f"{s['threads']} threads, {s['rounds']} interleaved rounds; speed-up = math time / sdpa_explicit time per round.",
+             "", "| T | mode | math ms | sdpa_explicit ms | speed-up (median, min-max) | peak MiB math | peak MiB sdpa_explicit |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['length']} | {r['mode']} | {r['math_seconds']['median'] * 1e3:.1f} | "
+                     f"{r['sdpa_explicit_seconds']['median'] * 1e3:.1f} | {r['speedup']['median']:.2f}x "
+                     f"({r['speedup']['min']:.2f}-{r['speedup']['max']:.2f}) | {r['math_peak_bytes'] / 2**20:.0f} | "
+                     f"{r['sdpa_explicit_peak_bytes'] / 2**20:.0f} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

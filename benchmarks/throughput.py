@@ -1,0 +1,205 @@
+"""Throughput of GradMem meta-training, WRITE and READ: built-in decoder vs Hugging Face Llama.
+
+Both backbones have identical sizes and weights (the HF model is converted from the built-in one,
+gradmem.backbones.convert) and identical GradMem parts (M0, projection, WRITE head). Every round
+runs each variant once in a rotated order, so ratios are measured side by side:
+
+    python benchmarks/throughput.py                                   # paper KV setting, CPU, fp32
+    python benchmarks/throughput.py --rounds 3 --batch 16 --tag quick # smaller, for a busy machine
+    python benchmarks/throughput.py --device cuda --dtype bf16        # unchanged on a GPU
+
+Measured per variant: training step (WRITE with K second-order steps + READ + backward + AdamW),
+WRITE alone (no graph, K steps), READ alone (no grad) — median seconds and examples/s; peak tensor
+memory of each; FLOPs from torch.utils.flop_counter and achieved GFLOP/s; fraction of a matmul
+peak measured in the same run. Writes results/perf/throughput[_tag].json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perfkit import DTYPES, count_flops, interleaved, matmul_gflops, peak_bytes, ratios, summary  # noqa: E402
+
+from gradmem.attention import HF_ATTENTION_NAME  # noqa: E402
+from gradmem.backbones import LlamaBackbone, LlamaConfig  # noqa: E402
+from gradmem.backbones.convert import to_hf  # noqa: E402
+from gradmem.data import collate  # noqa: E402
+from gradmem.methods import build_method  # noqa: E402
+from gradmem.model import MemoryModel  # noqa: E402
+from gradmem.tasks.kv import KVTask  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# variant name -> (backbone family, attention kernel)
+VARIANTS = {
+    "builtin": ("builtin", "math"),
+    "builtin_sdpa_explicit": ("builtin", "sdpa_explicit"),
+    "hf_eager": ("hf", "eager"),
+    "hf_sdpa_explicit": ("hf", HF_ATTENTION_NAME),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--variants", default="builtin,hf_eager", help=f"comma list of {sorted(VARIANTS)}")
+    p.add_argument("--baseline", default="hf_eager", help="variant the others are compared with")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--pairs", type=int, default=16, help="key-value pairs (context 7N+1 tokens)")
+    p.add_argument("--memory", type=int, default=8, help="m, memory vectors")
+    p.add_argument("--steps", type=int, default=2, help="K, write steps")
+    p.add_argument("--grad-mode", default="second")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="", help="suffix of the result files")
+    p.add_argument("--out", default=str(ROOT / "results" / "perf"))
+    return p.parse_args()
+
+
+def build_models(args: argparse.Namespace, names: list[str], device: torch.device, dtype: torch.dtype) -> dict[str, MemoryModel]:
+    """One MemoryModel per variant, all with the same backbone weights and the same GradMem parts."""
+    torch.manual_seed(args.seed)
+    base = LlamaBackbone(LlamaConfig(vocab_size=70, hidden_size=args.width, num_layers=args.layers,
+                                     num_heads=args.heads, intermediate_size=args.intermediate))
+    method_cfg = {"num_memory": args.memory, "write": {"steps": args.steps, "grad_mode": args.grad_mode}}
+    reference = build_method("gradmem", base, method_cfg)
+    models = {}
+    for name in names:
+        family, attention = VARIANTS[name]
+        if family == "builtin":
+            backbone = LlamaBackbone(LlamaConfig(**{**base.config.__dict__, "attention": attention}))
+            backbone.load_state_dict(base.state_dict())
+        else:
+            backbone = to_hf(base, attn_implementation=attention)
+        method = build_method("gradmem", backbone, method_cfg)
+        method.load_state_dict(reference.state_dict())
+        models[name] = MemoryModel(backbone, method).to(device=device, dtype=dtype)
+    return models
+
+
+def calls(model: MemoryModel, batch: Any) -> dict[str, Callable[[], Any]]:
+    """The three measured operations of one model on one batch."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        optimizer.step()
+
+    def write_only() -> None:
+        with torch.no_grad():
+            model.write(batch.context)
+
+    with torch.no_grad():
+        memory = model.write(batch.context)
+
+    def read_only() -> None:
+        with torch.no_grad():
+            model.read(memory, batch.query, batch.target)
+
+    return {"train": train_step, "write": write_only, "read": read_only}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or args.baseline not in names:
+        raise SystemExit(f"unknown variants {unknown} or baseline {args.baseline!r} not among {names}")
+    models = build_models(args, names, device, dtype)
+    task = KVTask(num_pairs=args.pairs)
+    batch = collate(task.make_split("train", args.batch, seed=args.seed)).to(device)
+    ops = {name: calls(model, batch) for name, model in models.items()}
+
+    # the machine's matmul peak: a large square product and the model's widest projection
+    shapes = [(2048, 2048, 2048), (args.batch * (args.memory + batch.context.ids.shape[1]), args.width, 2 * args.intermediate)]
+    report: dict[str, Any] = {"setting": {**vars(args), "context_tokens": int(batch.context.ids.shape[1]),
+                                          "threads": torch.get_num_threads()},
+                              "machine": {"device": device.type, "name": device_name(device), "python": platform.python_version(),
+                                          "torch": torch.__version__}, "variants": {}}
+    for name in names:  # untimed warm-up (first calls allocate and pick kernels), FLOPs and peak memory
+        entry: dict[str, Any] = {}
+        for op, fn in ops[name].items():
+            fn()
+            entry[op] = {"flops": count_flops(fn), "peak_bytes": peak_bytes(fn, device)}
+        report["variants"][name] = entry
+        print(f"{name}: " + ", ".join(f"{op} {e['flops'] / 1e9:.1f} GFLOP, {e['peak_bytes'] / 2**20:.0f} MiB"
+                                    for op, e in entry.items()), flush=True)
+
+    peaks: list[float] = []
+    for op in ("train", "write", "read"):
+        # one matmul-peak measurement per round, interleaved with the variants
+        variants = {name: ops[name][op] for name in names}
+        if op == "train":
+            variants["_matmul_peak"] = lambda: peaks.append(max(matmul_gflops(s, dtype, device, 3) for s in shapes))
+        times = interleaved(variants, args.rounds, device)
+        times.pop("_matmul_peak", None)
+        for name in names:
+            stats = summary(times[name])
+            entry = report["variants"][name][op]
+            entry.update(seconds=stats, examples_per_s=args.batch / stats["median"],
+                         gflops_per_s=entry["flops"] / stats["median"] / 1e9)
+            entry["ratio_vs_baseline"] = ratios(times, args.baseline, name)
+            print(f"{op:5s} {name:22s} {stats['median']:.3f} s (spread {stats['spread']:.0%}), "
+                  f"{args.batch / stats['median']:.1f} ex/s, speed-up vs {args.baseline}: "
+                  f"{entry['ratio_vs_baseline']['median']:.2f}x", flush=True)
+    peak = summary(peaks)
+    report["matmul_peak_gflops"] = peak
+    for name in names:
+        for entry in report["variants"][name].values():
+            entry["fraction_of_peak"] = entry["gflops_per_s"] / peak["max"]
+    write_outputs(report, args)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def write_outputs(report: dict[str, Any], args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "throughput" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    s = report["setting"]
+    lines = [
+        f"Setting: {s['layers']} layers, {s['heads']} heads, width {s['width']}, m = {s['memory']}, "
+        f"{s['pairs']} pairs ({s['context_tokens']}-token context), K = {s['steps']}, grad mode {s['grad_mode']}, "
+        f"batch {s['batch']}, {s['dtype']}, {report['machine']['device']} ({report['machine']['name']}), "
+        f"{s['threads']} threads, {s['rounds']} interleaved rounds. Matmul peak (best of the run): "
+        f"{report['matmul_peak_gflops']['max']:.0f} GFLOP/s (median {report['matmul_peak_gflops']['median']:.0f}).",
+        "",
+        "| variant | op | median s | spread | examples/s | speed-up vs " + args.baseline
+        + " (median, min-max) | GFLOP | GFLOP/s | of peak | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, ops in report["variants"].items():
+        for op, e in ops.items():
+            r = e["ratio_vs_baseline"]
+            lines.append(f"| {name} | {op} | {e['seconds']['median']:.3f} | {e['seconds']['spread']:.0%} | "
+                         f"{e['examples_per_s']:.1f} | {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
+                         f"{e['flops'] / 1e9:.1f} | {e['gflops_per_s']:.1f} | {e['fraction_of_peak']:.0%} | "
+                         f"{e['peak_bytes'] / 2**20:.0f} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
