@@ -119,3 +119,28 @@ def test_concurrent_threads_write_each_key_once(tmp_path):
         t.join(60)
     check_store(MemoryStore(store_dir), {k for ks in keys for k in ks}, log)
     assert os.path.isdir(os.path.join(store_dir, "locks"))
+
+
+def _killed_mid_write(root: str, key: str) -> None:
+    def dies(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"\x00" * 10)
+            f.flush()
+        os.kill(os.getpid(), 9)  # SIGKILL: no cleanup of any kind runs
+
+    memory_io.save_file = dies
+    MemoryStore(root).get_or_write(key, lambda: fake_memory(1))
+
+
+def test_a_writer_killed_mid_write_leaves_no_half_file(tmp_path):
+    key = memory_key("fp", [7], {})
+    proc = multiprocessing.get_context("fork").Process(target=_killed_mid_write, args=(str(tmp_path), key))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -9
+    store = MemoryStore(tmp_path)
+    assert key not in store and store.list() == []
+    assert not any(p.name.startswith(key) for p in store.objects.iterdir())  # only a hidden temp file
+    assert store.clean() == 1 and not any(store.objects.iterdir())
+    meta, created = store.get_or_write(key, lambda: fake_memory(1))  # the lock died with the process
+    assert created and key in store

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from gradmem.data import pad_right
+from gradmem.fidelity import greedy_reconstruction, teacher_forced_accuracy
 from gradmem.memory import Memory
 from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
@@ -252,14 +253,14 @@ class Engine:
 
     @torch.no_grad()
     def reconstruct_memory(self, memory: Memory, meta: dict[str, Any], context: str | None = None) -> dict[str, Any]:
-        """Decode the context back from the memory alone: greedy generation from each block with the
-        WRITE head (the head the reconstruction loss trained), scored against the context if known."""
+        """Decode the context back from the memory alone (see gradmem.fidelity), scored against the
+        context when it is known."""
         meta = self.describe(meta)
         ids = self.tokenizer.encode(context) if context is not None else None
         total, chunk = meta["context_tokens"], meta["write"].get("chunk_tokens", self.chunk_tokens)
         lengths = [min(chunk, total - s) for s in range(0, total, chunk)]
         blocks = memory.prefix.view(len(lengths), self.block_vectors, -1)  # (blocks, P, D)
-        decoded = self._greedy(blocks, max(lengths))
+        decoded = greedy_reconstruction(self.model, blocks, max(lengths))
         tokens = [t for row, n in zip(decoded.tolist(), lengths) for t in row[:n]]
         result = {"id": meta.get("id"), "write_loss": meta["write_loss"], "final_write_loss": meta["final_write_loss"],
                   "steps_taken": meta.get("steps_taken"), "blocks": len(lengths),
@@ -271,29 +272,8 @@ class Engine:
             result["token_accuracy"] = sum(a == b for a, b in zip(tokens, ids)) / total
             rows = self.chunks(ids)
             batch = pad_right(rows, self.tokenizer.pad_id).to(blocks.device)
-            result["teacher_forced_accuracy"] = self._teacher_forced(blocks, batch)
+            result["teacher_forced_accuracy"] = teacher_forced_accuracy(self.model, blocks, batch)
         return result
-
-    def _head(self, hidden: Tensor) -> Tensor:
-        head = getattr(self.model.method, "write_head", None)
-        return head(hidden) if head is not None else self.model.backbone.logits(hidden)
-
-    def _greedy(self, prefix: Tensor, length: int) -> Tensor:
-        """(R, P, D) prefixes -> (R, length) greedily reconstructed token ids."""
-        backbone = self.model.backbone
-        tokens = prefix.new_zeros(prefix.shape[0], 0, dtype=torch.long)
-        for _ in range(length):
-            hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))[:, -1]  # (R, D)
-            tokens = torch.cat((tokens, self._head(hidden).argmax(-1, keepdim=True)), 1)
-        return tokens
-
-    def _teacher_forced(self, prefix: Tensor, batch: Any) -> float:
-        """Share of context tokens the WRITE head predicts right given [memory; previous tokens]."""
-        p = prefix.shape[1]
-        embeds = self.model.backbone.embed(batch.ids)
-        hidden = self.model.backbone.hidden(torch.cat((prefix, embeds[:, :-1]), 1))[:, p - 1 :]
-        right = (self._head(hidden).argmax(-1) == batch.ids) & batch.mask
-        return float(right.sum() / batch.mask.sum())
 
 
 def _select_stats(stats: Any, rows: Tensor) -> Any:

@@ -67,7 +67,7 @@ def memory_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Call write(tmp_path), fsync, then rename onto `path`. The temporary name is unique, so
     concurrent writers never share it; on any error it is removed."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -119,8 +119,8 @@ def write_memory_files(path: str | Path, prefix: torch.Tensor, sidecar: dict[str
     tensor_path, side = memory_paths(path)
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = prefix.detach().to("cpu").contiguous()
-    _atomic_write(tensor_path, lambda tmp: save_file({"prefix": prefix}, tmp))
-    _atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    atomic_write(tensor_path, lambda tmp: save_file({"prefix": prefix}, tmp))
+    atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
     return tensor_path
 
 

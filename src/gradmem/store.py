@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from gradmem.memory_io import _atomic_write, memory_paths, read_sidecar, write_memory_files
+from gradmem.memory_io import atomic_write, memory_paths, read_sidecar, write_memory_files
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 ProduceFn = Callable[[], tuple[Any, dict[str, Any]]]  # -> ((1, P, D) prefix tensor, sidecar)
@@ -90,7 +90,7 @@ class MemoryStore:
             sidecar = {**sidecar, "id": memory_id}
             if context_text is not None:
                 context = self.context_path(memory_id)
-                _atomic_write(context, lambda tmp: Path(tmp).write_text(context_text, encoding="utf-8"))
+                atomic_write(context, lambda tmp: Path(tmp).write_text(context_text, encoding="utf-8"))
             write_memory_files(self.path(memory_id), prefix, sidecar)
             return sidecar, True
 
