@@ -78,6 +78,8 @@ class TokenBuckets:
     def take(self, client: str) -> float:
         """0 if the request may go ahead, else the seconds until it could."""
         now = time.monotonic()
+        if len(self.buckets) > 10000:  # forget clients whose bucket has refilled: they are back to a full burst
+            self.buckets = {c: (t, s) for c, (t, s) in self.buckets.items() if t + (now - s) * self.rate < self.burst}
         tokens, last = self.buckets.get(client, (float(self.burst), now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens >= 1:
