@@ -187,9 +187,12 @@ def summarise(preset: dict[str, Any], out: Path) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     if cells:
         plot_lines(out / "capacity.png", series, f"capacity: {name}")
-        curves = {f"{labels.get(c['method'], c['method'])} N={c['pairs']} s{c['seed']}":
-                  [(s, em) for s, _, em in c["eval_history"]] for c in cells}
-        plot_curves(out / "curves.png", curves, f"held-out EM during training: {name}")
+        panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        for c in cells:  # one panel per N; a curriculum stage change shows as a drop (a harder stage)
+            label = labels.get(c["method"], c["method"]) + (f" s{c['seed']}" if len(preset["seeds"]) > 1 else "")
+            panels.setdefault(f"N={c['pairs']}", {})[label] = [(s, em) for s, _, em in c["eval_history"]]
+        plot_curves(out / "curves.png", dict(sorted(panels.items(), key=lambda kv: int(kv[0][2:]))),
+                    f"held-out EM during training: {name}")
     return summary
 
 

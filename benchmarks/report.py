@@ -59,20 +59,26 @@ def plot_lines(path: Path, series: dict[str, dict[int, list[float]]], title: str
     plt.close(fig)
 
 
-def plot_curves(path: Path, curves: dict[str, list[tuple[int, float]]], title: str) -> None:
-    """Held-out EM during training, one line per run: (step, EM) points."""
+def plot_curves(path: Path, panels: dict[str, dict[str, list[tuple[int, float]]]], title: str) -> None:
+    """Held-out EM during training: one panel per key of `panels`, in it one line per run label
+    ((step, EM) points); a label keeps its colour across panels."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
-    for label, points in curves.items():
-        if points:
-            ax.plot([s for s, _ in points], [100 * e for _, e in points], label=label, linewidth=1.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out exact match, %")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    labels = list(dict.fromkeys(label for runs in panels.values() for label in runs))
+    colours = {label: plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(i) for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 4.0), sharey=True, squeeze=False)
+    for ax, (panel, runs) in zip(axes[0], panels.items()):
+        for label, points in runs.items():
+            if points:
+                ax.plot([s for s, _ in points], [100 * e for _, e in points], color=colours[label], linewidth=1.2, label=label)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out EM on the current stage, %")
+    handles = [plt.Line2D([], [], color=colours[label]) for label in labels]
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / (4.2 * len(panels) + 1.5), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
