@@ -1,4 +1,4 @@
-"""Attention kernels under GradMem's second-order pattern: `sdpa_explicit` vs plain `math` attention.
+"""Attention kernels under GradMem's second-order pattern: `sdpa_explicit` and `sdpa_hvp` vs plain `math`.
 
 One measured step = forward, the inner gradient with create_graph (what a WRITE step does), then
 the outer backward through that gradient (what meta-training does). Also timed: forward alone
@@ -25,7 +25,7 @@ from perfkit import DTYPES, interleaved, peak_bytes, ratios, summary  # noqa: E4
 from gradmem.attention import get_attention  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = ("math", "sdpa_explicit")
+KERNELS = ("math", "sdpa_explicit", "sdpa_hvp")  # the first is the reference
 
 
 def second_order(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
@@ -84,14 +84,12 @@ def main() -> None:
             times = interleaved(calls, args.rounds, device)
             for name in KERNELS:
                 row[f"{name}_seconds"] = summary(times[name])
-            row["speedup"] = ratios(times, "math", "sdpa_explicit")
-            row["memory_ratio"] = row["sdpa_explicit_peak_bytes"] / row["math_peak_bytes"]
+            for name in KERNELS[1:]:
+                row[f"{name}_speedup"] = ratios(times, KERNELS[0], name)
             report["results"].append(row)
-            print(f"T={length:5d} {mode:12s} math {row['math_seconds']['median'] * 1e3:8.1f} ms, "
-                  f"sdpa_explicit {row['sdpa_explicit_seconds']['median'] * 1e3:8.1f} ms, speed-up "
-                  f"{row['speedup']['median']:.2f}x ({row['speedup']['min']:.2f}-{row['speedup']['max']:.2f}), "
-                  f"peak memory {row['math_peak_bytes'] / 2**20:.0f} -> {row['sdpa_explicit_peak_bytes'] / 2**20:.0f} MiB",
-                  flush=True)
+            print(f"T={length:5d} {mode:12s} " + ", ".join(
+                f"{name} {row[name + '_seconds']['median'] * 1e3:.1f} ms {row[name + '_peak_bytes'] / 2**20:.0f} MiB"
+                + (f" ({row[name + '_speedup']['median']:.2f}x)" if name != KERNELS[0] else "") for name in KERNELS), flush=True)
             q.grad = k.grad = v.grad = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,14 +97,17 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     s = report["setting"]
     lines = [f"Batch {s['batch']}, {s['heads']} heads, head dim {s['head_dim']}, {s['dtype']}, {s['device']}, "
-             f"{s['threads']} threads, {s['rounds']} interleaved rounds; speed-up = math time / sdpa_explicit time per round.",
-             "", "| T | mode | math ms | sdpa_explicit ms | speed-up (median, min-max) | peak MiB math | peak MiB sdpa_explicit |",
-             "|---|---|---|---|---|---|---|"]
+             f"{s['threads']} threads, {s['rounds']} interleaved rounds; speed-up = {KERNELS[0]} time / kernel time, "
+             "per round (median, min-max).", "",
+             "| T | mode | " + " | ".join(f"{n} ms" for n in KERNELS) + " | "
+             + " | ".join(f"{n} speed-up" for n in KERNELS[1:]) + " | " + " | ".join(f"{n} peak MiB" for n in KERNELS) + " |",
+             "|---|---|" + "---|" * (3 * len(KERNELS) - 1)]
     for r in report["results"]:
-        lines.append(f"| {r['length']} | {r['mode']} | {r['math_seconds']['median'] * 1e3:.1f} | "
-                     f"{r['sdpa_explicit_seconds']['median'] * 1e3:.1f} | {r['speedup']['median']:.2f}x "
-                     f"({r['speedup']['min']:.2f}-{r['speedup']['max']:.2f}) | {r['math_peak_bytes'] / 2**20:.0f} | "
-                     f"{r['sdpa_explicit_peak_bytes'] / 2**20:.0f} |")
+        cells = [f"{r[n + '_seconds']['median'] * 1e3:.1f}" for n in KERNELS]
+        cells += [f"{r[n + '_speedup']['median']:.2f}x ({r[n + '_speedup']['min']:.2f}-{r[n + '_speedup']['max']:.2f})"
+                  for n in KERNELS[1:]]
+        cells += [f"{r[n + '_peak_bytes'] / 2**20:.0f}" for n in KERNELS]
+        lines.append(f"| {r['length']} | {r['mode']} | " + " | ".join(cells) + " |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

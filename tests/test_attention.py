@@ -1,6 +1,6 @@
-"""Attention kernels: `sdpa_explicit` (fused forward, explicit differentiable backward) against
-plain `math` attention in float64, for values, gradients and second-order gradients, in both the
-built-in decoder and a Hugging Face Llama."""
+"""Attention kernels: `sdpa_explicit` (fused forward, explicit differentiable backward) and `sdpa_hvp`
+(also an explicit second derivative) against plain `math` attention in float64, for values,
+gradients and second-order gradients, in both the built-in decoder and a Hugging Face Llama."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from transformers import LlamaConfig as HFLlamaConfig
 
 from conftest import TINY, kv_batch
-from gradmem.attention import (DOUBLE_BACKWARD, HF_ATTENTION_NAME, get_attention, math_attention,
-                               sdpa_explicit_attention)
+from gradmem.attention import (DOUBLE_BACKWARD, HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME, get_attention,
+                               math_attention, sdpa_explicit_attention, sdpa_hvp_attention)
 from gradmem.backbones import HFBackbone, LlamaBackbone, LlamaConfig
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
@@ -21,10 +21,14 @@ def qkv(b=2, h=3, t=9, dh=4, seed=0):
     return tuple(torch.randn(b, h, t, dh, dtype=torch.float64, generator=gen, requires_grad=True) for _ in range(3))
 
 
+KERNELS = {"sdpa_explicit": sdpa_explicit_attention, "sdpa_hvp": sdpa_hvp_attention}
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("t", [1, 5, 17])
-def test_values_and_gradients_match_math(t):
+def test_values_and_gradients_match_math(t, kernel):
     q, k, v = qkv(t=t)
-    ref, out = math_attention(q, k, v), sdpa_explicit_attention(q, k, v)
+    ref, out = math_attention(q, k, v), KERNELS[kernel](q, k, v)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     w = torch.randn_like(ref)
     g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v), create_graph=True)
@@ -39,15 +43,24 @@ def test_values_and_gradients_match_math(t):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
 
 
-def test_gradcheck_and_gradgradcheck():
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_gradcheck_and_gradgradcheck(kernel):
     q, k, v = qkv(b=1, h=2, t=6, dh=3)
-    assert torch.autograd.gradcheck(sdpa_explicit_attention, (q, k, v))
-    assert torch.autograd.gradgradcheck(sdpa_explicit_attention, (q, k, v))
+    assert torch.autograd.gradcheck(KERNELS[kernel], (q, k, v))
+    assert torch.autograd.gradgradcheck(KERNELS[kernel], (q, k, v))
+
+
+def test_hvp_kernel_refuses_third_order():
+    q, k, v = qkv(t=4)
+    (g,) = torch.autograd.grad(sdpa_hvp_attention(q, k, v).pow(2).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative only"):
+        torch.autograd.grad(g.pow(2).sum(), q, create_graph=True)
 
 
 def test_registry():
     assert get_attention("sdpa_explicit") is sdpa_explicit_attention
-    assert DOUBLE_BACKWARD["sdpa_explicit"] and DOUBLE_BACKWARD["math"] and not DOUBLE_BACKWARD["sdpa"]
+    assert get_attention("sdpa_hvp") is sdpa_hvp_attention
+    assert all(DOUBLE_BACKWARD[n] for n in ("math", "sdpa_explicit", "sdpa_hvp")) and not DOUBLE_BACKWARD["sdpa"]
     with pytest.raises(ValueError, match="valid"):
         get_attention("flash")
 
@@ -60,15 +73,16 @@ def meta_gradients(model: MemoryModel) -> dict[str, torch.Tensor]:
 
 def test_builtin_backbone_second_order_matches_math():
     grads = {}
-    for attention in ("math", "sdpa_explicit"):
+    for attention in ("math", "sdpa_explicit", "sdpa_hvp"):
         torch.manual_seed(0)
         backbone = LlamaBackbone(LlamaConfig(**{**TINY, "attention": attention}))
         model = MemoryModel(backbone, build_method("gradmem", backbone, {"num_memory": 3})).double()
         assert backbone.supports_double_backward()
         grads[attention] = meta_gradients(model)
-    assert grads["math"].keys() == grads["sdpa_explicit"].keys()
-    for name, ref in grads["math"].items():
-        torch.testing.assert_close(grads["sdpa_explicit"][name], ref, rtol=1e-9, atol=1e-12, msg=name)
+    for kernel in ("sdpa_explicit", "sdpa_hvp"):
+        assert grads["math"].keys() == grads[kernel].keys()
+        for name, ref in grads["math"].items():
+            torch.testing.assert_close(grads[kernel][name], ref, rtol=1e-9, atol=1e-12, msg=f"{kernel} {name}")
 
 
 def hf_llama(attn: str, kv_heads: int) -> MemoryModel:
@@ -79,10 +93,11 @@ def hf_llama(attn: str, kv_heads: int) -> MemoryModel:
     return MemoryModel(backbone, build_method("gradmem", backbone, {"num_memory": 2})).double()
 
 
+@pytest.mark.parametrize("name", [HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME])
 @pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention
-def test_hf_registration_matches_eager(kv_heads):
-    custom, eager = hf_llama(HF_ATTENTION_NAME, kv_heads), hf_llama("eager", kv_heads)
-    assert custom.backbone.attn_implementation == HF_ATTENTION_NAME
+def test_hf_registration_matches_eager(kv_heads, name):
+    custom, eager = hf_llama(name, kv_heads), hf_llama("eager", kv_heads)
+    assert custom.backbone.attn_implementation == name
     assert custom.backbone.supports_double_backward()
     g_custom, g_eager = meta_gradients(custom), meta_gradients(eager)
     assert g_custom.keys() == g_eager.keys()

@@ -22,7 +22,7 @@ def derivatives(model: LlamaBackbone, x: torch.Tensor, w: torch.Tensor, u: torch
     return h, g, second
 
 
-@pytest.mark.parametrize("attention", ["math", "sdpa_explicit"])
+@pytest.mark.parametrize("attention", ["math", "sdpa_explicit", "sdpa_hvp"])
 def test_float32_matches_float64_reference(attention):
     torch.manual_seed(0)
     model = LlamaBackbone(LlamaConfig(**{**TINY, "attention": attention}))

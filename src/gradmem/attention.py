@@ -4,8 +4,10 @@ GradMem's meta-gradient differentiates through the WRITE gradient, so attention 
 backward. PyTorch's fused SDPA kernels do not have one; `math` is written from differentiable ops.
 `sdpa_explicit` runs the fused kernel forward and writes its backward out as differentiable ops
 (recomputing the attention probabilities, flash-style), so it works at any order and keeps no
-(T, T) tensor alive between a forward and its backward. It is also registered for Hugging Face
-models as `attn_implementation="gradmem_sdpa_explicit"` (see `register_hf_attention`).
+(T, T) tensor alive between a forward and its backward. `sdpa_hvp` also writes out the second
+derivative (the Hessian-vector product of meta-training) by hand: less memory than autograd's
+generic double backward, second order only. Both are registered for Hugging Face models as
+`attn_implementation="gradmem_sdpa_explicit"` / `"gradmem_sdpa_hvp"` (see `register_hf_attention`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 HF_ATTENTION_NAME = "gradmem_sdpa_explicit"
+HF_HVP_ATTENTION_NAME = "gradmem_sdpa_hvp"
 
 _MASK_CACHE: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 
@@ -88,6 +91,66 @@ class _SdpaExplicit(torch.autograd.Function):
         return dq.view(shape), dk.view(shape), dv.view(shape), None
 
 
+class _AttentionGrad(torch.autograd.Function):
+    """(q, k, v, dO) -> (dq, dk, dv) of causal attention, with a hand-written backward: the
+    Hessian-vector product second-order training needs, in 10 bmm and a few (T, T) passes, keeping
+    only P, dP, dS between the two. Asking for its graph (third order) raises."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, grad: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        probs = _causal_probs(q, k, scale)  # (N, T, T)
+        dprobs = torch.bmm(grad, v.transpose(1, 2))
+        rowdot = (probs * dprobs).sum(-1, keepdim=True)  # (N, T, 1)
+        dscores = probs * (dprobs - rowdot)
+        ctx.save_for_backward(q, k, v, grad, probs, dprobs, dscores, rowdot)
+        ctx.scale = scale
+        return torch.bmm(dscores, k * scale), torch.bmm(dscores.transpose(1, 2), q * scale), torch.bmm(probs.transpose(1, 2), grad)
+
+    @staticmethod
+    def backward(ctx: Any, a_q: Tensor, a_k: Tensor, a_v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+        if torch.is_grad_enabled():  # create_graph: P, dP, dS are constants here, a graph would be wrong
+            raise RuntimeError("attention 'sdpa_hvp' has an explicit second derivative only; for a third "
+                               "derivative use 'sdpa_explicit' or 'math'")
+        q, k, v, grad, probs, dprobs, dscores, rowdot = ctx.saved_tensors
+        s = ctx.scale
+        # cotangent of dS from dq = s dS k and dk = s dS^T q
+        g_ds = torch.baddbmm(torch.bmm(a_q * s, k.transpose(1, 2)), q * s, a_k.transpose(1, 2))
+        # through dS = P * (dP - rowsum(P * dP))
+        h = g_ds - (g_ds * probs).sum(-1, keepdim=True)
+        g_dp = probs * h
+        g_p = torch.baddbmm(dprobs * h - g_ds * rowdot, grad, a_v.transpose(1, 2))  # + from dv = P^T dO
+        g_s = torch._softmax_backward_data(g_p, probs, -1, probs.dtype) * s  # through P = softmax(s q k^T)
+        g_q = torch.baddbmm(torch.bmm(dscores, a_k * s), g_s, k)
+        g_k = torch.baddbmm(torch.bmm(dscores.transpose(1, 2), a_q * s), g_s.transpose(1, 2), q)
+        g_v = torch.bmm(g_dp.transpose(1, 2), grad)
+        g_grad = torch.baddbmm(torch.bmm(probs, a_v), g_dp, v)
+        return g_q, g_k, g_v, g_grad, None
+
+
+class _SdpaHvp(torch.autograd.Function):
+    """Fused SDPA forward; backward through `_AttentionGrad` (explicit second derivative)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(q, k, v)
+        ctx.scale = scale
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        q, k, v = ctx.saved_tensors
+        shape = q.shape  # (B, H, T, Dh)
+        flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]
+        dq, dk, dv = _AttentionGrad.apply(*flat, ctx.scale)
+        return dq.view(shape), dk.view(shape), dv.view(shape), None
+
+
+def sdpa_hvp_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """Causal attention: fused SDPA forward, explicit backward AND explicit double backward
+    (second order; a third derivative raises). q, k, v: (B, H, T, Dh) -> (B, H, T, Dh)."""
+    return _SdpaHvp.apply(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+
+
 def sdpa_explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
     """Causal attention: fused SDPA forward, explicit differentiable backward (any order).
 
@@ -100,8 +163,9 @@ ATTENTION: dict[str, AttentionFn] = {
     "math": math_attention,
     "sdpa": sdpa_attention,
     "sdpa_explicit": sdpa_explicit_attention,
+    "sdpa_hvp": sdpa_hvp_attention,
 }
-DOUBLE_BACKWARD = {"math": True, "sdpa": False, "sdpa_explicit": True}
+DOUBLE_BACKWARD = {"math": True, "sdpa": False, "sdpa_explicit": True, "sdpa_hvp": True}
 
 
 def get_attention(name: str) -> AttentionFn:
@@ -111,24 +175,33 @@ def get_attention(name: str) -> AttentionFn:
     return ATTENTION[name]
 
 
-def _hf_sdpa_explicit(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                      scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
-    """`transformers` attention interface around `sdpa_explicit_attention`: (B, H, T, Dh) in,
-    (B, T, H, Dh) out. Causal only; gradmem right-pads and passes no mask, so none reaches here."""
-    if attention_mask is not None:
-        raise ValueError(f"{HF_ATTENTION_NAME} is causal-only and takes no attention mask")
-    if dropout > 0 or kwargs.get("sliding_window") or kwargs.get("softcap"):
-        raise ValueError(f"{HF_ATTENTION_NAME} supports neither dropout, sliding windows nor softcapping")
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
-        key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
-    out = sdpa_explicit_attention(query, key, value, scaling)
-    return out.transpose(1, 2).contiguous(), None
+def _hf_kernel(kernel: Callable[..., Tensor], name: str) -> Callable[..., tuple[Tensor, None]]:
+    """A `transformers` attention-interface function around one of our causal kernels:
+    (B, H, T, Dh) in, (B, T, H, Dh) out. gradmem right-pads and passes no mask, so none reaches here."""
+
+    def attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                  scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+        if attention_mask is not None:
+            raise ValueError(f"{name} is causal-only and takes no attention mask")
+        if dropout > 0 or kwargs.get("sliding_window") or kwargs.get("softcap"):
+            raise ValueError(f"{name} supports neither dropout, sliding windows nor softcapping")
+        groups = query.shape[1] // key.shape[1]
+        if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+            key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+        return kernel(query, key, value, scaling).transpose(1, 2).contiguous(), None
+
+    return attention
+
+
+# transformers attn_implementation name -> our kernel; all have a double backward
+HF_KERNELS = {HF_ATTENTION_NAME: sdpa_explicit_attention, HF_HVP_ATTENTION_NAME: sdpa_hvp_attention}
 
 
 def register_hf_attention() -> str:
-    """Register `sdpa_explicit` with `transformers` (idempotent); returns the implementation name."""
+    """Register our kernels with `transformers` (idempotent) as `gradmem_sdpa_explicit` and
+    `gradmem_sdpa_hvp`; returns the first name."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(HF_ATTENTION_NAME, _hf_sdpa_explicit)
+    for name, kernel in HF_KERNELS.items():
+        AttentionInterface.register(name, _hf_kernel(kernel, name))
     return HF_ATTENTION_NAME

@@ -11,10 +11,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from gradmem.attention import HF_ATTENTION_NAME, register_hf_attention
+from gradmem.attention import HF_KERNELS, register_hf_attention
 
-# gradmem's fused-forward / explicit-backward kernel is registered with transformers on demand.
-DOUBLE_BACKWARD_ATTENTION = {"eager", HF_ATTENTION_NAME}
+# gradmem's fused-forward / explicit-backward kernels are registered with transformers on demand.
+DOUBLE_BACKWARD_ATTENTION = {"eager", *HF_KERNELS}
 
 
 class HFBackbone(nn.Module):
