@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import DTYPES, count_flops, interleaved, matmul_gflops, peak_bytes, ratios, summary  # noqa: E402
 
-from gradmem.attention import HF_ATTENTION_NAME  # noqa: E402
+from gradmem.attention import HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME  # noqa: E402
 from gradmem.backbones import LlamaBackbone, LlamaConfig  # noqa: E402
 from gradmem.backbones.convert import to_hf  # noqa: E402
 from gradmem.data import collate  # noqa: E402
@@ -41,8 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = {
     "builtin": ("builtin", "math"),
     "builtin_sdpa_explicit": ("builtin", "sdpa_explicit"),
+    "builtin_sdpa_hvp": ("builtin", "sdpa_hvp"),
     "hf_eager": ("hf", "eager"),
     "hf_sdpa_explicit": ("hf", HF_ATTENTION_NAME),
+    "hf_sdpa_hvp": ("hf", HF_HVP_ATTENTION_NAME),
 }
 
 

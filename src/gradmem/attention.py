@@ -141,7 +141,9 @@ class _SdpaHvp(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         shape = q.shape  # (B, H, T, Dh)
         flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]
-        dq, dk, dv = _AttentionGrad.apply(*flat, ctx.scale)
+        # Only a backward that builds a graph (create_graph) needs the node that keeps P, dP, dS.
+        backward = _AttentionGrad.apply if torch.is_grad_enabled() else attention_backward
+        dq, dk, dv = backward(*flat, ctx.scale)
         return dq.view(shape), dk.view(shape), dv.view(shape), None
 
 
