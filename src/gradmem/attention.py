@@ -73,6 +73,15 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor, scale: flo
     return dq, dk, dv
 
 
+def _backward_over_heads(ctx: Any, grad: Tensor, backward: Any) -> tuple[Tensor, Tensor, Tensor, None]:
+    """Run a (N, T, Dh) attention backward over the saved (B, H, T, Dh) q, k, v of an SDPA forward."""
+    q, k, v = ctx.saved_tensors
+    shape = q.shape  # (B, H, T, Dh)
+    flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]
+    dq, dk, dv = backward(*flat, ctx.scale)
+    return dq.view(shape), dk.view(shape), dv.view(shape), None
+
+
 class _SdpaExplicit(torch.autograd.Function):
     """Fused SDPA forward; backward from differentiable ops, so autograd can differentiate it again."""
 
@@ -84,11 +93,7 @@ class _SdpaExplicit(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        q, k, v = ctx.saved_tensors
-        shape = q.shape  # (B, H, T, Dh)
-        flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]
-        dq, dk, dv = attention_backward(*flat, ctx.scale)
-        return dq.view(shape), dk.view(shape), dv.view(shape), None
+        return _backward_over_heads(ctx, grad, attention_backward)
 
 
 class _AttentionGrad(torch.autograd.Function):
@@ -138,13 +143,8 @@ class _SdpaHvp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        q, k, v = ctx.saved_tensors
-        shape = q.shape  # (B, H, T, Dh)
-        flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]
         # Only a backward that builds a graph (create_graph) needs the node that keeps P, dP, dS.
-        backward = _AttentionGrad.apply if torch.is_grad_enabled() else attention_backward
-        dq, dk, dv = backward(*flat, ctx.scale)
-        return dq.view(shape), dk.view(shape), dv.view(shape), None
+        return _backward_over_heads(ctx, grad, _AttentionGrad.apply if torch.is_grad_enabled() else attention_backward)
 
 
 def sdpa_hvp_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
