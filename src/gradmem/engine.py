@@ -24,7 +24,6 @@ from gradmem.memory import Memory
 from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
 from gradmem.store import MemoryStore, memory_key
-from gradmem.write import write
 
 StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
 
@@ -120,25 +119,12 @@ class Engine:
                    target_loss: float | None = None, on_loss: Callable[[int, Tensor], None] | None = None) -> Memory:
         """Write each token row into its own block: (R, P, D) prefix with stats. `on_loss(step, (R,) loss)`
         is called as each loss is computed (before every step, and once after the last)."""
-        method, backbone = self.model.method, self.model.backbone
         device = next(self.model.parameters()).device
         context = pad_right(rows, self.tokenizer.pad_id).to(device)
-        calls = [0]
         with torch.no_grad():
-            embeds = backbone.embed(context.ids)  # (R, N, D)
-
-            def loss_fn(params: tuple[Tensor, ...]) -> Tensor:
-                # The same loss GradMem.write differentiates (tests check the memories are equal);
-                # wrapped here so every step's loss can be reported while the write runs.
-                loss = method.reconstruction_loss(backbone, method.prefix(params), context, embeds)  # (R,)
-                if on_loss is not None:
-                    on_loss(calls[0], loss.detach())
-                calls[0] += 1
-                return loss
-
-            params, stats = write(loss_fn, method.initial_params(len(rows)), method.config.write, steps, lr,
-                                  measure_final=True, target_loss=target_loss)
-            return Memory(method.prefix(params).detach(), None, stats)
+            memory = self.model.method.write(self.model.backbone, context, steps, lr, measure_final=True,
+                                             target_loss=target_loss, on_loss=on_loss)
+        return Memory(memory.prefix.detach(), None, memory.stats)
 
     def write_texts(self, texts: Sequence[str], steps: int | None = None, lr: float | None = None,
                     target_loss: float | None = None, on_step: StepCallback | None = None) -> list[WriteResult]:

@@ -65,6 +65,7 @@ def write(
     lr: float | None = None,
     measure_final: bool = False,
     target_loss: float | None = None,
+    on_loss: Callable[[int, Tensor], None] | None = None,
 ) -> tuple[Params, WriteStats]:
     """Run the WRITE loop from `init` (tensors with a leading batch dim) and return the written tensors.
 
@@ -76,6 +77,9 @@ def write(
     Adaptive writes: with `target_loss`, an example whose loss before a step is <= target is frozen
     for good (its tensors stop changing), so it ends exactly as if written alone with the steps it
     took; the loop stops early once every example is frozen. `stats.steps_taken` counts them.
+
+    `on_loss(i, loss)` sees each (B,) loss as it is computed (before step i, and after the last
+    step when measured), e.g. to show a write's progress live.
     """
     outer_grad = torch.is_grad_enabled()
     total = cfg.steps if steps is None else steps
@@ -96,6 +100,8 @@ def write(
                 params = tuple(p.detach() for p in params)
             params = tuple(p if p.requires_grad else p.requires_grad_() for p in params)
             loss = loss_fn(params)  # (B,)
+            if on_loss is not None:
+                on_loss(index, loss.detach())
             if target_loss is not None:
                 active = active & (loss.detach() > target_loss)
                 if not bool(active.any()):  # every example reached the target: loss is their final loss
@@ -112,6 +118,8 @@ def write(
         if measure_final and final is None:
             with torch.no_grad():
                 final = loss_fn(tuple(p.detach() for p in params)).detach()
+            if on_loss is not None:
+                on_loss(len(losses), final)
     if not outer_grad:
         params = tuple(p.detach() for p in params)
     batch = init[0].shape[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -112,8 +112,14 @@ class GradMem(nn.Module):
         steps: int | None = None,
         lr: float | None = None,
         measure_final: bool = False,
+        target_loss: float | None = None,
+        on_loss: Callable[[int, Tensor], None] | None = None,
     ) -> Memory:
-        """Write each context of the batch into its own memory; `steps`/`lr` override the config."""
+        """Write each context of the batch into its own memory; `steps`/`lr` override the config.
+
+        `target_loss` stops each example once its reconstruction loss reaches it (adaptive write);
+        `on_loss(step, (B,) loss)` reports each loss as it is computed (see gradmem.write.write).
+        """
         cfg = self.config.write
         total = cfg.steps if steps is None else steps
         if torch.is_grad_enabled() and cfg.grad_mode == "second" and total > 0 and not backbone.supports_double_backward():
@@ -129,7 +135,8 @@ class GradMem(nn.Module):
 
         # A backbone may change itself for WRITE only (write-only LoRA adapters); READ sees it unchanged.
         with getattr(backbone, "write_mode", nullcontext)():
-            params, stats = write(loss_fn, self.initial_params(len(context)), cfg, steps, lr, measure_final)
+            params, stats = write(loss_fn, self.initial_params(len(context)), cfg, steps, lr, measure_final,
+                                  target_loss, on_loss)
         aux = None
         if self.config.inner_loss_weight > 0 and stats.mean_loss is not None:
             aux = self.config.inner_loss_weight * stats.mean_loss
