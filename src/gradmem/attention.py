@@ -73,29 +73,6 @@ def attention_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor, scale: flo
     return dq, dk, dv
 
 
-def _backward_over_heads(ctx: Any, grad: Tensor, backward: Any) -> tuple[Tensor, Tensor, Tensor, None]:
-    """Run a (N, T, Dh) attention backward over the saved (B, H, T, Dh) q, k, v of an SDPA forward."""
-    q, k, v = ctx.saved_tensors
-    shape = q.shape  # (B, H, T, Dh)
-    flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]
-    dq, dk, dv = backward(*flat, ctx.scale)
-    return dq.view(shape), dk.view(shape), dv.view(shape), None
-
-
-class _SdpaExplicit(torch.autograd.Function):
-    """Fused SDPA forward; backward from differentiable ops, so autograd can differentiate it again."""
-
-    @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-        ctx.save_for_backward(q, k, v)
-        ctx.scale = scale
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        return _backward_over_heads(ctx, grad, attention_backward)
-
-
 class _AttentionGrad(torch.autograd.Function):
     """(q, k, v, dO) -> (dq, dk, dv) of causal attention, with a hand-written backward: the
     Hessian-vector product second-order training needs, in 10 bmm and a few (T, T) passes, keeping
@@ -132,25 +109,35 @@ class _AttentionGrad(torch.autograd.Function):
         return g_q, g_k, g_v, g_grad, None
 
 
-class _SdpaHvp(torch.autograd.Function):
-    """Fused SDPA forward; backward through `_AttentionGrad` (explicit second derivative)."""
+class _FusedSdpa(torch.autograd.Function):
+    """Fused SDPA forward; the backward is written out, so autograd can differentiate through it.
+
+    hvp=False: the backward is plain differentiable ops (any order of derivatives).
+    hvp=True: a backward that builds a graph goes through `_AttentionGrad` (hand-written second
+    derivative, keeps only P, dP, dS); third order raises.
+    """
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, scale: float, hvp: bool) -> Tensor:
         ctx.save_for_backward(q, k, v)
-        ctx.scale = scale
+        ctx.scale, ctx.hvp = scale, hvp
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
+        q, k, v = ctx.saved_tensors
+        shape = q.shape  # (B, H, T, Dh)
+        flat = [x.reshape(-1, *shape[-2:]) for x in (q, k, v, grad)]  # (B*H, T, Dh)
         # Only a backward that builds a graph (create_graph) needs the node that keeps P, dP, dS.
-        return _backward_over_heads(ctx, grad, _AttentionGrad.apply if torch.is_grad_enabled() else attention_backward)
+        backward = _AttentionGrad.apply if ctx.hvp and torch.is_grad_enabled() else attention_backward
+        dq, dk, dv = backward(*flat, ctx.scale)
+        return dq.view(shape), dk.view(shape), dv.view(shape), None, None
 
 
 def sdpa_hvp_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
     """Causal attention: fused SDPA forward, explicit backward AND explicit double backward
     (second order; a third derivative raises). q, k, v: (B, H, T, Dh) -> (B, H, T, Dh)."""
-    return _SdpaHvp.apply(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    return _FusedSdpa.apply(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, True)
 
 
 def sdpa_explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
@@ -158,7 +145,7 @@ def sdpa_explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None
 
     q, k, v: (B, H, T, Dh) -> (B, H, T, Dh); scale defaults to 1/sqrt(Dh).
     """
-    return _SdpaExplicit.apply(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    return _FusedSdpa.apply(q, k, v, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale, False)
 
 
 ATTENTION: dict[str, AttentionFn] = {
