@@ -71,7 +71,7 @@ class Engine:
 
     def __init__(self, model: MemoryModel, tokenizer: Any, store: MemoryStore, cfg: EngineConfig | None = None) -> None:
         method = model.method
-        for needed in ("initial_params", "prefix", "reconstruction_loss", "prefix_size"):
+        for needed in ("reconstruction_logits", "write_logits", "prefix_size"):
             if not hasattr(method, needed):
                 raise ValueError(f"method {getattr(method, 'name', method)!r} does not write by gradient descent; "
                                  "the engine serves GradMem checkpoints")

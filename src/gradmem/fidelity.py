@@ -15,11 +15,6 @@ from gradmem.data import TokenBatch
 from gradmem.model import MemoryModel
 
 
-def _head(model: MemoryModel, hidden: Tensor) -> Tensor:
-    head = getattr(model.method, "write_head", None)
-    return head(hidden) if head is not None else model.backbone.logits(hidden)
-
-
 @torch.no_grad()
 def greedy_reconstruction(model: MemoryModel, prefix: Tensor, length: int) -> Tensor:
     """(R, P, D) memory blocks -> (R, length) token ids generated greedily from each block alone."""
@@ -27,15 +22,13 @@ def greedy_reconstruction(model: MemoryModel, prefix: Tensor, length: int) -> Te
     tokens = prefix.new_zeros(prefix.shape[0], 0, dtype=torch.long)
     for _ in range(length):
         hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))[:, -1]  # (R, D)
-        tokens = torch.cat((tokens, _head(model, hidden).argmax(-1, keepdim=True)), 1)
+        tokens = torch.cat((tokens, model.method.write_logits(backbone, hidden).argmax(-1, keepdim=True)), 1)
     return tokens
 
 
 @torch.no_grad()
 def teacher_forced_accuracy(model: MemoryModel, prefix: Tensor, context: TokenBatch) -> float:
     """Share of the context's real tokens the WRITE head predicts from [block; previous tokens]."""
-    p = prefix.shape[1]
-    embeds = model.backbone.embed(context.ids)  # (R, N, D)
-    hidden = model.backbone.hidden(torch.cat((prefix, embeds[:, :-1]), 1))[:, p - 1 :]  # (R, N, D)
-    right = (_head(model, hidden).argmax(-1) == context.ids) & context.mask
+    logits = model.method.reconstruction_logits(model.backbone, prefix, model.backbone.embed(context.ids))  # (R, N, V)
+    right = (logits.argmax(-1) == context.ids) & context.mask
     return float(right.sum() / context.mask.sum())

@@ -93,16 +93,23 @@ class GradMem(nn.Module):
             memory = torch.cat((self.control[:1].expand(b, 1, -1), memory, self.control[1:].expand(b, 1, -1)), 1)
         return memory
 
-    def reconstruction_loss(self, backbone: Backbone, prefix: Tensor, context: TokenBatch, context_embeds: Tensor) -> Tensor:
-        """(B,) mean next-token cross-entropy of each example's real context tokens given [prefix; C].
+    def write_logits(self, backbone: Backbone, hidden: Tensor) -> Tensor:
+        """(..., D) -> (..., V) with the WRITE head, or the LM head when there is none."""
+        return self.write_head(hidden) if self.write_head is not None else backbone.logits(hidden)
 
-        The last prefix position predicts the first context token; pads are excluded, and since they
-        come after the real tokens, causal attention keeps them from influencing anything.
+    def reconstruction_logits(self, backbone: Backbone, prefix: Tensor, context_embeds: Tensor) -> Tensor:
+        """(B, N, V) next-token logits of the context given [prefix; C]: position t predicts token t.
+
+        The last prefix position predicts the first context token; pads come after the real tokens,
+        so causal attention keeps them from influencing anything.
         """
         p = prefix.shape[1]
-        n = context.ids.shape[1]
-        h = backbone.hidden(torch.cat((prefix, context_embeds[:, :-1]), dim=1))[:, p - 1 : p - 1 + n]  # (B, N, D)
-        logits = self.write_head(h) if self.write_head is not None else backbone.logits(h)  # (B, N, V)
+        hidden = backbone.hidden(torch.cat((prefix, context_embeds[:, :-1]), dim=1))[:, p - 1 :]  # (B, N, D)
+        return self.write_logits(backbone, hidden)
+
+    def reconstruction_loss(self, backbone: Backbone, prefix: Tensor, context: TokenBatch, context_embeds: Tensor) -> Tensor:
+        """(B,) mean next-token cross-entropy of each example's real context tokens (pads excluded)."""
+        logits = self.reconstruction_logits(backbone, prefix, context_embeds)
         return per_example_cross_entropy(logits, context.ids, context.mask)
 
     def write(
