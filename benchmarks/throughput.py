@@ -31,20 +31,26 @@ from perfkit import DTYPES, count_flops, interleaved, matmul_gflops, peak_bytes,
 from gradmem.attention import HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME  # noqa: E402
 from gradmem.backbones import LlamaBackbone, LlamaConfig  # noqa: E402
 from gradmem.backbones.convert import to_hf  # noqa: E402
+from gradmem.backbones.hf import HFBackbone  # noqa: E402
+from gradmem.backbones.pretrained import resolve_model_path  # noqa: E402
+from gradmem.compiled import CompiledStep  # noqa: E402
 from gradmem.data import collate  # noqa: E402
 from gradmem.methods import build_method  # noqa: E402
 from gradmem.model import MemoryModel  # noqa: E402
 from gradmem.tasks.kv import KVTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# variant name -> (backbone family, attention kernel)
+# variant name -> (backbone family, attention kernel, training step compiled by gradmem.compiled)
 VARIANTS = {
-    "builtin": ("builtin", "math"),
-    "builtin_sdpa_explicit": ("builtin", "sdpa_explicit"),
-    "builtin_sdpa_hvp": ("builtin", "sdpa_hvp"),
-    "hf_eager": ("hf", "eager"),
-    "hf_sdpa_explicit": ("hf", HF_ATTENTION_NAME),
-    "hf_sdpa_hvp": ("hf", HF_HVP_ATTENTION_NAME),
+    "builtin": ("builtin", "math", False),
+    "builtin_sdpa_explicit": ("builtin", "sdpa_explicit", False),
+    "builtin_sdpa_hvp": ("builtin", "sdpa_hvp", False),
+    "builtin_compiled": ("builtin", "math", True),
+    "builtin_sdpa_hvp_compiled": ("builtin", "sdpa_hvp", True),
+    "hf_eager": ("hf", "eager", False),
+    "hf_compiled": ("hf", "eager", True),
+    "hf_sdpa_explicit": ("hf", HF_ATTENTION_NAME, False),
+    "hf_sdpa_hvp": ("hf", HF_HVP_ATTENTION_NAME, False),
 }
 
 
@@ -54,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--variants", default="builtin,hf_eager", help=f"comma list of {sorted(VARIANTS)}")
     p.add_argument("--baseline", default="hf_eager", help="variant the others are compared with")
+    p.add_argument("--pretrained", default="", help="a packaged or local HF model (e.g. smollm2-135m): only hf_* "
+                   "variants, sizes from the model; the long-context setting uses --pairs 73 (512-token context)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--pairs", type=int, default=16, help="key-value pairs (context 7N+1 tokens)")
     p.add_argument("--memory", type=int, default=8, help="m, memory vectors")
@@ -74,13 +82,15 @@ def parse_args() -> argparse.Namespace:
 def build_models(args: argparse.Namespace, names: list[str], device: torch.device, dtype: torch.dtype) -> dict[str, MemoryModel]:
     """One MemoryModel per variant, all with the same backbone weights and the same GradMem parts."""
     torch.manual_seed(args.seed)
+    if args.pretrained:
+        return build_pretrained_models(args, names, device, dtype)
     base = LlamaBackbone(LlamaConfig(vocab_size=70, hidden_size=args.width, num_layers=args.layers,
                                      num_heads=args.heads, intermediate_size=args.intermediate))
     method_cfg = {"num_memory": args.memory, "write": {"steps": args.steps, "grad_mode": args.grad_mode}}
     reference = build_method("gradmem", base, method_cfg)
     models = {}
     for name in names:
-        family, attention = VARIANTS[name]
+        family, attention, _ = VARIANTS[name]
         if family == "builtin":
             backbone = LlamaBackbone(LlamaConfig(**{**base.config.__dict__, "attention": attention}))
             backbone.load_state_dict(base.state_dict())
@@ -92,14 +102,42 @@ def build_models(args: argparse.Namespace, names: list[str], device: torch.devic
     return models
 
 
-def calls(model: MemoryModel, batch: Any) -> dict[str, Callable[[], Any]]:
-    """The three measured operations of one model on one batch."""
+def build_pretrained_models(args: argparse.Namespace, names: list[str], device: torch.device,
+                            dtype: torch.dtype) -> dict[str, MemoryModel]:
+    """The same pretrained checkpoint loaded once per variant's attention kernel, same GradMem parts."""
+    if any(VARIANTS[n][0] != "hf" for n in names):
+        raise SystemExit("--pretrained compares Hugging Face variants only (hf_*)")
+    where = {"path": args.pretrained} if Path(args.pretrained).is_dir() else {"pretrained": args.pretrained}
+    path = str(resolve_model_path(where))
+    method_cfg = {"num_memory": args.memory, "write": {"steps": args.steps, "grad_mode": args.grad_mode}}
+    models: dict[str, MemoryModel] = {}
+    reference: Any = None
+    for name in names:
+        backbone = HFBackbone.from_pretrained(path, attn_implementation=VARIANTS[name][1])
+        method = build_method("gradmem", backbone, method_cfg)
+        if reference is None:
+            reference = method
+        method.load_state_dict(reference.state_dict())
+        models[name] = MemoryModel(backbone, method).to(device=device, dtype=dtype)
+    return models
+
+
+def calls(model: MemoryModel, batch: Any, compiled: bool) -> dict[str, Callable[[], Any]]:
+    """The three measured operations of one model on one batch (the training step eager or compiled)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    step = CompiledStep(model) if compiled else None
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        model(batch).loss.backward()
+        if step is None:
+            model(batch).loss.backward()
+        else:
+            step(batch).assign_grads(step.parameters)
         optimizer.step()
+
+    def eager_gradients() -> None:  # the same arithmetic as the compiled step, for the FLOP count
+        model.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
 
     def write_only() -> None:
         with torch.no_grad():
@@ -112,7 +150,10 @@ def calls(model: MemoryModel, batch: Any) -> dict[str, Callable[[], Any]]:
         with torch.no_grad():
             model.read(memory, batch.query, batch.target)
 
-    return {"train": train_step, "write": write_only, "read": read_only}
+    ops = {"train": train_step, "write": write_only, "read": read_only}
+    if compiled:
+        ops["_train_eager"] = eager_gradients
+    return ops
 
 
 def main() -> None:
@@ -127,7 +168,7 @@ def main() -> None:
     models = build_models(args, names, device, dtype)
     task = KVTask(num_pairs=args.pairs)
     batch = collate(task.make_split("train", args.batch, seed=args.seed)).to(device)
-    ops = {name: calls(model, batch) for name, model in models.items()}
+    ops = {name: calls(model, batch, VARIANTS[name][2]) for name, model in models.items()}
 
     # the machine's matmul peak: a large square product and the model's widest projection
     shapes = [(2048, 2048, 2048), (args.batch * (args.memory + batch.context.ids.shape[1]), args.width, 2 * args.intermediate)]
@@ -137,11 +178,17 @@ def main() -> None:
                                           "torch": torch.__version__}, "variants": {}}
     for name in names:  # untimed warm-up (first calls allocate and pick kernels), FLOPs and peak memory
         entry: dict[str, Any] = {}
+        eager_train = ops[name].pop("_train_eager", None)
         for op, fn in ops[name].items():
             fn()
-            entry[op] = {"flops": count_flops(fn), "peak_bytes": peak_bytes(fn, device)}
+            if op == "train" and eager_train is not None:
+                # Compiled code must not run under the counting dispatch modes (Dynamo would retrace it);
+                # FLOPs are those of the eager step, tensor peak memory is not measured.
+                entry[op] = {"flops": count_flops(eager_train), "peak_bytes": None}
+            else:
+                entry[op] = {"flops": count_flops(fn), "peak_bytes": peak_bytes(fn, device)}
         report["variants"][name] = entry
-        print(f"{name}: " + ", ".join(f"{op} {e['flops'] / 1e9:.1f} GFLOP, {e['peak_bytes'] / 2**20:.0f} MiB"
+        print(f"{name}: " + ", ".join(f"{op} {e['flops'] / 1e9:.1f} GFLOP, {mib(e['peak_bytes'])} MiB"
                                     for op, e in entry.items()), flush=True)
 
     peaks: list[float] = []
@@ -169,6 +216,10 @@ def main() -> None:
     write_outputs(report, args)
 
 
+def mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f}"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -181,8 +232,9 @@ def write_outputs(report: dict[str, Any], args: argparse.Namespace) -> None:
     stem = "throughput" + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     s = report["setting"]
+    model = s["pretrained"] or f"{s['layers']} layers, {s['heads']} heads, width {s['width']}"
     lines = [
-        f"Setting: {s['layers']} layers, {s['heads']} heads, width {s['width']}, m = {s['memory']}, "
+        f"Setting: {model}, m = {s['memory']}, "
         f"{s['pairs']} pairs ({s['context_tokens']}-token context), K = {s['steps']}, grad mode {s['grad_mode']}, "
         f"batch {s['batch']}, {s['dtype']}, {report['machine']['device']} ({report['machine']['name']}), "
         f"{s['threads']} threads, {s['rounds']} interleaved rounds. Matmul peak (best of the run): "
@@ -198,7 +250,7 @@ def write_outputs(report: dict[str, Any], args: argparse.Namespace) -> None:
             lines.append(f"| {name} | {op} | {e['seconds']['median']:.3f} | {e['seconds']['spread']:.0%} | "
                          f"{e['examples_per_s']:.1f} | {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
                          f"{e['flops'] / 1e9:.1f} | {e['gflops_per_s']:.1f} | {e['fraction_of_peak']:.0%} | "
-                         f"{e['peak_bytes'] / 2**20:.0f} |")
+                         f"{mib(e['peak_bytes'])} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -67,6 +67,17 @@ class DataParallel:
         return DistributedDataParallel(model, device_ids=list(self.device_ids) if self.device_ids else None,
                                        find_unused_parameters=True)
 
+    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+        """Average `.grad` over the processes (for steps that bypass DDP, e.g. the compiled step)."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+
 
 def _rows(tokens: TokenBatch, rows: slice) -> TokenBatch:
     """Rows of a right-padded batch, trimmed to the slice's own longest row."""

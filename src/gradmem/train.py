@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 
 from gradmem.build import build_task, load_trainer_state, save_checkpoint
-from gradmem.data import collate
+from gradmem.compiled import CompiledStep
+from gradmem.data import Batch, collate
 from gradmem.distributed import DataParallel
 from gradmem.evaluate import evaluate
 from gradmem.model import MemoryModel
@@ -47,6 +48,8 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data and the held-out set
     curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
     advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
+    compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
+    compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
@@ -97,6 +100,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._tasks: dict[int, Any] = {}
         self._valid: dict[int, list] = {}
+        self._compiled = CompiledStep(model, backend=self.cfg.compile_backend) if self.cfg.compile else None
 
     # -- data -----------------------------------------------------------------------------------
     def task(self, stage: int) -> Any:
@@ -164,17 +168,14 @@ class Trainer:
         while self.step < self.cfg.steps:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg)
-            out = self.forward_model(self.train_batch(self.step).to(next(self.model.parameters()).device))
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss, read_loss, write_losses = self._gradients(self.train_batch(self.step).to(next(self.model.parameters()).device))
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
             self.optimizer.step()
             self.step += 1
             if self.step % self.cfg.log_every == 0:
-                stats = out.memory.stats
-                self.log({"kind": "train", "step": self.step, "stage": self.stage, "loss": out.loss.item(),
-                          "read_loss": out.read.loss.item(), "grad_norm": float(grad_norm),
-                          "write_loss": stats.losses.mean(1).tolist() if stats is not None else [],
+                self.log({"kind": "train", "step": self.step, "stage": self.stage, "loss": loss.item(),
+                          "read_loss": read_loss.item(), "grad_norm": float(grad_norm),
+                          "write_loss": write_losses.mean(1).tolist() if write_losses is not None else [],
                           "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": time.time() - started})
             done = False
             if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
@@ -185,6 +186,19 @@ class Trainer:
             if done:
                 break
         return record or self.run_eval()
+
+    def _gradients(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Fill every trainable parameter's .grad for `batch`; returns (loss, READ loss, (K, B) write losses)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._compiled is None:
+            out = self.forward_model(batch)
+            out.loss.backward()
+            stats = out.memory.stats
+            return out.loss.detach(), out.read.loss.detach(), None if stats is None else stats.losses
+        result = self._compiled(batch)
+        result.assign_grads(self._compiled.parameters)
+        self.parallel.average_gradients(self._compiled.parameters)  # what DDP's backward hook does
+        return result.loss, result.read_loss, result.write_losses
 
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""

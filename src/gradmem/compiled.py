@@ -1,0 +1,143 @@
+"""A compiled training step: the whole meta-gradient traced to one ATen graph and fused by Inductor.
+
+Eager second-order meta-training spends a third of its time in small element-wise passes that
+autograd creates for the inner gradient (create_graph) and again for its derivative. Autograd
+cannot fuse them and `torch.compile` does not support double backward, so this module takes the
+route AOTAutograd itself takes: `make_fx` runs one real training step (forward, K inner gradient
+steps, READ, outer `torch.autograd.grad`) under a tracing mode that records every ATen op,
+including those of both backward passes, into a plain forward-only graph whose outputs are the
+loss and the parameter gradients. Inductor then compiles that graph like any inference graph and
+fuses the element-wise chains into a few C++ (or Triton) kernels; the GEMMs stay BLAS calls.
+
+What the graph depends on besides its tensor inputs is fixed at trace time: tensor shapes, the
+batch's lengths (they decide padding widths through Python ints), the method's config (K, inner lr,
+grad mode) and training mode. Those form the cache key; a batch with a new key is traced and
+compiled again (a minute or more on a CPU), so this pays off for fixed-shape tasks such as
+key-value retrieval, where every batch of one curriculum stage has the same key. The first call of
+every graph is checked against the eager step; a mismatch raises instead of training on a wrong
+graph (e.g. a custom method whose Python control flow reads tensor values).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from gradmem.data import Batch, TokenBatch
+from gradmem.model import MemoryModel
+
+
+@dataclass
+class StepResult:
+    """Loss terms and gradients of one compiled training step (all detached)."""
+
+    loss: Tensor  # scalar: what the eager step would call .backward() on
+    read_loss: Tensor  # scalar: the READ part of the loss
+    write_losses: Tensor | None  # (K, B) reconstruction loss before each write step, if the method writes by GD
+    grads: list[Tensor]  # one per trainable parameter, in `CompiledStep.parameters` order
+
+    def assign_grads(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Store the gradients in `.grad`, as `loss.backward()` would after zero_grad(set_to_none)."""
+        for p, g in zip(parameters, self.grads):
+            p.grad = g
+
+
+class CompiledStep:
+    """`step(batch) -> StepResult`: loss and gradients of `model(batch).loss`, compiled per batch signature."""
+
+    def __init__(self, model: MemoryModel, max_graphs: int = 4, mode: str | None = None,
+                 backend: str = "inductor", check_tolerance: float = 1e-3) -> None:
+        """max_graphs: compiled graphs kept at once (oldest dropped); mode, backend: passed to
+        torch.compile, except backend "eager", which runs the traced graph as is (no compile; tests);
+        check_tolerance: relative tolerance of the first-call comparison with the eager step."""
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.model = model
+        self.max_graphs = max_graphs
+        self.mode = mode
+        self.backend = backend
+        self.check_tolerance = check_tolerance
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self._graphs: dict[tuple, Callable[..., Any]] = {}
+        self.compiles = 0  # graphs traced and compiled so far (a recompilation counter for logs)
+
+    def __call__(self, batch: Batch) -> StepResult:
+        key = self._key(batch)
+        fn = self._graphs.get(key)
+        if fn is None:
+            fn = self._compile(batch)
+            self._graphs[key] = fn
+            if len(self._graphs) > self.max_graphs:
+                self._graphs.pop(next(iter(self._graphs)))
+        return self._unpack(fn(self._state(), batch.context.ids, batch.query.ids, batch.target.ids))
+
+    # -- internals ------------------------------------------------------------------------------
+    def _key(self, batch: Batch) -> tuple:
+        tokens = (batch.context, batch.query, batch.target)
+        method_config = getattr(self.model.method, "export_config", dict)()
+        return (tuple(tuple(t.ids.shape) for t in tokens), tuple(tuple(t.lengths.tolist()) for t in tokens),
+                tuple(batch.answer_len.tolist()), batch.context.ids.device, self.model.training,
+                json.dumps(method_config, sort_keys=True, default=str))
+
+    def _state(self) -> dict[str, Tensor]:
+        """Every parameter and buffer, detached: the graph's weight inputs."""
+        state = {n: p.detach() for n, p in self.model.named_parameters()}
+        state.update({n: b for n, b in self.model.named_buffers()})
+        return state
+
+    def _step_function(self, batch: Batch) -> Callable[..., tuple]:
+        """The function traced: (state, token ids) -> (loss, read loss, write losses, grads).
+
+        Lengths are closed over rather than passed: they fix padding widths (Python ints) and are
+        part of the cache key, so the graph is only ever called with the lengths it was traced with.
+        """
+        lengths = (batch.context.lengths, batch.query.lengths, batch.target.lengths, batch.answer_len)
+        names = set(self._names)
+
+        def step(state: dict[str, Tensor], context: Tensor, query: Tensor, target: Tensor) -> tuple:
+            b = Batch(TokenBatch(context, lengths[0]), TokenBatch(query, lengths[1]), TokenBatch(target, lengths[2]), lengths[3])
+            params = {n: (t.requires_grad_(True) if n in names else t) for n, t in state.items()}
+            out = functional_call(self.model, params, (b,))
+            grads = torch.autograd.grad(out.loss, [params[n] for n in self._names], allow_unused=True)
+            grads = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(self._names, grads)]
+            stats = out.memory.stats
+            write_losses = stats.losses.detach() if stats is not None else None
+            return out.loss.detach(), out.read.loss.detach(), write_losses, [g.detach() for g in grads]
+
+        return step
+
+    def _compile(self, batch: Batch) -> Callable[..., Any]:
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        step = self._step_function(batch)
+        ids = (batch.context.ids, batch.query.ids, batch.target.ids)
+        trace_state = {n: t.detach().clone() for n, t in self._state().items()}
+        # Real-tensor tracing lets Python ints read from the closed-over lengths be baked in.
+        graph = make_fx(step, _error_on_data_dependent_ops=False)(trace_state, *ids)
+        compiled = graph if self.backend == "eager" else torch.compile(graph, dynamic=False, mode=self.mode, backend=self.backend)
+        self.compiles += 1
+        self._check(compiled, step, ids)
+        return compiled
+
+    def _check(self, compiled: Callable[..., Any], step: Callable[..., tuple], ids: tuple[Tensor, ...]) -> None:
+        """Compare the compiled graph with the eager step on the batch it was traced from."""
+        eager = step({n: t.detach().clone() for n, t in self._state().items()}, *ids)
+        with torch.no_grad():
+            fast = compiled(self._state(), *ids)
+        pairs = [(eager[0], fast[0]), (eager[1], fast[1])] + list(zip(eager[3], fast[3]))
+        for i, (a, b) in enumerate(pairs):
+            scale = a.abs().max().clamp_min(1e-6)
+            if not torch.isfinite(b).all() or float((a - b).abs().max() / scale) > self.check_tolerance:
+                raise RuntimeError(
+                    f"the compiled step disagrees with the eager step (output {i}): the method probably "
+                    "reads tensor values in Python control flow; train without compile")
+
+    def _unpack(self, out: tuple) -> StepResult:
+        loss, read_loss, write_losses, grads = out
+        return StepResult(loss, read_loss, write_losses, list(grads))

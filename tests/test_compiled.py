@@ -1,0 +1,109 @@
+"""The compiled training step: traced meta-gradients equal eager autograd, one graph per batch signature.
+
+These tests use backend "eager", which runs the traced graph without compiling it: what they check is gradmem's part (the trace of forward + inner steps + outer gradient, the
+cache key, the first-call check, the Trainer wiring). Inductor's code generation takes minutes on
+this CPU; every real compile is still checked against the eager step on its first call, and
+benchmarks/throughput.py runs it (variants *_compiled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import TINY, kv_batch, tiny_model
+from gradmem.build import build_model
+from gradmem.compiled import CompiledStep
+from gradmem.train import Trainer
+
+
+def eager_gradients(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(batch).loss
+    loss.backward()
+    return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                           for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("method, cfg", [
+    ("gradmem", {"write": {"steps": 2, "grad_mode": "second"}}),
+    ("gradmem", {"projection": "fast", "write": {"steps": 1, "grad_mode": "first"}}),
+    ("rmt", {"num_memory": 2, "steps": 2}),
+    ("full_context", {}),
+])
+def test_compiled_step_equals_eager_autograd_in_float64(method, cfg):
+    model = tiny_model(method, dtype=torch.float64, **cfg)
+    batch = kv_batch()
+    step = CompiledStep(model, backend="eager")
+    result = step(batch)
+    loss, grads = eager_gradients(model, batch)
+    assert result.loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    assert len(result.grads) == len(grads)
+    for fast, ref in zip(result.grads, grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    if method == "gradmem":
+        assert result.write_losses.shape == (model.method.config.write.steps, len(batch))
+
+
+def test_one_graph_per_batch_signature_and_weights_are_inputs():
+    model = tiny_model(dtype=torch.float64, write={"steps": 1})
+    step = CompiledStep(model, backend="eager")
+    step(kv_batch(seed=0))
+    # same shapes and lengths, other tokens and updated weights: the same graph, still exact
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    other = kv_batch(seed=1)
+    result = step(other)
+    assert step.compiles == 1
+    for fast, ref in zip(result.grads, eager_gradients(model, other)[1]):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    step(kv_batch(pairs=3))  # longer contexts: traced again
+    cfg = model.method.config  # a different K changes the graph too
+    model.method.config = replace(cfg, write=replace(cfg.write, steps=2))
+    step(kv_batch(seed=0))
+    assert step.compiles == 3
+
+
+def test_a_graph_that_disagrees_with_eager_is_refused():
+    model = tiny_model(write={"steps": 1})
+    step = CompiledStep(model, backend="eager")
+    batch = kv_batch()
+    real = step._step_function(batch)
+    ids = (batch.context.ids, batch.query.ids, batch.target.ids)
+
+    state = {n: t.detach().clone() for n, t in step._state().items()}
+    loss, read_loss, write_losses, grads = real(state, *ids)
+
+    def wrong(state, *args):  # stands in for a graph that baked in a value it should have read
+        return loss, read_loss, write_losses, [g + 1.0 for g in grads]
+
+    with pytest.raises(RuntimeError, match="disagrees with the eager step"):
+        step._check(wrong, real, ids)
+    with pytest.raises(ValueError, match="max_graphs"):
+        CompiledStep(model, max_graphs=0)
+
+
+def test_trainer_with_compile_matches_eager_training(tmp_path):
+    spec = {
+        "task": {"name": "kv", "num_pairs": 2},
+        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+        "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_every": 4, "eval_examples": 8,
+                  "log_every": 1, "seed": 1},
+    }
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        run_spec = {**spec, "train": {**spec["train"], "compile": compiled, "compile_backend": "eager"}}
+        trainer = Trainer(build_model(run_spec), run_spec, tmp_path / str(compiled))
+        trainer.train()
+        runs[compiled] = trainer
+    eager, fast = runs[False], runs[True]
+    assert [r["loss"] for r in fast.history if r["kind"] == "train"] == pytest.approx(
+        [r["loss"] for r in eager.history if r["kind"] == "train"], rel=1e-5)
+    assert len(fast.history[0]["write_loss"]) == 1
+    for a, b in zip(eager.model.parameters(), fast.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
