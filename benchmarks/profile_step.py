@@ -1,6 +1,8 @@
 """Where a second-order meta-training step spends its time: torch.profiler tables, built-in vs HF.
 
     python benchmarks/profile_step.py --batch 16 --threads 1     # -> results/perf/profile.md
+    python benchmarks/profile_step.py --variants builtin_compiled,hf_eager --batch 64 --threads 1 \
+        --out results/perf/profile_compiled.md
 
 Same model and sizes as benchmarks/throughput.py (paper KV setting by default); one warm-up step,
 then one profiled step per variant. Ops are grouped into GEMMs (mm/bmm/baddbmm/addmm/SDPA) and the
@@ -42,9 +44,10 @@ def main() -> None:
     batch = collate(KVTask(num_pairs=16).make_split("train", args.batch, seed=0))
     lines = [f"Profile of one second-order training step (paper KV setting, batch {args.batch}, "
              f"{torch.get_num_threads()} threads, CPU fp32). Command: `python benchmarks/profile_step.py "
-             f"--batch {args.batch} --threads {args.threads}`.", ""]
+             f"--variants {args.variants} --batch {args.batch} --threads {args.threads} --out {args.out}`. "
+             "In compiled variants the fused element-wise kernels run inside the `CompiledFxGraph` rows.", ""]
     for name in names:
-        step = calls(models[name], batch)["train"]
+        step = calls(models[name], batch, VARIANTS[name][2])["train"]
         step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
