@@ -26,19 +26,20 @@ SPEC = {
 }
 
 
-def train(out_dir: Path, parallel: DataParallel | None = None) -> dict[str, torch.Tensor]:
+def train(out_dir: Path, parallel: DataParallel | None = None, compiled: bool = False) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
+    spec = {**SPEC, "train": {**SPEC["train"], "compile": compiled, "compile_backend": "eager"}}
     # float64: Adam divides by the gradient's RMS, which would amplify float32 reduction-order noise
-    trainer = Trainer(build_model(SPEC).double(), SPEC, out_dir, parallel=parallel)
+    trainer = Trainer(build_model(spec).double(), spec, out_dir, parallel=parallel)
     trainer.train()
     return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, compiled: bool) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        params = train(Path(out_dir) / "ddp", DataParallel.from_process_group())
+        params = train(Path(out_dir) / "ddp", DataParallel.from_process_group(), compiled)
         torch.save(params, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -50,8 +51,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("compiled", [False, True], ids=["ddp", "compiled-step"])
+def test_two_processes_match_one_process(tmp_path, compiled):
+    # the compiled step bypasses DDP's backward hooks and averages the gradients itself
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), compiled), nprocs=2, join=True)
     single = train(tmp_path / "single")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     torch.manual_seed(0)  # a parameter that did not move would make the comparison vacuous
