@@ -52,3 +52,11 @@ def test_token_accuracy_ignores_padding() -> None:
     assert (int(correct), int(total)) == (3, 5)
     correct, total = token_accuracy(_logits([[5, 6, 7], [8, 3, 0]]), batch)
     assert (int(correct), int(total)) == (5, 5)
+
+
+def test_generated_rows_stop_at_eos_or_the_stop_marker():
+    from gradmem.sequence import generated_rows
+
+    out = torch.tensor([[5, 6, 2, -1], [7, -1, -1, -1], [8, 9, 10, 11]])
+    assert generated_rows(out, eos_id=2) == [[5, 6], [7], [8, 9, 10, 11]]
+    assert generated_rows(out, eos_id=None) == [[5, 6, 2], [7], [8, 9, 10, 11]]

@@ -23,6 +23,7 @@ from gradmem.fidelity import greedy_reconstruction, teacher_forced_accuracy
 from gradmem.memory import Memory
 from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
+from gradmem.sequence import generated_rows
 from gradmem.store import MemoryStore, memory_key
 
 StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
@@ -221,8 +222,8 @@ class Engine:
             prefix = torch.cat([items[i][0].prefix for i in index])  # (G, P, D)
             batch = pad_right([queries[i] for i in index], self.tokenizer.pad_id).to(device)
             out = self.model.generate(Memory(prefix), batch, max_new, self.tokenizer.eos_id)
-            for i, row in zip(index, out.tolist()):
-                answers[i] = self._cut(self.tokenizer.decode([t for t in row if t >= 0]))
+            for i, row in zip(index, generated_rows(out, self.tokenizer.eos_id)):
+                answers[i] = self._cut(self.tokenizer.decode(row))
         return answers
 
     def _cut(self, text: str) -> str:

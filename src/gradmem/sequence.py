@@ -44,3 +44,16 @@ def per_example_cross_entropy(logits: Tensor, ids: Tensor, mask: Tensor) -> Tens
         logits = logits.float()
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(ids)
     return (ce * mask).sum(1) / mask.sum(1)
+
+
+def generated_rows(generated: Tensor, eos_id: int | None) -> list[list[int]]:
+    """Each row of a `MemoryModel.generate` output up to its end: the first -1 (stopped) or EOS (excluded)."""
+    rows = []
+    for row in generated.tolist():
+        kept = []
+        for token in row:
+            if token < 0 or token == eos_id:
+                break
+            kept.append(token)
+        rows.append(kept)
+    return rows

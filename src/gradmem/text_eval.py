@@ -12,6 +12,7 @@ import torch
 
 from gradmem.data import Example, iterate_batches
 from gradmem.model import MemoryModel
+from gradmem.sequence import generated_rows
 from gradmem.tasks.squad import SquadItem, squad_scores
 
 
@@ -27,13 +28,7 @@ def generate_answers(model: MemoryModel, tokenizer: Any, examples: Sequence[Exam
             batch = batch.to(device)
             memory = model.write(batch.context, steps=steps)
             out = model.generate(memory, batch.query, max_new_tokens, tokenizer.eos_id)  # (B, T), -1 after stop
-            for row in out.tolist():
-                kept = []
-                for token in row:
-                    if token < 0 or token == tokenizer.eos_id:
-                        break
-                    kept.append(token)
-                answers.append(tokenizer.decode(kept).strip())
+            answers += [tokenizer.decode(row).strip() for row in generated_rows(out, tokenizer.eos_id)]
     model.train(was_training)
     return answers
 
