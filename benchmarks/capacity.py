@@ -174,22 +174,25 @@ def summarise(preset: dict[str, Any], out: Path) -> dict[str, Any]:
             ems = [c["exact_match"] for c in mine if c["pairs"] == n]
             flag = "" if all(c["reached_last_stage"] for c in mine if c["pairs"] == n) else "*"
             row.append(percent(ems) + flag if ems else "-")
-        row += [sum(c["train_steps"] for c in mine), round(sum(c["train_seconds"] for c in mine) / 60, 1)]
+        row += [",".join(str(seed) for seed in sorted({c["seed"] for c in mine})),
+                sum(c["train_steps"] for c in mine), round(sum(c["train_seconds"] for c in mine) / 60, 1)]
         rows.append(row)
-    header = ["method", "state floats"] + [f"N={n}" for n in grid] + ["train steps", "train min"]
+    header = ["method", "state floats"] + [f"N={n}" for n in grid] + ["seeds", "train steps", "train min"]
     name = preset.get("name", out.name)
     test_n = cells[0]["test_examples"] if cells else 0
     table = (f"Key-value retrieval, exact match % on {test_n} held-out examples per N ({name}).\n"
-             "`*` = the curriculum did not reach N within the step budget (the last checkpoint is scored).\n\n"
+             "Mean ± standard deviation over the seeds listed. `*` = in at least one seed the curriculum did not reach N\n"
+             "within the step budget (the last checkpoint is scored).\n\n"
              + markdown_table(header, rows))
     (out / "table.md").write_text(table)
     summary = {"preset": preset, "cells": [{k: v for k, v in c.items() if k != "spec"} for c in cells]}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
+    seeds_of = {key: {c["seed"] for c in cells if c["method"] == key} for key in {c["method"] for c in cells}}
     if cells:
         plot_lines(out / "capacity.png", series, f"capacity: {name}")
         panels: dict[str, dict[str, list[tuple[int, float]]]] = {}
         for c in cells:  # one panel per N; a curriculum stage change shows as a drop (a harder stage)
-            label = labels.get(c["method"], c["method"]) + (f" s{c['seed']}" if len(preset["seeds"]) > 1 else "")
+            label = labels.get(c["method"], c["method"]) + (f" s{c['seed']}" if len(seeds_of[c["method"]]) > 1 else "")
             panels.setdefault(f"N={c['pairs']}", {})[label] = [(s, em) for s, _, em in c["eval_history"]]
         plot_curves(out / "curves.png", dict(sorted(panels.items(), key=lambda kv: int(kv[0][2:]))),
                     f"held-out EM during training: {name}")
