@@ -38,7 +38,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.variants.split(",")
-    setting = argparse.Namespace(seed=0, width=128, layers=4, heads=4, intermediate=512, memory=8, steps=2,
+    setting = argparse.Namespace(pretrained="", seed=0, width=128, layers=4, heads=4, intermediate=512, memory=8, steps=2,
                                  grad_mode="second")
     models = build_models(setting, names, torch.device("cpu"), torch.float32)
     batch = collate(KVTask(num_pairs=16).make_split("train", args.batch, seed=0))

@@ -75,7 +75,8 @@ class CompiledStep:
             self._graphs[key] = fn
             if len(self._graphs) > self.max_graphs:
                 self._graphs.pop(next(iter(self._graphs)))
-        return self._unpack(fn(self._state(), batch.context.ids, batch.query.ids, batch.target.ids))
+        with torch.no_grad():  # the graph computes its gradients itself; always no_grad, so Dynamo keeps one variant
+            return self._unpack(fn(self._state(), batch.context.ids, batch.query.ids, batch.target.ids))
 
     # -- internals ------------------------------------------------------------------------------
     def _key(self, batch: Batch) -> tuple:
