@@ -1,6 +1,7 @@
 """One shared test for every memory method in the registry (and the main variants of each):
-forward, backward, write / read / generate, checkpoint and memory-file round trips, batch invariance,
-and the memory-state size every method reports."""
+forward, backward, write / read / generate, checkpoint and memory-file round trips (a memory with
+per-layer state, ARMT's, must be refused by memory files), batch invariance, and the memory-state
+size every method reports."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from gradmem.tasks.kv import KVConfig, generate_kv
 LLAMA = {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}}
 MAMBA = {"type": "hf", "config": {"model_type": "mamba", "vocab_size": 70, "hidden_size": 16, "state_size": 4,
                                   "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4}}
+HF_LLAMA = {"type": "hf", "config": {"model_type": "llama", "vocab_size": 70, "hidden_size": 16, "intermediate_size": 32,
+                                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 128}}
 ADAM = {"optim": {"name": "adam", "lr": 0.1}}
+LAYER_STATE_METHODS = {"armt"}  # memories kept inside the layers: no prefix, no memory files
 
 # case -> (method spec, backbone spec); every registered method appears at least once
 CASES = {
@@ -31,6 +35,8 @@ CASES = {
     "full_context": ({"name": "full_context"}, LLAMA),
     "no_context": ({"name": "no_context"}, LLAMA),
     "mamba-full_context": ({"name": "full_context"}, MAMBA),
+    "armt": ({"name": "armt", "num_memory": 3, "key_size": 4}, LLAMA),
+    "armt-no-correction-hf": ({"name": "armt", "num_memory": 2, "key_size": 3, "nu": 2, "correction": False}, HF_LLAMA),
 }
 
 
@@ -95,6 +101,12 @@ def test_checkpoint_and_memory_file_round_trip(case, tmp_path):
     ids = batch.context.ids[0, : batch.context.lengths[0]].tolist()
     with torch.no_grad():
         memory = model.write(pad_right([ids]))
+    assert (memory.layer_states is not None) == (spec["method"]["name"] in LAYER_STATE_METHODS)
+    if memory.layer_states is not None:  # a file holds a prefix: refused, never saved without the state
+        with pytest.raises(ValueError, match="per-layer state"):
+            save_memory(tmp_path / "mem", memory, model, ids, {})
+        assert not list(tmp_path.glob("mem*"))
+        return
     path = save_memory(tmp_path / "mem", memory, model, ids, {})
     restored, meta = load_memory(path, loaded)
     assert meta["method"] == spec["method"]["name"]
@@ -115,6 +127,9 @@ def test_batch_invariance(case):
         r_all = model.read(m_all, together.query, together.target)
     p = m_alone.prefix_lengths()[0]
     assert torch.allclose(m_all.prefix[0, :p], m_alone.prefix[0, :p], atol=1e-5)
+    for layer_all, layer_alone in zip(m_all.layer_states or (), m_alone.layer_states or ()):
+        for t_all, t_alone in zip(layer_all, layer_alone):
+            assert torch.allclose(t_all[0], t_alone[0], atol=1e-5)
     assert torch.allclose(r_all.logits[0], r_alone.logits[0], atol=1e-5)
     assert torch.allclose(r_all.per_example_loss[0], r_alone.per_example_loss[0], atol=1e-5)
     assert torch.equal(model.generate(m_all, together.query, 4)[0], model.generate(m_alone, alone.query, 4)[0])
@@ -127,6 +142,7 @@ def test_state_sizes():
     assert model_for("gradmem-fast").method.state_floats() == 2 * d + d * d  # memory + written fast weights
     assert model_for("rmt-x1").method.state_floats() == 3 * d
     assert model_for("no_context").method.state_floats() == 0
+    assert model_for("armt").method.state_floats() == 2 * (24 * d + 24)  # layers x (A: F x d, z: F), F = 2 * 3 * 4
     assert model_for("full_context").method.state_floats(context_tokens=15, num_layers=2) == 2 * 2 * 15 * d
     mamba = model_for("mamba-full_context")
     # 2 layers x d_inner 32 x (d_state 4 + conv 4 - 1)

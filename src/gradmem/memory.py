@@ -2,11 +2,14 @@
 
 A memory is a block of prefix input embeddings, one row per example. READ conditions on it in
 place of the context, so one memory serves any number of queries, can be saved and inspected.
+A method that keeps its state inside the layers instead (ARMT: an association matrix per decoder
+layer) stores it in `layer_states`, with an empty prefix, and applies it through its `reading` hook.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -27,14 +30,23 @@ class WriteStats:
         return self.losses.shape[0]
 
 
+LayerStates = tuple[tuple[Tensor, ...], ...]  # per decoder layer, tensors with a leading batch dim (B, ...)
+
+
+def _map_states(states: LayerStates | None, fn: Callable[[Tensor], Tensor]) -> LayerStates | None:
+    return None if states is None else tuple(tuple(fn(t) for t in layer) for layer in states)
+
+
 @dataclass
 class Memory:
-    """Prefix embeddings for READ, with per-example lengths when they differ (full context)."""
+    """Prefix embeddings for READ, with per-example lengths when they differ (full context), and
+    optional per-layer state for methods that act inside the decoder layers (ARMT)."""
 
-    prefix: Tensor  # (B, P, D)
+    prefix: Tensor  # (B, P, D); (B, 0, D) when all the memory is in layer_states
     lengths: Tensor | None = None  # (B,) real prefix length of each row; None when all are P
     stats: WriteStats | None = None
     aux_loss: Tensor | None = field(default=None, repr=False)  # scalar added to the training loss
+    layer_states: LayerStates | None = field(default=None, repr=False)  # per layer, e.g. ARMT's (A (B, F, D), z (B, F))
 
     def __len__(self) -> int:
         return self.prefix.shape[0]
@@ -52,18 +64,19 @@ class Memory:
 
     def detach(self) -> "Memory":
         """A copy cut from the autograd graph (what a memory service stores)."""
-        return Memory(self.prefix.detach(), self.lengths, self.stats, None)
+        return Memory(self.prefix.detach(), self.lengths, self.stats, None, _map_states(self.layer_states, Tensor.detach))
 
     def select(self, index: int | slice | Tensor) -> "Memory":
         """Rows of this memory (e.g. one example's memory out of a batch write)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         lengths = None if self.lengths is None else self.lengths[index]
-        return Memory(self.prefix[index], lengths, None, None)
+        return Memory(self.prefix[index], lengths, None, None, _map_states(self.layer_states, lambda t: t[index]))
 
     def repeat(self, times: int) -> "Memory":
         """A one-row memory repeated `times` times, to answer a batch of queries about one context."""
         if len(self) != 1:
             raise ValueError(f"repeat needs a single-row memory, this one has {len(self)} rows")
         lengths = None if self.lengths is None else self.lengths.expand(times)
-        return Memory(self.prefix.expand(times, -1, -1), lengths, None, None)
+        states = _map_states(self.layer_states, lambda t: t.expand(times, *t.shape[1:]))
+        return Memory(self.prefix.expand(times, -1, -1), lengths, None, None, states)

@@ -7,7 +7,8 @@ hash and length. A memory means something only to the model that wrote it, so lo
 another model, a damaged or tampered file, or a newer format version is refused with a clear error.
 
 Files are written under unique temporary names, flushed to disk and renamed, tensor first and
-sidecar last: a sidecar on disk always describes a complete tensor file.
+sidecar last: a sidecar on disk always describes a complete tensor file. Only prefix memories are
+saved: a memory with per-layer state (ARMT) is refused rather than saved without it.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def build_sidecar(memory: Memory, model: MemoryModel, context_ids: list[int], wr
     """The sidecar of a one-row memory (`blocks` chunk memories side by side in its prefix)."""
     if len(memory) != 1:
         raise ValueError(f"save one memory at a time; this one has {len(memory)} rows")
+    if memory.layer_states is not None:  # a file holds the prefix only: saving would drop the state
+        raise ValueError(f"memory files hold prefix memories only; this memory keeps per-layer state "
+                         f"(method {method_record(model)['name']!r}) and cannot be saved")
     prefix = memory.prefix.detach()
     if prefix.shape[1] % blocks:
         raise ValueError(f"{prefix.shape[1]} memory vectors do not split into {blocks} blocks")

@@ -1,11 +1,14 @@
 """MemoryModel: a backbone plus a memory method, with the three public calls write / read / generate.
 
 READ is the same for every method: the model runs on [memory prefix; query; target] and is scored
-on the target tokens. Everything is right-padded, so no attention mask is needed.
+on the target tokens. Everything is right-padded, so no attention mask is needed. A method whose
+memory acts inside the decoder layers (ARMT) offers `reading(backbone, memory)`, a context manager
+that READ and generate enter around their backbone calls; for the others it is a no-op.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -63,13 +66,19 @@ class MemoryModel(nn.Module):
             )
         return self.method.write(self.backbone, context, steps=steps, lr=lr, measure_final=measure_final)
 
+    def reading(self, memory: Memory) -> AbstractContextManager:
+        """The method's `reading` hook for this memory (e.g. per-layer hooks), or a no-op."""
+        hook = getattr(self.method, "reading", None)
+        return nullcontext() if hook is None else hook(self.backbone, memory)
+
     def read(self, memory: Memory, query: TokenBatch, target: TokenBatch) -> ReadOutput:
         """Teacher-forced READ: logits for every target token, and the loss."""
         if len(memory) != len(query) or len(query) != len(target):
             raise ValueError(f"batch sizes differ: memory {len(memory)}, query {len(query)}, target {len(target)}")
         tokens, _ = concat_right(query.ids, query.lengths, target.ids, target.lengths)  # (B, Lq + Ly)
         embeds, _ = concat_right(memory.prefix, memory.lengths, self.backbone.embed(tokens), query.lengths + target.lengths)
-        hidden = self.backbone.hidden(embeds)  # (B, T, D)
+        with self.reading(memory):
+            hidden = self.backbone.hidden(embeds)  # (B, T, D)
         # target token t is predicted at position prefix_len + query_len - 1 + t
         start = memory.prefix_lengths() + query.lengths - 1
         positions = start[:, None] + torch.arange(target.ids.shape[1], device=start.device)
@@ -91,7 +100,8 @@ class MemoryModel(nn.Module):
         for t in range(max_new_tokens):
             width = int(lengths.max())
             embeds, _ = concat_right(memory.prefix, memory.lengths, self.backbone.embed(buffer[:, :width]), lengths)
-            hidden = self.backbone.hidden(embeds)
+            with self.reading(memory):
+                hidden = self.backbone.hidden(embeds)
             last = gather_positions(hidden, (prefix_len + lengths - 1)[:, None])[:, 0]  # (B, D)
             token = self.backbone.logits(last).argmax(-1)  # (B,)
             out[active, t] = token[active]

@@ -3,6 +3,11 @@
 GradMem never forks a model. It needs to turn token ids into input embeddings, run the
 decoder on input embeddings (so memory vectors can be prepended), project hidden states to the
 vocabulary, and know the width. Any causal LM that offers these works.
+
+Optional: `decoder_layers()` -> the decoder blocks in order (an nn.ModuleList), for methods that act
+inside the layers (ARMT reads and writes an associative memory at every layer through forward
+hooks). Each block's first input, positional or the keyword `hidden_states`, is its (B, T, D)
+residual stream, and its output is that stream (or a tuple that starts with it).
 """
 
 from __future__ import annotations
@@ -44,6 +49,15 @@ class Backbone(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-able architecture description: enough to rebuild it and to fingerprint it."""
         ...
+
+
+def decoder_layers(backbone: Backbone) -> nn.ModuleList:
+    """The backbone's decoder blocks, or a TypeError naming what is missing."""
+    accessor = getattr(backbone, "decoder_layers", None)
+    if accessor is None:
+        raise TypeError(f"{type(backbone).__name__} does not expose decoder_layers(); this method acts inside "
+                        "the decoder layers and needs it (LlamaBackbone and HFBackbone have it)")
+    return accessor()
 
 
 def tensor_sha256(tensor: Tensor) -> str:

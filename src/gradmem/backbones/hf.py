@@ -66,6 +66,15 @@ class HFBackbone(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.get_output_embeddings()(hidden)
 
+    def decoder_layers(self) -> nn.ModuleList:
+        # Llama-family and Mamba decoders keep their blocks in `layers`, GPT-2 in `h`.
+        decoder = self.model.base_model
+        for name in ("layers", "h"):
+            layers = getattr(decoder, name, None)
+            if isinstance(layers, nn.ModuleList):
+                return layers
+        raise TypeError(f"{type(decoder).__name__} keeps its decoder layers in neither `layers` nor `h`")
+
     def head_weight(self) -> Tensor:
         return self.model.get_output_embeddings().weight
 

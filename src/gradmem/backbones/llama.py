@@ -126,6 +126,9 @@ class LlamaBackbone(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         return self.head(hidden)
 
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.blocks
+
     def head_weight(self) -> Tensor:
         return self.head.weight
 

@@ -2,6 +2,8 @@
 
 A method is an nn.Module with `write(backbone, context, steps=None, lr=None, measure_final=False)
 -> Memory`, `state_floats()` and `export_config()`. READ is shared by all methods (gradmem.model).
+A method whose memory acts inside the decoder layers also has `reading(backbone, memory)`: a context
+manager that READ and generate enter around each backbone call (ARMT installs per-layer hooks).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, Callable
 from torch import nn
 
 from gradmem.backbones.base import Backbone
+from gradmem.methods.armt import ARMT, ARMTConfig
 from gradmem.methods.context import FullContext, NoConfig, NoContext
 from gradmem.methods.gradmem import GradMem, GradMemConfig
 from gradmem.methods.rmt import RMT, RMTConfig
@@ -21,6 +24,7 @@ METHODS: dict[str, tuple[Callable[..., nn.Module], type]] = {
     "full_context": (FullContext, NoConfig),
     "no_context": (NoContext, NoConfig),
     "rmt": (RMT, RMTConfig),
+    "armt": (ARMT, ARMTConfig),
 }
 
 
@@ -36,4 +40,5 @@ def build_method(name: str, backbone: Backbone, config: dict[str, Any] | None = 
     return cls(backbone, cfg)
 
 
-__all__ = ["METHODS", "build_method", "GradMem", "GradMemConfig", "FullContext", "NoContext", "RMT", "RMTConfig"]
+__all__ = ["METHODS", "build_method", "GradMem", "GradMemConfig", "FullContext", "NoContext", "RMT", "RMTConfig",
+           "ARMT", "ARMTConfig"]
