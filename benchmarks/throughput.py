@@ -206,7 +206,7 @@ def main() -> None:
                          gflops_per_s=entry["flops"] / stats["median"] / 1e9)
             entry["ratio_vs_baseline"] = ratios(times, args.baseline, name)
             print(f"{op:5s} {name:22s} {stats['median']:.3f} s (spread {stats['spread']:.0%}), "
-                  f"{args.batch / stats['median']:.1f} ex/s, speed-up vs {args.baseline}: "
+                  f"{args.batch / stats['median']:.3g} ex/s, speed-up vs {args.baseline}: "
                   f"{entry['ratio_vs_baseline']['median']:.2f}x", flush=True)
     peak = summary(peaks)
     report["matmul_peak_gflops"] = peak
@@ -248,7 +248,7 @@ def write_outputs(report: dict[str, Any], args: argparse.Namespace) -> None:
         for op, e in ops.items():
             r = e["ratio_vs_baseline"]
             lines.append(f"| {name} | {op} | {e['seconds']['median']:.3f} | {e['seconds']['spread']:.0%} | "
-                         f"{e['examples_per_s']:.1f} | {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
+                         f"{e['examples_per_s']:.3g} | {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
                          f"{e['flops'] / 1e9:.1f} | {e['gflops_per_s']:.1f} | {e['fraction_of_peak']:.0%} | "
                          f"{mib(e['peak_bytes'])} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
