@@ -1,111 +1,223 @@
-"""Meta-train GradMem on generated bAbI-style QA with a frozen pretrained LM, and compare it with
-full context and no context on the same model and the same held-out questions.
+"""Meta-train memory methods on generated bAbI-style QA with a pretrained LM, all with the same budget.
 
-    python benchmarks/babi_pretrained.py --task 1 --steps 400 --out runs/babi_qa1_smollm2
+    python benchmarks/babi_pretrained.py --methods gradmem,rmt,full_context,no_context --out runs/babi_qa1
 
-CPU setting (what results/pretrained/babi_qa1_cpu.* report): SmolLM2-135M-Instruct frozen; trained:
-M0 (initialised to the mean token embedding), the d x d memory projection and the WRITE head;
-m = 8, K = 1 SGD step (lr 0.1), second order. The baselines have nothing to train with a frozen
-backbone, so their numbers are the untouched model's (zero-shot). Data is GENERATED bAbI-style,
-not the bAbI benchmark.
+Every method trains the SAME backbone parameters (the top `--train-top-layers` decoder layers and
+the final norm; the rest frozen) for the same steps and batch size, at the same learning rate, and
+is scored on the same held-out questions. On top of that GradMem trains its M0, memory projection
+and WRITE head, and RMT its M0 and projection (both M0 start from the mean token embedding).
+full_context reads [story; question], no_context reads the question alone.
+
+Each method writes `<out>/<method>/result.json`; after every run the script collects all results
+under `<out>` that share its settings into `<results>.json` / `.md`, so methods can be run one at a
+time (or in separate processes) and still land in one table. Data is GENERATED bAbI-style, not the
+bAbI benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gradmem.build import build_model, build_task, load_checkpoint
+from gradmem.data import iterate_batches
 from gradmem.evaluate import evaluate
-from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 from gradmem.train import Trainer
 
+METHODS = ("gradmem", "rmt", "full_context", "no_context")
+SHARED = ("model", "task", "questions_per_story", "statements_per_question", "train_top_layers", "steps",
+          "batch_size", "lr", "eval_examples", "test_examples", "seed")
 
-def make_spec(args: argparse.Namespace) -> dict:
+
+def method_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    if name == "gradmem":
+        optim = {"name": args.inner_optim, "lr": args.inner_lr, "clip_norm": args.inner_clip_norm}
+        return {"name": name, "num_memory": args.memory, "inner_loss_weight": args.inner_loss_weight,
+                "write": {"steps": args.write_steps, "optim": optim}}
+    if name == "rmt":
+        return {"name": name, "num_memory": args.memory, "steps": 1}
+    return {"name": name}
+
+
+def make_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
     tokenizer = {"type": "hf", "pretrained": args.model}
-    return {
-        "task": {"name": "babi", "task": args.task, "questions_per_story": args.questions_per_story,
-                 "tokenizer": tokenizer},
-        "backbone": {"type": "hf", "pretrained": args.model, "freeze": True},
-        "method": {"name": "gradmem", "num_memory": args.memory,
-                   "write": {"steps": args.write_steps, "optim": {"lr": args.inner_lr}}},
-        "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 20,
-                  "eval_every": args.eval_every, "eval_examples": args.eval_examples, "eval_batch_size": 8,
-                  "checkpoint_every": args.steps, "log_every": 10, "seed": args.seed},
-    }
+    task = {"name": "babi", "task": args.task, "questions_per_story": args.questions_per_story,
+            "statements_per_question": args.statements_per_question, "tokenizer": tokenizer}
+    backbone = {"type": "hf", "pretrained": args.model, "freeze": True, "train_top_layers": args.train_top_layers}
+    return {"task": task, "backbone": backbone, "method": method_spec(args, name),
+            "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 20,
+                      "eval_every": args.eval_every, "eval_examples": args.eval_examples, "eval_batch_size": 8,
+                      "checkpoint_every": args.steps, "log_every": 10, "seed": args.seed}}
 
 
 def mean_embedding_init(model: MemoryModel) -> None:
-    """M0 rows = the mean input embedding: a vector the frozen model has seen the like of."""
+    """M0 rows = the mean input embedding (plus small noise): a vector the pretrained model has seen the like of."""
+    memory0 = getattr(model.method, "memory0", None)
+    if memory0 is None:
+        return
     with torch.no_grad():
         vocab = torch.arange(model.backbone.vocab_size)
         mean = model.backbone.embed(vocab[None])[0].mean(0)  # (D,)
-        model.method.memory0.copy_(mean.expand_as(model.method.memory0) + 0.01 * torch.randn_like(model.method.memory0))
+        memory0.copy_(mean.expand_as(memory0) + 0.01 * torch.randn_like(memory0))
+
+
+def count_trainable(model: MemoryModel) -> dict[str, int]:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return {"backbone": sum(p.numel() for n, p in params if n.startswith("backbone.")),
+            "method": sum(p.numel() for n, p in params if n.startswith("method."))}
+
+
+def write_curve(model: MemoryModel, examples: list, pad_id: int) -> dict[str, float]:
+    """GradMem only: mean reconstruction loss of the held-out stories before and after the WRITE."""
+    before = after = 0.0
+    with torch.no_grad():
+        for batch in iterate_batches(examples, 8, pad_id):
+            memory = model.write(batch.context, measure_final=True)
+            before += memory.stats.losses[0].sum().item()
+            after += memory.stats.final_loss.sum().item()
+    return {"write_loss_before": before / len(examples), "write_loss_after": after / len(examples)}
+
+
+def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    spec = make_spec(args, name)
+    task = build_task(spec)
+    model = build_model(spec, task)
+    mean_embedding_init(model)
+    out = Path(args.out) / name
+    started = time.time()
+    trainer = Trainer(model, spec, out, on_log=lambda r: print(name, json.dumps(r), flush=True))
+    trainer.train()
+    train_s = time.time() - started
+    best, _, _ = load_checkpoint(out / "best")
+    test = task.make_split("test", args.test_examples, args.seed)
+    pad, eos = task.tokenizer.pad_id, task.tokenizer.eos_id
+    rows: dict[str, Any] = {}
+    if name == "gradmem":
+        for k in sorted({0, args.write_steps, 2 * args.write_steps}):
+            rows[f"gradmem_K{k}"] = evaluate(best, test, 8, steps=k, pad_id=pad, generate=True, eos_id=eos)
+        rows[f"gradmem_K{args.write_steps}"].update(write_curve(best, test[:64], pad))
+    else:
+        rows[name] = evaluate(best, test, 8, pad_id=pad, generate=True, eos_id=eos)
+    for key, row in rows.items():
+        print(key, json.dumps(row), flush=True)
+    record = {"method": name, "settings": {k: getattr(args, k) for k in SHARED}, "spec": spec,
+              "trainable_params": count_trainable(model), "train_seconds": round(train_s, 1),
+              "best_valid_step": max((h for h in trainer.history if h["kind"] == "eval"),
+                                     key=lambda h: h["exact_match"])["step"],
+              "train_history": trainer.history, "test_examples": len(test), "results": rows,
+              "command": "python benchmarks/babi_pretrained.py " + " ".join(
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not isinstance(v, bool))}
+    tmp = out / "result.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / "result.json")
+    return record
+
+
+def curve(record: dict[str, Any]) -> str:
+    evals = [h for h in record["train_history"] if h["kind"] == "eval"]
+    return ", ".join(f"{h['step']}: {100 * h['exact_match']:.0f}" for h in evals)
+
+
+def constant_answer_em(args: argparse.Namespace, split: str, num: int) -> tuple[str, float]:
+    """The most frequent answer of a split and the EM of always giving it (the floor of a memoryless reader)."""
+    questions = build_task(make_spec(args, "no_context")).questions(split, num, args.seed)
+    answer, count = Counter(q.answer for q in questions).most_common(1)[0]
+    return answer, count / len(questions)
+
+
+def report(args: argparse.Namespace) -> None:
+    """Collect every `<out>/*/result.json` with this run's settings into `<results>.json/.md`."""
+    settings = {k: getattr(args, k) for k in SHARED}
+    records = []
+    for path in sorted(Path(args.out).glob("*/result.json")):
+        record = json.loads(path.read_text())
+        if record["settings"] == settings:
+            records.append(record)
+    records.sort(key=lambda r: METHODS.index(r["method"]))
+    if not records:
+        return
+    out = Path(args.results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"data": "GENERATED bAbI-style QA (not the bAbI benchmark)", "settings": settings, "records": records}, indent=2))
+    s = settings
+    valid_answer, valid_share = constant_answer_em(args, "valid", s["eval_examples"])
+    test_answer, test_share = constant_answer_em(args, "test", s["test_examples"])
+    lines = [f"# bAbI QA{s['task']} (GENERATED bAbI-style data) with {s['model']}: same budget for every method", "",
+             f"Every method trains the top {s['train_top_layers']} decoder layers + final norm of {s['model']} "
+             f"(rest frozen) for {s['steps']} steps x batch {s['batch_size']} (AdamW lr {s['lr']}, 1 thread); "
+             f"the checkpoint scored is the best on {s['eval_examples']} validation questions; "
+             f"{s['test_examples']} held-out test questions. EM = teacher-forced exact match on the answer "
+             "tokens; gen EM = greedy generation. Train min = wall time of training incl. validation, on a shared "
+             f"2-core CPU. Constant-answer floor: always answering '{test_answer}' scores {100 * test_share:.1f}% "
+             f"on test ('{valid_answer}': {100 * valid_share:.1f}% on validation).", "",
+             "| method | trainable backbone / method params | train min | EM % | gen EM % | READ loss | valid EM % by step |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        p = r["trainable_params"]
+        for key, row in r["results"].items():
+            lines.append(f"| {key} | {p['backbone'] / 1e6:.1f}M / {p['method'] / 1e6:.2f}M | {r['train_seconds'] / 60:.1f} | "
+                         f"{100 * row['exact_match']:.1f} | {100 * row['generated_exact_match']:.1f} | "
+                         f"{row['loss']:.3f} | {curve(r)} |")
+    for r in records:
+        if r["method"] == "gradmem":
+            wl = [(h["step"], h["write_loss"][0]) for h in r["train_history"] if h["kind"] == "train" and h["write_loss"]]
+            row = r["results"][f"gradmem_K{r['spec']['method']['write']['steps']}"]
+            lines += ["", f"GradMem WRITE config: {json.dumps(r['spec']['method'])}.",
+                      f"Held-out reconstruction loss before / after the WRITE: {row['write_loss_before']:.3f} / "
+                      f"{row['write_loss_after']:.3f} nats per token.",
+                      "Training write loss (before the step) by step: " + ", ".join(f"{st}: {v:.2f}" for st, v in wl[::2]) + "."]
+    lines += ["", "Commands (one per method; each rewrites this file from all results under its --out):", ""]
+    lines += [f"    {c}" for c in dict.fromkeys(r["command"] for r in records)]
+    lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", type=int, default=1)
     parser.add_argument("--questions-per-story", type=int, default=2)
+    parser.add_argument("--statements-per-question", type=int, default=None)
+    parser.add_argument("--train-top-layers", type=int, default=4, help="decoder layers trained (top k) for every method")
     parser.add_argument("--memory", type=int, default=8)
     parser.add_argument("--write-steps", type=int, default=1)
-    parser.add_argument("--inner-lr", type=float, default=0.1)
+    parser.add_argument("--inner-optim", default="sgd", choices=("sgd", "adam"))
+    parser.add_argument("--inner-lr", type=float, default=0.3)
+    parser.add_argument("--inner-clip-norm", type=float, default=1.0)
+    parser.add_argument("--inner-loss-weight", type=float, default=0.0)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--test-examples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/babi_pretrained")
+    parser.add_argument("--out", default="runs/babi_qa1")
     parser.add_argument("--results", default="results/pretrained/babi_qa1_cpu")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the results files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-
-    spec = make_spec(args)
-    task = build_task(spec)
-    model = build_model(spec, task)
-    mean_embedding_init(model)
-    started = time.time()
-    trainer = Trainer(model, spec, args.out, on_log=lambda r: print(json.dumps(r), flush=True))
-    trainer.train()
-    train_s = time.time() - started
-
-    best, _, _ = load_checkpoint(Path(args.out) / "best")
-    test = task.make_split("test", args.test_examples, args.seed)
-    pad = task.tokenizer.pad_id
-    rows = {}
-    for name in ("full_context", "no_context"):
-        baseline = MemoryModel(best.backbone, build_method(name, best.backbone, {}))
-        rows[name] = evaluate(baseline, test, 8, pad_id=pad, generate=True, eos_id=task.tokenizer.eos_id)
-        print(name, json.dumps(rows[name]), flush=True)
-    for k in sorted({0, args.write_steps, 2 * args.write_steps}):
-        rows[f"gradmem_K{k}"] = evaluate(best, test, 8, steps=k, pad_id=pad, generate=True, eos_id=task.tokenizer.eos_id)
-        print(f"gradmem K={k}", json.dumps(rows[f"gradmem_K{k}"]), flush=True)
-    record = {"command": "python benchmarks/babi_pretrained.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-              "data": "GENERATED bAbI-style QA (not the bAbI benchmark)", "task": task.describe(),
-              "spec": spec, "train_seconds": round(train_s, 1), "train_history": trainer.history,
-              "test_examples": len(test), "results": rows}
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
-    lines = [f"# {task.describe()} with {args.model} (frozen), GENERATED data", "",
-             f"Trained {trainer.step} steps in {train_s / 60:.1f} min ({args.threads} thread(s)); "
-             f"{len(test)} held-out questions. EM = teacher-forced exact match on the answer tokens; "
-             "gen EM = greedy generation.", "",
-             "| method | EM % | gen EM % | READ loss |", "|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {100 * r['exact_match']:.1f} | {100 * r['generated_exact_match']:.1f} | {r['loss']:.3f} |")
-    lines += ["", f"Command: `{record['command']}`", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    names = [n for n in args.methods.split(",") if n]
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; valid: {list(METHODS)}")
+    if not args.report_only:
+        for name in names:
+            run_method(args, name)
+            report(args)
+    report(args)
 
 
 if __name__ == "__main__":

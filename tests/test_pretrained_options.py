@@ -48,6 +48,20 @@ def test_freeze_trains_only_memory_parts():
     assert {"method.memory0", "method.projection", "method.write_head.weight"} <= set(grads)
 
 
+def test_train_top_layers_unfreezes_only_the_last_layers_and_norm():
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_spec(freeze=True, train_top_layers=1))
+    grads = meta_grads(backbone)
+    trained = {name for name in grads if not name.startswith("method.")}
+    assert trained and all(".layers.1." in name or name.endswith("model.norm.weight") for name in trained)
+    assert any(name.endswith("model.norm.weight") for name in trained)
+    assert not any(".layers.0." in name or "embed_tokens" in name for name in grads)
+    with pytest.raises(ValueError, match="needs freeze"):
+        build_backbone(tiny_spec(train_top_layers=1))
+    with pytest.raises(ValueError, match="has 2 layers"):
+        build_backbone(tiny_spec(freeze=True, train_top_layers=3))
+
+
 def test_gradient_checkpointing_gives_the_same_second_order_gradients():
     torch.manual_seed(0)
     plain = build_backbone(tiny_spec())

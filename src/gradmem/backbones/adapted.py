@@ -3,6 +3,8 @@
 `AdaptedBackbone` wraps (never subclasses) a Hugging Face backbone and adds what training a
 pretrained LM needs at small scale:
 - `freeze`: backbone weights get no gradient; only GradMem's M0, projection and WRITE head train.
+- `train_top_layers`: with `freeze`, the last k decoder layers and the final norm stay trainable
+  (the same partial fine-tuning for every method, e.g. to give full/no-context baselines a budget).
 - `lora`: LoRA adapters (peft) on the attention / MLP projections, active only inside
   `write_mode()` (GradMem's WRITE) and disabled during READ, so the reader is the unchanged model.
   The base weights are frozen; the adapters are meta-trained through the WRITE steps.
@@ -45,6 +47,7 @@ class BackboneOptions:
     """Training options for a pretrained backbone (all off by default)."""
 
     freeze: bool = False  # no gradient to the backbone weights
+    train_top_layers: int = 0  # with freeze: the last k decoder layers + final norm still train
     lora: LoraOptions | None = None  # write-only LoRA adapters (implies frozen base weights)
     gradient_checkpointing: bool = False  # recompute layers in backward (non-reentrant: double backward works)
     bf16: bool = False  # CUDA bfloat16 autocast for the decoder (GPU only)
@@ -52,12 +55,16 @@ class BackboneOptions:
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraOptions(**self.lora)
+        if self.train_top_layers < 0:
+            raise ValueError(f"train_top_layers must be >= 0, got {self.train_top_layers}")
+        if self.train_top_layers and not self.freeze:
+            raise ValueError("train_top_layers needs freeze: true (without it every layer trains)")
 
     def any(self) -> bool:
         return self.freeze or self.lora is not None or self.gradient_checkpointing or self.bf16
 
 
-OPTION_KEYS = ("freeze", "lora", "gradient_checkpointing", "bf16")
+OPTION_KEYS = ("freeze", "train_top_layers", "lora", "gradient_checkpointing", "bf16")
 
 
 class AdaptedBackbone(nn.Module):
@@ -72,6 +79,8 @@ class AdaptedBackbone(nn.Module):
         self._lora_layers: list[nn.Module] = []
         if options.freeze or options.lora is not None:
             inner.requires_grad_(False)
+        if options.train_top_layers:
+            _unfreeze_top(inner.model, options.train_top_layers)
         if options.lora is not None:
             self._lora_layers = _inject_lora(inner.model, options.lora)
             self._set_adapters(False)
@@ -127,6 +136,21 @@ class AdaptedBackbone(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "options": asdict(self.options)}
+
+
+def _unfreeze_top(model: nn.Module, k: int) -> None:
+    """Make the last k decoder layers and the final norm trainable (Llama-style `layers` / `norm`)."""
+    decoder = model.base_model
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(decoder).__name__} has no `layers` list: train_top_layers is unsupported")
+    if k > len(layers):
+        raise ValueError(f"train_top_layers={k} but the model has {len(layers)} layers")
+    for layer in list(layers)[-k:]:
+        layer.requires_grad_(True)
+    norm = getattr(decoder, "norm", None)
+    if norm is not None:
+        norm.requires_grad_(True)
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
