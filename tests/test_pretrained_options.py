@@ -161,3 +161,15 @@ def test_packaged_smollm2_converts_once_and_reloads(tmp_path):
     with torch.no_grad():
         logits = backbone.logits(backbone.hidden(backbone.embed(ids)))
     assert tok.decode([int(logits[0, -1].argmax())]).strip() == "Paris"
+
+
+def test_armt_runs_on_a_frozen_backbone_and_refuses_checkpointing():
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_spec(freeze=True))
+    model = MemoryModel(backbone, build_method("armt", backbone, {"num_memory": 2}))
+    model(kv_batch()).loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(name.startswith("method.") for name in grads)
+    checkpointed = build_backbone(tiny_spec(gradient_checkpointing=True))
+    with pytest.raises(TypeError, match="gradient_checkpointing"):
+        build_method("armt", checkpointed, {"num_memory": 2})

@@ -131,6 +131,14 @@ class AdaptedBackbone(nn.Module):
     def head_weight(self) -> Tensor:
         return self.inner.head_weight()
 
+    def decoder_layers(self) -> nn.ModuleList:
+        """The inner model's decoder blocks (for methods that hook into layers, e.g. ARMT)."""
+        if self.options.gradient_checkpointing:
+            # A checkpointed block is recomputed during backward, after a method's per-layer hooks
+            # have been removed, so its recomputation would differ from its forward.
+            raise TypeError("per-layer hooks and gradient_checkpointing do not combine: turn one of them off")
+        return self.inner.decoder_layers()
+
     def supports_double_backward(self) -> bool:
         return self.inner.supports_double_backward()
 
