@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass
@@ -80,3 +80,8 @@ class Memory:
         lengths = None if self.lengths is None else self.lengths.expand(times)
         states = _map_states(self.layer_states, lambda t: t.expand(times, *t.shape[1:]))
         return Memory(self.prefix.expand(times, -1, -1), lengths, None, None, states)
+
+
+def initial_memory(num_memory: int, width: int, init_std: float) -> nn.Parameter:
+    """M0: the learned (m, D) memory every write starts from, normal(0, init_std)."""
+    return nn.Parameter(torch.randn(num_memory, width) * init_std)

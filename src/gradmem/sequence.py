@@ -29,6 +29,17 @@ def concat_right(a: Tensor, a_len: Tensor | None, b: Tensor, b_len: Tensor) -> t
     return torch.where(from_a.reshape(view), ga, gb), total
 
 
+
+def append_after(a: Tensor, a_len: Tensor, extra: Tensor) -> tuple[Tensor, Tensor]:
+    """Place `extra` (B, m, *rest) right after each row's a_len[b] real items of `a` (B, Ta, *rest).
+
+    Returns the joined (B, max(a_len) + m, *rest) tensor and the (B, m) positions of the extra rows:
+    appended after the real tokens, never after the pads (how RMT and ARMT place memory tokens).
+    """
+    m = extra.shape[1]
+    joined, _ = concat_right(a, a_len, extra, torch.full_like(a_len, m))
+    return joined, a_len[:, None] + torch.arange(m, device=a.device)
+
 def gather_positions(x: Tensor, positions: Tensor) -> Tensor:
     """x: (B, T, D), positions: (B, K) long -> (B, K, D), positions clamped into range."""
     positions = positions.clamp(0, x.shape[1] - 1)

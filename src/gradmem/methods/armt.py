@@ -43,8 +43,8 @@ from torch import Tensor, nn
 
 from gradmem.backbones.base import Backbone, decoder_layers
 from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.sequence import concat_right, gather_positions
+from gradmem.memory import Memory, initial_memory
+from gradmem.sequence import append_after, gather_positions
 
 EPS = 1e-5  # keeps a read finite where no key has been written (the authors' value)
 
@@ -140,7 +140,7 @@ class ARMT(nn.Module):
         super().__init__()
         self.config = cfg
         d = backbone.hidden_size
-        self.memory0 = nn.Parameter(torch.randn(cfg.num_memory, d) * cfg.init_std)  # (m, D)
+        self.memory0 = initial_memory(cfg.num_memory, d, cfg.init_std)  # (m, D)
         self.layer_memories = nn.ModuleList(LayerMemory(d, cfg) for _ in decoder_layers(backbone))
 
     def feature_size(self) -> int:
@@ -177,9 +177,7 @@ class ARMT(nn.Module):
             raise ValueError(f"context plus {m} memory tokens exceeds the backbone's {limit} positions")
         batch = len(context)
         tokens = self.memory0.expand(batch, -1, -1)  # (B, m, D)
-        # the memory tokens are placed right after each row's real tokens, never after its pads
-        embeds, _ = concat_right(backbone.embed(context.ids), context.lengths, tokens, torch.full_like(context.lengths, m))
-        positions = context.lengths[:, None] + torch.arange(m, device=embeds.device)  # (B, m)
+        embeds, positions = append_after(backbone.embed(context.ids), context.lengths, tokens)  # (B, N + m, D), (B, m)
         outputs: dict[int, Tensor] = {}
 
         def capture(index: int, module: nn.Module, args: tuple, output: Any) -> None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from gradmem.backbones.base import Backbone
 from gradmem.data import TokenBatch
-from gradmem.memory import Memory
+from gradmem.memory import Memory, initial_memory
 from gradmem.sequence import per_example_cross_entropy
 from gradmem.write import WriteConfig, write
 
@@ -56,7 +56,7 @@ class GradMem(nn.Module):
         super().__init__()
         self.config = cfg
         d = backbone.hidden_size
-        self.memory0 = nn.Parameter(torch.randn(cfg.num_memory, d) * cfg.init_std)  # (m, D)
+        self.memory0 = initial_memory(cfg.num_memory, d, cfg.init_std)  # (m, D)
         self.projection = nn.Parameter(torch.eye(d)) if cfg.projection != "none" else None  # (D, D)
         self.write_head: nn.Linear | None = None
         if cfg.write_head:

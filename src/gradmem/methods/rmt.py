@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from gradmem.backbones.base import Backbone
 from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.sequence import concat_right, gather_positions
+from gradmem.memory import Memory, initial_memory
+from gradmem.sequence import append_after, gather_positions
 
 RMT_PROJECTIONS = ("none", "linear")
 
@@ -53,7 +53,7 @@ class RMT(nn.Module):
         super().__init__()
         self.config = cfg
         d = backbone.hidden_size
-        self.memory0 = nn.Parameter(torch.randn(cfg.num_memory, d) * cfg.init_std)  # (m, D)
+        self.memory0 = initial_memory(cfg.num_memory, d, cfg.init_std)  # (m, D)
         self.projection = nn.Parameter(torch.eye(d)) if cfg.projection == "linear" else None  # (D, D)
 
     def prefix_size(self) -> int:
@@ -72,12 +72,9 @@ class RMT(nn.Module):
         """One pass over [M; C; M] -> (B, m, D) output states at the trailing memory positions."""
         m = memory.shape[1]
         embedded = self.prefix(memory)  # (B, m, D)
-        full = torch.full_like(context.lengths, m)
-        # the trailing copy is placed right after each row's real tokens, never after its pads
-        tail, _ = concat_right(context_embeds, context.lengths, embedded, full)  # (B, N + m, D)
+        tail, trailing = append_after(context_embeds, context.lengths, embedded)  # (B, N + m, D), (B, m)
         hidden = backbone.hidden(torch.cat((embedded, tail), dim=1))  # (B, m + N + m, D)
-        positions = (m + context.lengths)[:, None] + torch.arange(m, device=hidden.device)  # (B, m)
-        return gather_positions(hidden, positions)
+        return gather_positions(hidden, m + trailing)  # the leading copy shifts every position by m
 
     def write(
         self,
