@@ -20,11 +20,10 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perfkit import DTYPES, interleaved, peak_bytes, ratios, summary  # noqa: E402
+from perfkit import DTYPES, add_run_options, apply_threads, interleaved, peak_bytes, ratios, summary  # noqa: E402
 
 from gradmem.attention import get_attention  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 KERNELS = ("math", "sdpa_explicit", "sdpa_hvp")  # the first is the reference
 
 
@@ -54,19 +53,13 @@ MODES = {"second_order": second_order, "first_order": first_order, "forward": fo
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    add_run_options(p)
     p.add_argument("--lengths", default="128,512,1024")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
-    p.add_argument("--tag", default="")
-    p.add_argument("--out", default=str(ROOT / "results" / "perf"))
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     report: dict[str, Any] = {"setting": {**vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__},
                               "results": []}

@@ -7,9 +7,11 @@ a rotated order), so the reported numbers are ratios taken side by side, robust 
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -18,6 +20,22 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "perf"
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options every timing benchmark takes: where it runs, how often, where results go."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--out", default=str(RESULTS))
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def sync(device: torch.device) -> None:

@@ -26,7 +26,9 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from perfkit import DTYPES, count_flops, interleaved, matmul_gflops, peak_bytes, ratios, summary  # noqa: E402
+from perfkit import (  # noqa: E402
+    DTYPES, add_run_options, apply_threads, count_flops, interleaved, matmul_gflops, peak_bytes, ratios, summary,
+)
 
 from gradmem.attention import HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME  # noqa: E402
 from gradmem.backbones import LlamaBackbone, LlamaConfig  # noqa: E402
@@ -56,8 +58,7 @@ VARIANTS = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    add_run_options(p)
     p.add_argument("--variants", default="builtin,hf_eager", help=f"comma list of {sorted(VARIANTS)}")
     p.add_argument("--baseline", default="hf_eager", help="variant the others are compared with")
     p.add_argument("--pretrained", default="", help="a packaged or local HF model (e.g. smollm2-135m): only hf_* "
@@ -71,11 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=512)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tag", default="", help="suffix of the result files")
-    p.add_argument("--out", default=str(ROOT / "results" / "perf"))
     return p.parse_args()
 
 
@@ -158,8 +155,7 @@ def calls(model: MemoryModel, batch: Any, compiled: bool) -> dict[str, Callable[
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
