@@ -33,7 +33,7 @@ from gradmem.model import MemoryModel
 from gradmem.train import Trainer
 
 METHODS = ("gradmem", "rmt", "full_context", "no_context")
-SHARED = ("model", "task", "questions_per_story", "statements_per_question", "train_top_layers", "steps",
+SHARED = ("model", "task", "questions_per_story", "statements_per_question", "train_top_layers", "single_fact_steps", "steps",
           "batch_size", "lr", "eval_examples", "test_examples", "seed")
 
 
@@ -52,10 +52,15 @@ def make_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
     task = {"name": "babi", "task": args.task, "questions_per_story": args.questions_per_story,
             "statements_per_question": args.statements_per_question, "tokenizer": tokenizer}
     backbone = {"type": "hf", "pretrained": args.model, "freeze": True, "train_top_layers": args.train_top_layers}
-    return {"task": task, "backbone": backbone, "method": method_spec(args, name),
-            "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 20,
-                      "eval_every": args.eval_every, "eval_examples": args.eval_examples, "eval_batch_size": 8,
-                      "checkpoint_every": args.steps, "log_every": 10, "seed": args.seed}}
+    train = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": 20,
+             "eval_every": args.eval_every, "eval_examples": args.eval_examples, "eval_batch_size": 8,
+             "checkpoint_every": args.steps, "log_every": 10, "seed": args.seed}
+    if args.single_fact_steps:
+        # Warm-up stage of one-statement, one-question stories for a fixed number of steps (the same for
+        # every method, whatever its EM), then the task itself for the rest of `steps`.
+        train |= {"curriculum": [{"statements_per_question": 1, "questions_per_story": 1}, {}],
+                  "stage_steps": [args.single_fact_steps]}
+    return {"task": task, "backbone": backbone, "method": method_spec(args, name), "train": train}
 
 
 def mean_embedding_init(model: MemoryModel) -> None:
@@ -123,8 +128,10 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 
 def curve(record: dict[str, Any]) -> str:
+    """Validation EM by step; evaluations of the one-fact warm-up stage are marked `(1f)`."""
     evals = [h for h in record["train_history"] if h["kind"] == "eval"]
-    return ", ".join(f"{h['step']}: {100 * h['exact_match']:.0f}" for h in evals)
+    last = max(h["stage"] for h in evals)
+    return ", ".join(f"{h['step']}{' (1f)' if h['stage'] < last else ''}: {100 * h['exact_match']:.0f}" for h in evals)
 
 
 def constant_answer_em(args: argparse.Namespace, split: str, num: int) -> tuple[str, float]:
@@ -152,9 +159,12 @@ def report(args: argparse.Namespace) -> None:
     s = settings
     valid_answer, valid_share = constant_answer_em(args, "valid", s["eval_examples"])
     test_answer, test_share = constant_answer_em(args, "test", s["test_examples"])
+    warmup = (f", the first {s['single_fact_steps']} of them on one-statement, one-question stories (warm-up "
+              "stage, marked (1f) below)") if s.get("single_fact_steps") else ""
     lines = [f"# bAbI QA{s['task']} (GENERATED bAbI-style data) with {s['model']}: same budget for every method", "",
              f"Every method trains the top {s['train_top_layers']} decoder layers + final norm of {s['model']} "
-             f"(rest frozen) for {s['steps']} steps x batch {s['batch_size']} (AdamW lr {s['lr']}, 1 thread); "
+             f"(embeddings and any lower layers frozen) for {s['steps']} steps x batch {s['batch_size']}{warmup} "
+             f"(AdamW lr {s['lr']}, 1 thread); "
              f"the checkpoint scored is the best on {s['eval_examples']} validation questions; "
              f"{s['test_examples']} held-out test questions. EM = teacher-forced exact match on the answer "
              "tokens; gen EM = greedy generation. Train min = wall time of training incl. validation, on a shared "
@@ -189,23 +199,24 @@ def main() -> None:
     parser.add_argument("--task", type=int, default=1)
     parser.add_argument("--questions-per-story", type=int, default=2)
     parser.add_argument("--statements-per-question", type=int, default=None)
-    parser.add_argument("--train-top-layers", type=int, default=4, help="decoder layers trained (top k) for every method")
+    parser.add_argument("--train-top-layers", type=int, default=30, help="decoder layers trained (top k; 30 = all of SmolLM2)")
+    parser.add_argument("--single-fact-steps", type=int, default=150, help="warm-up steps on one-fact stories (0 = none)")
     parser.add_argument("--memory", type=int, default=8)
     parser.add_argument("--write-steps", type=int, default=1)
     parser.add_argument("--inner-optim", default="sgd", choices=("sgd", "adam"))
-    parser.add_argument("--inner-lr", type=float, default=0.3)
+    parser.add_argument("--inner-lr", type=float, default=1.0)
     parser.add_argument("--inner-clip-norm", type=float, default=1.0)
     parser.add_argument("--inner-loss-weight", type=float, default=0.0)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--test-examples", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="runs/babi_qa1")
-    parser.add_argument("--results", default="results/pretrained/babi_qa1_cpu")
+    parser.add_argument("--out", default="runs/babi_qa1_full")
+    parser.add_argument("--results", default="results/pretrained/babi_qa1_full_cpu")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the results files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

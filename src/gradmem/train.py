@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data and the held-out set
     curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
     advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
+    stage_steps: list[int] | None = None  # fixed schedule: steps spent in each stage but the last (EM need not be reached)
     compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
 
@@ -58,6 +59,10 @@ class TrainConfig:
             raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {list(SCHEDULES)}")
+        if self.stage_steps is not None and (len(self.stage_steps) != max(len(self.curriculum) - 1, 0)
+                                             or min(self.stage_steps, default=1) < 1):
+            raise ValueError(f"stage_steps needs one positive step count per curriculum stage but the last "
+                             f"({max(len(self.curriculum) - 1, 0)}), got {self.stage_steps}")
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -166,6 +171,8 @@ class Trainer:
         record: dict[str, Any] = {}
         started = time.time()
         while self.step < self.cfg.steps:
+            if self.cfg.stage_steps and self.stage < last_stage and self.step >= sum(self.cfg.stage_steps[: self.stage + 1]):
+                self._next_stage()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg)
             loss, read_loss, write_losses = self._gradients(self.train_batch(self.step).to(next(self.model.parameters()).device))
@@ -200,12 +207,15 @@ class Trainer:
         self.parallel.average_gradients(self._compiled.parameters)  # what DDP's backward hook does
         return result.loss, result.read_loss, result.write_losses
 
+    def _next_stage(self) -> None:
+        self.stage += 1
+        self.best, self.bad_evals = -1.0, 0
+
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""
         if self.stage < last_stage:
             if em >= self.cfg.advance_exact_match:
-                self.stage += 1
-                self.best, self.bad_evals = -1.0, 0
+                self._next_stage()
             return False
         if em > self.best:
             self.best, self.bad_evals = em, 0
