@@ -31,6 +31,7 @@ from gradmem.data import iterate_batches
 from gradmem.evaluate import evaluate
 from gradmem.model import MemoryModel
 from gradmem.train import Trainer
+from gradmem.training_free import mean_embedding
 
 METHODS = ("gradmem", "rmt", "full_context", "no_context")
 SHARED = ("model", "task", "questions_per_story", "statements_per_question", "train_top_layers", "single_fact_steps", "steps",
@@ -69,9 +70,7 @@ def mean_embedding_init(model: MemoryModel) -> None:
     if memory0 is None:
         return
     with torch.no_grad():
-        vocab = torch.arange(model.backbone.vocab_size)
-        mean = model.backbone.embed(vocab[None])[0].mean(0)  # (D,)
-        memory0.copy_(mean.expand_as(memory0) + 0.01 * torch.randn_like(memory0))
+        memory0.copy_(mean_embedding(model.backbone).expand_as(memory0) + 0.01 * torch.randn_like(memory0))
 
 
 def count_trainable(model: MemoryModel) -> dict[str, int]:
