@@ -40,13 +40,14 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     assert first_half + second_half == pytest.approx(full, abs=1e-6)
 
 
-def test_fixed_stage_schedule_advances_without_reaching_the_em(tmp_path):
-    # advance_exact_match 1.01 is never reached: only stage_steps can move the run to stage 1
-    train = {"curriculum": [{"num_pairs": 1}, {}], "stage_steps": [2], "advance_exact_match": 1.01}
+def test_fixed_stage_schedule_ignores_the_em(tmp_path):
+    # advance_exact_match 0 would move on at the first evaluation (step 3): with stage_steps only the
+    # schedule moves the run, so every method of a comparison gets the same steps in each stage
+    train = {"curriculum": [{"num_pairs": 1}, {}], "stage_steps": [4], "advance_exact_match": 0.0}
     spec = {**SPEC, "train": {**SPEC["train"], **train}}
     _, trainer = train_losses(spec, tmp_path)
     stages = [(r["step"], r["stage"]) for r in trainer.history if r["kind"] == "train"]
-    assert stages == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 1)]
+    assert stages == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 1)]
     assert (tmp_path / "best").is_dir()  # the best checkpoint is kept on the last stage
     with pytest.raises(ValueError, match="stage_steps"):
         Trainer(build_model(SPEC), {**spec, "train": {**spec["train"], "stage_steps": [2, 2]}}, "unused")

@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data and the held-out set
     curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
     advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
-    stage_steps: list[int] | None = None  # fixed schedule: steps spent in each stage but the last (EM need not be reached)
+    stage_steps: list[int] | None = None  # fixed schedule: steps spent in each stage but the last; EM then moves nothing
     compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
 
@@ -214,7 +214,7 @@ class Trainer:
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""
         if self.stage < last_stage:
-            if em >= self.cfg.advance_exact_match:
+            if em >= self.cfg.advance_exact_match and not self.cfg.stage_steps:
                 self._next_stage()
             return False
         if em > self.best:
