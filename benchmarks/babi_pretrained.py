@@ -96,7 +96,7 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
     task = build_task(spec)
     model = build_model(spec, task)
     mean_embedding_init(model)
-    out = Path(args.out) / name
+    out = Path(args.out) / (f"{name}_{args.variant}" if args.variant else name)
     started = time.time()
     trainer = Trainer(model, spec, out, on_log=lambda r: print(name, json.dumps(r), flush=True))
     trainer.train()
@@ -119,7 +119,7 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
                                      key=lambda h: h["exact_match"])["step"],
               "train_history": trainer.history, "test_examples": len(test), "results": rows,
               "command": "python benchmarks/babi_pretrained.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not isinstance(v, bool))}
+                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, "") and not isinstance(v, bool))}
     tmp = out / "result.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, out / "result.json")
@@ -131,6 +131,15 @@ def curve(record: dict[str, Any]) -> str:
     evals = [h for h in record["train_history"] if h["kind"] == "eval"]
     last = max(h["stage"] for h in evals)
     return ", ".join(f"{h['step']}{' (1f)' if h['stage'] < last else ''}: {100 * h['exact_match']:.0f}" for h in evals)
+
+
+def inner_settings(record: dict[str, Any]) -> str:
+    """' (inner lr 1.0)' for GradMem runs (plus the inner-loss weight when on), '' for the others."""
+    method = record["spec"]["method"]
+    if method["name"] != "gradmem":
+        return ""
+    weight = f", inner-loss weight {method['inner_loss_weight']}" if method["inner_loss_weight"] else ""
+    return f" (inner lr {method['write']['optim']['lr']}{weight})"
 
 
 def constant_answer_em(args: argparse.Namespace, split: str, num: int) -> tuple[str, float]:
@@ -174,14 +183,14 @@ def report(args: argparse.Namespace) -> None:
     for r in records:
         p = r["trainable_params"]
         for key, row in r["results"].items():
-            lines.append(f"| {key} | {p['backbone'] / 1e6:.1f}M / {p['method'] / 1e6:.2f}M | {r['train_seconds'] / 60:.1f} | "
+            lines.append(f"| {key}{inner_settings(r)} | {p['backbone'] / 1e6:.1f}M / {p['method'] / 1e6:.2f}M | {r['train_seconds'] / 60:.1f} | "
                          f"{100 * row['exact_match']:.1f} | {100 * row['generated_exact_match']:.1f} | "
                          f"{row['loss']:.3f} | {curve(r)} |")
     for r in records:
         if r["method"] == "gradmem":
             wl = [(h["step"], h["write_loss"][0]) for h in r["train_history"] if h["kind"] == "train" and h["write_loss"]]
             row = r["results"][f"gradmem_K{r['spec']['method']['write']['steps']}"]
-            lines += ["", f"GradMem WRITE config: {json.dumps(r['spec']['method'])}.",
+            lines += ["", f"GradMem{inner_settings(r)} WRITE config: {json.dumps(r['spec']['method'])}.",
                       f"Held-out reconstruction loss before / after the WRITE: {row['write_loss_before']:.3f} / "
                       f"{row['write_loss_after']:.3f} nats per token.",
                       "Training write loss (before the step) by step: " + ", ".join(f"{st}: {v:.2f}" for st, v in wl[::2]) + "."]
@@ -216,6 +225,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/babi_qa1_full")
     parser.add_argument("--results", default="results/pretrained/babi_qa1_full_cpu")
+    parser.add_argument("--variant", default="", help="suffix of the run folder, to keep several runs of one method")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the results files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

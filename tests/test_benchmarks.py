@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import TINY
 
@@ -98,3 +99,18 @@ def test_cell_spec_merges_method_overrides(scripts):
     assert rmt["method"] == {"name": "rmt", "num_memory": 2}  # another method starts from its own settings
     assert rmt["train"]["curriculum"] == [{"num_pairs": 2}]  # chained from N=1: the ramp starts above it
     assert "curriculum" not in capacity.cell_spec(PRESET, PRESET["methods"][3], 2, 0, 0)["train"]
+
+
+def test_write_probe_separates_a_linear_signal_and_not_noise():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        probe = importlib.import_module("write_probe")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (200,), generator=gen)
+    noise = torch.randn(200, 32, generator=gen)
+    signal = noise.clone()
+    signal[:, :4] += 3 * torch.nn.functional.one_hot(labels, 4)  # the class sits in 4 of 32 directions
+    assert probe.probe_accuracy(signal, labels, fit=150) > 0.75  # Bayes rate ~0.96
+    assert probe.probe_accuracy(noise, labels, fit=150) < 0.5  # chance is ~0.25
