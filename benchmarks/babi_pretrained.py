@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,32 @@ def write_curve(model: MemoryModel, examples: list, pad_id: int) -> dict[str, fl
     return {"write_loss_before": before / len(examples), "write_loss_after": after / len(examples)}
 
 
+def swapped_memory_loss(model: MemoryModel, examples: list, pad_id: int, steps: int | None = None) -> float:
+    """Mean READ loss when each question is read with the memory of the next story in its batch.
+
+    Against the method's own READ loss this shows whether the answer comes from the memory at all
+    (equal losses: the reader ignores it)."""
+    total = 0.0
+    with torch.no_grad():
+        for batch in iterate_batches(examples, 8, pad_id):
+            memory = model.write(batch.context, steps=steps)
+            swapped = replace(memory, prefix=memory.prefix.roll(1, 0),
+                              lengths=None if memory.lengths is None else memory.lengths.roll(1, 0))
+            total += model.read(swapped, batch.query, batch.target).per_example_loss.sum().item()
+    return total / len(examples)
+
+
+def add_swap_check(record: dict[str, Any], checkpoint: Path, test: list, pad_id: int) -> None:
+    """Memory methods only: store the swapped-memory READ loss of the best checkpoint in each result row."""
+    if record["method"] not in ("gradmem", "rmt"):
+        return
+    best, _, _ = load_checkpoint(checkpoint)
+    best.eval()
+    for key, row in record["results"].items():
+        steps = int(key.rsplit("_K", 1)[1]) if "_K" in key else None  # GradMem rows: the K they were scored with
+        row["read_loss_swapped"] = swapped_memory_loss(best, test, pad_id, steps)
+
+
 def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     spec = make_spec(args, name)
@@ -111,6 +138,8 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
         rows[f"gradmem_K{args.write_steps}"].update(write_curve(best, test[:64], pad))
     else:
         rows[name] = evaluate(best, test, 8, pad_id=pad, generate=True, eos_id=eos)
+    record_rows = {"method": name, "results": rows}
+    add_swap_check(record_rows, out / "best", test, pad)
     for key, row in rows.items():
         print(key, json.dumps(row), flush=True)
     record = {"method": name, "settings": {k: getattr(args, k) for k in SHARED}, "spec": spec,
@@ -131,6 +160,10 @@ def curve(record: dict[str, Any]) -> str:
     evals = [h for h in record["train_history"] if h["kind"] == "eval"]
     last = max(h["stage"] for h in evals)
     return ", ".join(f"{h['step']}{' (1f)' if h['stage'] < last else ''}: {100 * h['exact_match']:.0f}" for h in evals)
+
+
+def swapped_cell(row: dict[str, Any]) -> str:
+    return f"{row['read_loss_swapped']:.3f}" if "read_loss_swapped" in row else "-"
 
 
 def inner_settings(record: dict[str, Any]) -> str:
@@ -175,17 +208,19 @@ def report(args: argparse.Namespace) -> None:
              f"(AdamW lr {s['lr']}, 1 thread); "
              f"the checkpoint scored is the best on {s['eval_examples']} validation questions; "
              f"{s['test_examples']} held-out test questions. EM = teacher-forced exact match on the answer "
-             "tokens; gen EM = greedy generation. Train min = wall time of training incl. validation, on a shared "
+             "tokens; gen EM = greedy generation; 'with another story's memory' = READ loss (mean answer-token "
+             "cross-entropy) when each test question reads the memory of the next story in its batch "
+             "(GradMem / RMT; no higher than the READ loss = the memory is not used). Train min = wall time of training incl. validation, on a shared "
              f"2-core CPU. Constant-answer floor: always answering '{test_answer}' scores {100 * test_share:.1f}% "
              f"on test ('{valid_answer}': {100 * valid_share:.1f}% on validation).", "",
-             "| method | trainable backbone / method params | train min | EM % | gen EM % | READ loss | valid EM % by step |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | trainable backbone / method params | train min | EM % | gen EM % | READ loss | with another story's memory | valid EM % by step |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in records:
         p = r["trainable_params"]
         for key, row in r["results"].items():
             lines.append(f"| {key}{inner_settings(r)} | {p['backbone'] / 1e6:.1f}M / {p['method'] / 1e6:.2f}M | {r['train_seconds'] / 60:.1f} | "
                          f"{100 * row['exact_match']:.1f} | {100 * row['generated_exact_match']:.1f} | "
-                         f"{row['loss']:.3f} | {curve(r)} |")
+                         f"{row['loss']:.3f} | {swapped_cell(row)} | {curve(r)} |")
     for r in records:
         if r["method"] == "gradmem":
             wl = [(h["step"], h["write_loss"][0]) for h in r["train_history"] if h["kind"] == "train" and h["write_loss"]]
@@ -226,6 +261,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/babi_qa1_full")
     parser.add_argument("--results", default="results/pretrained/babi_qa1_full_cpu")
     parser.add_argument("--variant", default="", help="suffix of the run folder, to keep several runs of one method")
+    parser.add_argument("--swap-check", action="store_true",
+                        help="only add the swapped-memory READ loss to finished GradMem / RMT runs of --methods")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the results files")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -233,7 +270,15 @@ def main() -> None:
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; valid: {list(METHODS)}")
-    if not args.report_only:
+    if args.swap_check:
+        for name in names:
+            path = Path(args.out) / (f"{name}_{args.variant}" if args.variant else name) / "result.json"
+            record = json.loads(path.read_text())
+            task = build_task(record["spec"])
+            add_swap_check(record, path.parent / "best", task.make_split("test", args.test_examples, args.seed),
+                           task.tokenizer.pad_id)
+            path.write_text(json.dumps(record, indent=2))
+    elif not args.report_only:
         for name in names:
             run_method(args, name)
             report(args)
