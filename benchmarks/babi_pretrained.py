@@ -106,15 +106,19 @@ def swapped_memory_loss(model: MemoryModel, examples: list, pad_id: int, steps: 
     return total / len(examples)
 
 
-def add_swap_check(record: dict[str, Any], checkpoint: Path, test: list, pad_id: int) -> None:
-    """Memory methods only: store the swapped-memory READ loss of the best checkpoint in each result row."""
-    if record["method"] not in ("gradmem", "rmt"):
+def add_swap_check(name: str, model: MemoryModel, rows: dict[str, Any], test: list, pad_id: int) -> None:
+    """Memory methods only: store the swapped-memory READ loss of `model` in each of its result rows."""
+    if name not in ("gradmem", "rmt"):
         return
-    best, _, _ = load_checkpoint(checkpoint)
-    best.eval()
-    for key, row in record["results"].items():
+    model.eval()
+    for key, row in rows.items():
         steps = int(key.rsplit("_K", 1)[1]) if "_K" in key else None  # GradMem rows: the K they were scored with
-        row["read_loss_swapped"] = swapped_memory_loss(best, test, pad_id, steps)
+        row["read_loss_swapped"] = swapped_memory_loss(model, test, pad_id, steps)
+
+
+def run_dir(args: argparse.Namespace, name: str) -> Path:
+    """`<out>/<method>`, or `<out>/<method>_<variant>` to keep several runs of one method."""
+    return Path(args.out) / (f"{name}_{args.variant}" if args.variant else name)
 
 
 def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -123,7 +127,7 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
     task = build_task(spec)
     model = build_model(spec, task)
     mean_embedding_init(model)
-    out = Path(args.out) / (f"{name}_{args.variant}" if args.variant else name)
+    out = run_dir(args, name)
     started = time.time()
     trainer = Trainer(model, spec, out, on_log=lambda r: print(name, json.dumps(r), flush=True))
     trainer.train()
@@ -138,8 +142,7 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
         rows[f"gradmem_K{args.write_steps}"].update(write_curve(best, test[:64], pad))
     else:
         rows[name] = evaluate(best, test, 8, pad_id=pad, generate=True, eos_id=eos)
-    record_rows = {"method": name, "results": rows}
-    add_swap_check(record_rows, out / "best", test, pad)
+    add_swap_check(name, best, rows, test, pad)
     for key, row in rows.items():
         print(key, json.dumps(row), flush=True)
     record = {"method": name, "settings": {k: getattr(args, k) for k in SHARED}, "spec": spec,
@@ -272,10 +275,10 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; valid: {list(METHODS)}")
     if args.swap_check:
         for name in names:
-            path = Path(args.out) / (f"{name}_{args.variant}" if args.variant else name) / "result.json"
+            path = run_dir(args, name) / "result.json"
             record = json.loads(path.read_text())
-            task = build_task(record["spec"])
-            add_swap_check(record, path.parent / "best", task.make_split("test", args.test_examples, args.seed),
+            best, task, _ = load_checkpoint(path.parent / "best")
+            add_swap_check(name, best, record["results"], task.make_split("test", args.test_examples, args.seed),
                            task.tokenizer.pad_id)
             path.write_text(json.dumps(record, indent=2))
     elif not args.report_only:
