@@ -53,6 +53,14 @@ def test_fixed_stage_schedule_ignores_the_em(tmp_path):
         Trainer(build_model(SPEC), {**spec, "train": {**spec["train"], "stage_steps": [2, 2]}}, "unused")
 
 
+def test_adam_betas_reach_the_optimizer():
+    spec = json.loads(json.dumps({**SPEC, "train": {**SPEC["train"], "adam_betas": (0.9, 0.95)}}))  # as from a file
+    trainer = Trainer(build_model(SPEC), spec, "unused")
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    with pytest.raises(ValueError, match="adam_betas"):
+        Trainer(build_model(SPEC), {**spec, "train": {**spec["train"], "adam_betas": [0.9, 1.0]}}, "unused")
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = build_model(SPEC)
     save_checkpoint(tmp_path, model, SPEC)

@@ -34,6 +34,7 @@ class TrainConfig:
     batch_size: int = 32  # examples per step
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2); a lower beta2 (0.95) damps gradient spikes
     warmup_steps: int = 100  # linear warmup from 0 to lr
     schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear" decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1  # floor of the decaying schedules
@@ -57,6 +58,9 @@ class TrainConfig:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+        self.adam_betas = tuple(self.adam_betas)  # a JSON spec gives a list
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {list(SCHEDULES)}")
         if self.stage_steps is not None and (len(self.stage_steps) != max(len(self.curriculum) - 1, 0)
@@ -97,7 +101,8 @@ class Trainer:
         self.cfg = TrainConfig(**spec.get("train", {}))
         self.out_dir = Path(out_dir)
         self.on_log = on_log or (lambda record: None)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                           betas=self.cfg.adam_betas)
         self.step = 0
         self.stage = 0
         self.best = -1.0
