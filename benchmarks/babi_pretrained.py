@@ -35,11 +35,11 @@ from gradmem.train import Trainer
 from gradmem.training_free import mean_embedding
 
 METHODS = ("gradmem", "rmt", "full_context", "no_context")
-SHARED = ("model", "task", "questions_per_story", "statements_per_question", "train_top_layers", "single_fact_steps", "steps",
-          "batch_size", "lr", "adam_beta2", "eval_examples", "test_examples", "seed")
+SHARED = ("model", "task", "questions_per_story", "statements_per_question", "train_top_layers", "single_fact_steps",
+          "two_fact_steps", "steps", "batch_size", "lr", "adam_beta2", "eval_examples", "test_examples", "seed")
 # Shared settings added after the first runs, with the value those runs used: a record without one still
 # lands in the table of a run that leaves it at this value.
-SHARED_DEFAULTS = {"adam_beta2": 0.999}
+SHARED_DEFAULTS = {"adam_beta2": 0.999, "two_fact_steps": 0}
 
 
 def method_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
@@ -61,11 +61,13 @@ def make_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
              "warmup_steps": 20,
              "eval_every": args.eval_every, "eval_examples": args.eval_examples, "eval_batch_size": 8,
              "checkpoint_every": args.steps, "log_every": 10, "seed": args.seed}
-    if args.single_fact_steps:
-        # Warm-up stage of one-statement, one-question stories for a fixed number of steps (the same for
-        # every method, whatever its EM), then the task itself for the rest of `steps`.
-        train |= {"curriculum": [{"statements_per_question": 1, "questions_per_story": 1}, {}],
-                  "stage_steps": [args.single_fact_steps]}
+    # Warm-up stages, each for a fixed number of steps (the same for every method, whatever its EM), then
+    # the task itself for the rest of `steps`: one-statement stories, then (optionally) two-statement ones,
+    # all with one question per story.
+    warmups = [({"statements_per_question": n, "questions_per_story": 1}, steps)
+               for n, steps in ((1, args.single_fact_steps), (2, args.two_fact_steps)) if steps]
+    if warmups:
+        train |= {"curriculum": [stage for stage, _ in warmups] + [{}], "stage_steps": [steps for _, steps in warmups]}
     return {"task": task, "backbone": backbone, "method": method_spec(args, name), "train": train}
 
 
@@ -163,10 +165,12 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 
 def curve(record: dict[str, Any]) -> str:
-    """Validation EM by step; evaluations of the one-fact warm-up stage are marked `(1f)`."""
+    """Validation EM by step; evaluations of a warm-up stage are marked `(1f)` / `(2f)` (statements per story)."""
     evals = [h for h in record["train_history"] if h["kind"] == "eval"]
-    last = max(h["stage"] for h in evals)
-    return ", ".join(f"{h['step']}{' (1f)' if h['stage'] < last else ''}: {100 * h['exact_match']:.0f}" for h in evals)
+    stages = record["spec"]["train"].get("curriculum", [])[:-1]
+    marks = [f" ({stage['statements_per_question']}f)" for stage in stages]
+    return ", ".join(f"{h['step']}{marks[h['stage']] if h['stage'] < len(marks) else ''}: {100 * h['exact_match']:.0f}"
+                     for h in evals)
 
 
 def swapped_cell(row: dict[str, Any]) -> str:
@@ -208,7 +212,9 @@ def report(args: argparse.Namespace) -> None:
     valid_answer, valid_share = constant_answer_em(args, "valid", s["eval_examples"])
     test_answer, test_share = constant_answer_em(args, "test", s["test_examples"])
     warmup = (f", the first {s['single_fact_steps']} of them on one-statement, one-question stories (warm-up "
-              "stage, marked (1f) below)") if s.get("single_fact_steps") else ""
+              "stage, marked (1f) below)") if s["single_fact_steps"] else ""
+    if s["two_fact_steps"]:
+        warmup += (f", then {s['two_fact_steps']} on two-statement, one-question stories (marked (2f))")
     lines = [f"# bAbI QA{s['task']} (GENERATED bAbI-style data) with {s['model']}: same budget for every method", "",
              f"Every method trains the top {s['train_top_layers']} decoder layers + final norm of {s['model']} "
              f"(embeddings and any lower layers frozen) for {s['steps']} steps x batch {s['batch_size']}{warmup} "
@@ -251,6 +257,8 @@ def main() -> None:
     parser.add_argument("--statements-per-question", type=int, default=None)
     parser.add_argument("--train-top-layers", type=int, default=30, help="decoder layers trained (top k; 30 = all of SmolLM2)")
     parser.add_argument("--single-fact-steps", type=int, default=150, help="warm-up steps on one-fact stories (0 = none)")
+    parser.add_argument("--two-fact-steps", type=int, default=SHARED_DEFAULTS["two_fact_steps"],
+                        help="then warm-up steps on two-statement, one-question stories (0 = none)")
     parser.add_argument("--memory", type=int, default=8)
     parser.add_argument("--write-steps", type=int, default=1)
     parser.add_argument("--inner-optim", default="sgd", choices=("sgd", "adam"))
