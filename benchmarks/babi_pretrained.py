@@ -248,7 +248,7 @@ def report(args: argparse.Namespace) -> None:
     out.with_suffix(".md").write_text("\n".join(lines))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
     parser.add_argument("--model", default="smollm2-135m")
@@ -281,7 +281,12 @@ def main() -> None:
     parser.add_argument("--swap-check", action="store_true",
                         help="only add the swapped-memory READ loss to finished GradMem / RMT runs of --methods")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the results files")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = [n for n in args.methods.split(",") if n]
     unknown = sorted(set(names) - set(METHODS))
