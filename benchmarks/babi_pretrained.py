@@ -122,6 +122,13 @@ def add_swap_check(name: str, model: MemoryModel, rows: dict[str, Any], test: li
         row["read_loss_swapped"] = swapped_memory_loss(model, test, pad_id, steps)
 
 
+def best_valid_step(history: list[dict[str, Any]]) -> int:
+    """Step of the checkpoint scored: the best validation of the last stage (the trainer keeps no other)."""
+    evals = [h for h in history if h["kind"] == "eval"]
+    last = max(h["stage"] for h in evals)
+    return max((h for h in evals if h["stage"] == last), key=lambda h: h["exact_match"])["step"]
+
+
 def run_dir(args: argparse.Namespace, name: str) -> Path:
     """`<out>/<method>`, or `<out>/<method>_<variant>` to keep several runs of one method."""
     return Path(args.out) / (f"{name}_{args.variant}" if args.variant else name)
@@ -153,8 +160,7 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
         print(key, json.dumps(row), flush=True)
     record = {"method": name, "settings": {k: getattr(args, k) for k in SHARED}, "spec": spec,
               "trainable_params": count_trainable(model), "train_seconds": round(train_s, 1),
-              "best_valid_step": max((h for h in trainer.history if h["kind"] == "eval"),
-                                     key=lambda h: h["exact_match"])["step"],
+              "best_valid_step": best_valid_step(trainer.history),
               "train_history": trainer.history, "test_examples": len(test), "results": rows,
               "command": "python benchmarks/babi_pretrained.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, "") and not isinstance(v, bool))}

@@ -47,3 +47,11 @@ def test_defaults_of_later_shared_settings_are_the_parser_defaults(script):
     args = script.build_parser().parse_args([])
     assert set(script.SHARED_DEFAULTS) <= set(script.SHARED)
     assert all(getattr(args, key) == value for key, value in script.SHARED_DEFAULTS.items())
+
+
+def test_best_valid_step_ignores_the_warmup_stages(script):
+    history = [{"kind": "eval", "stage": 0, "step": 150, "exact_match": 0.6},
+               {"kind": "train", "stage": 1, "step": 160},
+               {"kind": "eval", "stage": 1, "step": 200, "exact_match": 0.2},
+               {"kind": "eval", "stage": 1, "step": 250, "exact_match": 0.4}]
+    assert script.best_valid_step(history) == 250
