@@ -220,7 +220,7 @@ def report(args: argparse.Namespace) -> None:
     warmup = (f", the first {s['single_fact_steps']} of them on one-statement, one-question stories (warm-up "
               "stage, marked (1f) below)") if s["single_fact_steps"] else ""
     if s["two_fact_steps"]:
-        warmup += (f", then {s['two_fact_steps']} on two-statement, one-question stories (marked (2f))")
+        warmup += f", then {s['two_fact_steps']} on two-statement, one-question stories (marked (2f))"
     lines = [f"# bAbI QA{s['task']} (GENERATED bAbI-style data) with {s['model']}: same budget for every method", "",
              f"Every method trains the top {s['train_top_layers']} decoder layers + final norm of {s['model']} "
              f"(embeddings and any lower layers frozen) for {s['steps']} steps x batch {s['batch_size']}{warmup} "

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +15,19 @@ from gradmem.data import collate
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 from gradmem.tasks.kv import KVConfig, generate_kv
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@contextmanager
+def benchmarks_on_path() -> Iterator[None]:
+    """Make the scripts in benchmarks/ (not a package) importable, for the duration of the block only."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
 
 TINY = dict(vocab_size=70, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=128)
 

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from conftest import benchmarks_on_path
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
+    with benchmarks_on_path():
         yield importlib.import_module("babi_pretrained")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def test_warmup_stages_are_durations_in_order(script):

@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from conftest import TINY, benchmarks_on_path
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
+    with benchmarks_on_path():
         yield importlib.import_module("capacity"), importlib.import_module("write_steps")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 PRESET = {
@@ -102,11 +95,8 @@ def test_cell_spec_merges_method_overrides(scripts):
 
 
 def test_write_probe_separates_a_linear_signal_and_not_noise():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
+    with benchmarks_on_path():
         probe = importlib.import_module("write_probe")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (200,), generator=gen)
     noise = torch.randn(200, 32, generator=gen)
