@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import torch
+from conftest import benchmarks_on_path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import perfkit  # noqa: E402
+with benchmarks_on_path():
+    import attention
+    import perfkit
+    import throughput
 
 
 def test_peak_bytes_counts_live_tensors():
@@ -32,9 +32,6 @@ def test_count_flops_of_a_matmul():
 
 
 def test_throughput_and_attention_benchmarks_run(tmp_path, monkeypatch):
-    import attention
-    import throughput
-
     monkeypatch.setattr(sys, "argv", ["throughput.py", "--batch", "2", "--pairs", "1", "--memory", "2", "--layers", "1",
                                       "--heads", "2", "--width", "16", "--intermediate", "32", "--rounds", "1",
                                       "--variants", "builtin,hf_eager",
