@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from gradmem import memory_io
 from gradmem.backbones.base import tensor_sha256
@@ -18,7 +19,9 @@ from gradmem.store import MemoryStore, memory_key
 
 def fake_memory(seed: int) -> tuple[torch.Tensor, dict]:
     prefix = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(seed))
-    return prefix, {"tensor_sha256": tensor_sha256(prefix), "created": f"2026-01-01T00:00:{seed:02d}Z", "seed": seed}
+    return prefix, {"tensor_sha256": tensor_sha256(prefix), "created": f"2026-01-01T00:00:{seed:02d}Z", "seed": seed,
+                    "num_vectors": 3, "hidden_size": 8, "blocks": 1, "dtype": "float32", "context_tokens": 2,
+                    "write": {}, "write_loss": []}
 
 
 def test_key_depends_on_model_context_and_settings():
@@ -86,7 +89,7 @@ def check_store(store: MemoryStore, keys: set[str], log: str) -> None:
     assert sorted(lines) == sorted(keys), "every key must be written exactly once"
     assert {m["id"] for m in store.list()} == keys
     for key in keys:
-        prefix = memory_io.load_file(str(memory_paths(store.path(key))[0]))["prefix"]
+        prefix = load_file(str(memory_paths(store.path(key))[0]))["prefix"]
         assert tensor_sha256(prefix) == store.show(key)["tensor_sha256"]
     assert not [p for p in store.objects.iterdir() if p.name.endswith(".tmp")]
 
@@ -141,6 +144,7 @@ def test_a_writer_killed_mid_write_leaves_no_half_file(tmp_path):
     store = MemoryStore(tmp_path)
     assert key not in store and store.list() == []
     assert not any(p.name.startswith(key) for p in store.objects.iterdir())  # only a hidden temp file
-    assert store.clean() == 1 and not any(store.objects.iterdir())
+    assert store.clean() == 1 and not any(store.objects.iterdir())  # the temporary file; the dead lock goes too
+    assert not any(store.locks.iterdir())
     meta, created = store.get_or_write(key, lambda: fake_memory(1))  # the lock died with the process
     assert created and key in store

@@ -13,6 +13,7 @@ saved: a memory with per-layer state (ARMT) is refused rather than saved without
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from gradmem.backbones.base import tensor_sha256, weights_hash
+from gradmem.errors import DamagedMemory, InvalidInput
 from gradmem.memory import Memory
 from gradmem.model import MemoryModel
 
 FORMAT_VERSION = 2
+DTYPES = ("float32", "float16", "bfloat16", "float64")  # what a memory tensor may be stored as
 
 
 def backbone_record(model: MemoryModel) -> dict[str, Any]:
@@ -66,6 +69,21 @@ def memory_paths(path: str | Path) -> tuple[Path, Path]:
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write tensors as safetensors with plain file I/O, so a full or read-only disk raises an
+    OSError with its errno (safetensors' own writer hides it inside a SafetensorError)."""
+    Path(path).write_bytes(save(tensors))
+
+
+def read_bytes(path: str | Path, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a file; with follow_symlinks=False a symbolic link is refused (O_NOFOLLOW), so
+    a link planted in a store cannot make the server read another file."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -135,28 +153,51 @@ def save_memory(path: str | Path, memory: Memory, model: MemoryModel, context_id
     return write_memory_files(path, memory.prefix, sidecar)
 
 
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The JSON sidecar of a memory file."""
+def read_sidecar(path: str | Path, follow_symlinks: bool = True, label: str | None = None) -> dict[str, Any]:
+    """The JSON sidecar of a memory file (`label` names it in errors instead of its path)."""
     side = memory_paths(path)[1]
-    if not side.exists():
-        raise FileNotFoundError(f"no memory sidecar {side}")
+    where = label or f"memory sidecar {side}"
     try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"memory sidecar {side} is not valid JSON: {err}") from err
+        meta = json.loads(read_bytes(side, follow_symlinks))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {where}") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise DamagedMemory(f"{where} is a symbolic link; refused") from err
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedMemory(f"{where} is not valid JSON: {err}") from err
     if not isinstance(meta, dict):
-        raise ValueError(f"memory sidecar {side} is not a JSON object")
+        raise DamagedMemory(f"{where} is not a JSON object")
     return meta
+
+
+def check_sidecar(meta: dict[str, Any], where: str) -> None:
+    """Raise DamagedMemory unless the fields every reader relies on have usable values."""
+    def count(key: str, least: int) -> bool:
+        value = meta.get(key)
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    bad = [key for key, least in (("num_vectors", 0), ("hidden_size", 1), ("blocks", 1), ("context_tokens", 0))
+           if not count(key, least)]
+    if meta.get("dtype") not in DTYPES:
+        bad.append("dtype")
+    if not isinstance(meta.get("write"), dict):
+        bad.append("write")
+    if not isinstance(meta.get("write_loss"), list):
+        bad.append("write_loss")
+    if bad:
+        raise DamagedMemory(f"{where} has unusable fields: {', '.join(bad)}")
 
 
 def check_compatible(meta: dict[str, Any], model: MemoryModel, fingerprint: str, where: str) -> None:
     """Raise a ValueError saying why a memory with sidecar `meta` cannot be read by `model`."""
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{where}: memory format version {version!r} is newer than this gradmem reads "
+        raise InvalidInput(f"{where}: memory format version {version!r} is newer than this gradmem reads "
                          f"({FORMAT_VERSION}); upgrade gradmem")
     if version < FORMAT_VERSION:
-        raise ValueError(f"{where}: memory format version {version} is older than {FORMAT_VERSION}; rewrite the memory")
+        raise InvalidInput(f"{where}: memory format version {version} is older than {FORMAT_VERSION}; rewrite the memory")
     if meta.get("model_fingerprint") == fingerprint:
         return
     theirs, ours = meta.get("backbone") or {}, backbone_record(model)
@@ -166,27 +207,39 @@ def check_compatible(meta: dict[str, Any], model: MemoryModel, fingerprint: str,
         why = "the same backbone architecture with different weights"
     else:
         why = "the same backbone with a different memory method or method weights"
-    raise ValueError(f"{where} was written by a different model, {why} (fingerprint {str(meta.get('model_fingerprint'))[:12]}..., "
+    raise InvalidInput(f"{where} was written by a different model, {why} (fingerprint {str(meta.get('model_fingerprint'))[:12]}..., "
                      f"this model is {fingerprint[:12]}...); a memory is only meaningful to the model that wrote it")
 
 
-def load_memory(path: str | Path, model: MemoryModel, fingerprint: str | None = None) -> tuple[Memory, dict[str, Any]]:
+def load_memory(path: str | Path, model: MemoryModel, fingerprint: str | None = None, label: str | None = None,
+                follow_symlinks: bool = True) -> tuple[Memory, dict[str, Any]]:
     """Load a memory for `model`, refusing files written by another model, other format versions,
-    or tensors that do not match their sidecar (truncated or tampered)."""
+    or tensors that do not match their sidecar (truncated or tampered). `label` names the memory
+    in errors instead of its path (the service shows no file-system paths)."""
     tensor_path, _ = memory_paths(path)
-    meta = read_sidecar(tensor_path)
-    check_compatible(meta, model, fingerprint or model_fingerprint(model), str(tensor_path))
+    where = label or str(tensor_path)
+    meta = read_sidecar(tensor_path, follow_symlinks, label)
+    check_compatible(meta, model, fingerprint or model_fingerprint(model), where)
+    check_sidecar(meta, where)
     try:
-        prefix = load_file(str(tensor_path))["prefix"]
+        data = read_bytes(tensor_path, follow_symlinks)
+    except FileNotFoundError:
+        raise DamagedMemory(f"{where}: memory tensor file is missing") from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DamagedMemory(f"{where}: memory tensor file is a symbolic link; refused") from err
+        raise
+    try:
+        prefix = load(data)["prefix"]
     except Exception as err:  # safetensors raises several types for a damaged file
-        raise ValueError(f"{tensor_path}: memory tensor file is damaged ({err})") from err
+        raise DamagedMemory(f"{where}: memory tensor file is damaged ({err})") from err
     if tensor_sha256(prefix) != meta.get("tensor_sha256"):
-        raise ValueError(f"{tensor_path}: memory tensor does not match its sidecar checksum (tampered or truncated)")
+        raise DamagedMemory(f"{where}: memory tensor does not match its sidecar checksum (tampered or truncated)")
     expected = (1, meta.get("num_vectors"), meta.get("hidden_size"))
     if tuple(prefix.shape) != expected or str(prefix.dtype).replace("torch.", "") != meta.get("dtype"):
-        raise ValueError(f"{tensor_path}: tensor {tuple(prefix.shape)} {prefix.dtype} does not match its sidecar "
-                         f"{expected} {meta.get('dtype')}")
+        raise DamagedMemory(f"{where}: tensor {tuple(prefix.shape)} {prefix.dtype} does not match its sidecar "
+                            f"{expected} {meta.get('dtype')}")
     if prefix.shape[2] != model.backbone.hidden_size:
-        raise ValueError(f"{tensor_path}: memory width {prefix.shape[2]} != model width {model.backbone.hidden_size}")
+        raise InvalidInput(f"{where}: memory width {prefix.shape[2]} != model width {model.backbone.hidden_size}")
     param = next(model.parameters())
     return Memory(prefix.to(device=param.device, dtype=param.dtype)), meta

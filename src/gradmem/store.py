@@ -4,31 +4,39 @@ The key of a memory is a hash of the model fingerprint, the context token ids an
 settings, so writing the same document twice with the same model and settings finds the first
 memory instead of computing it again. Layout:
 
+    ROOT/objects/<id>.context.txt  the context text (kept so `inspect` can score reconstruction)
     ROOT/objects/<id>.safetensors  the memory tensor
     ROOT/objects/<id>.json         its sidecar (written last: a memory exists iff its sidecar does)
-    ROOT/objects/<id>.context.txt  the context text (kept so `inspect` can score reconstruction)
-    ROOT/locks/<id>.lock           an fcntl lock file per key
+    ROOT/locks/<id>.lock           an fcntl lock file per key, removed again once no memory has the key
 
 Every file is written to a unique temporary name and renamed, so a crash mid-write leaves no half
-file under a final name. Writers of the same key serialise on an exclusive lock (processes and
-threads alike), and the second one finds the memory the first wrote.
+file under a final name; what a killed writer leaves (temporary files, a context or tensor without
+a sidecar, a lock of a missing memory) is removed by `clean`. Writers of the same key serialise on
+an exclusive lock (processes and threads alike), and the second one finds the memory the first
+wrote. Store files are opened without following symbolic links. File-system errors surface as
+StoreFull / StoreUnavailable with the reason and no path, damaged memories as DamagedMemory.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import os
 import re
+import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from gradmem.memory_io import atomic_write, memory_paths, read_sidecar, write_memory_files
+from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
+from gradmem.memory_io import atomic_write, check_sidecar, memory_paths, read_sidecar, write_memory_files
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")  # \Z, not $: "$" would also accept a trailing newline
 ProduceFn = Callable[[], tuple[Any, dict[str, Any]]]  # -> ((1, P, D) prefix tensor, sidecar)
+FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def memory_key(fingerprint: str, context_ids: list[int], write_settings: dict[str, Any]) -> str:
@@ -38,6 +46,27 @@ def memory_key(fingerprint: str, context_ids: list[int], write_settings: dict[st
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+@contextmanager
+def store_errors(action: str) -> Iterator[None]:
+    """Turn an OSError into StoreFull (no space or quota) or StoreUnavailable, saying what failed
+    and why without the path: these messages reach HTTP clients."""
+    try:
+        yield
+    except GradmemError:
+        raise
+    except OSError as err:
+        why = os.strerror(err.errno) if err.errno else type(err).__name__
+        raise (StoreFull if err.errno in FULL else StoreUnavailable)(f"cannot {action}: {why}") from err
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file, not a symbolic link to one."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 class MemoryStore:
     """Memories on disk under `root`, addressed by `memory_key`."""
 
@@ -45,14 +74,15 @@ class MemoryStore:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.locks = self.root / "locks"
-        self.objects.mkdir(parents=True, exist_ok=True)
-        self.locks.mkdir(parents=True, exist_ok=True)
+        with store_errors("create the memory store"):
+            self.objects.mkdir(parents=True, exist_ok=True)
+            self.locks.mkdir(parents=True, exist_ok=True)
         self._thread_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
     def _check_id(self, memory_id: str) -> str:
         if not isinstance(memory_id, str) or not ID_PATTERN.match(memory_id):
-            raise KeyError(f"not a memory id: {memory_id!r} (32 lowercase hex digits)")
+            raise NotFound(f"not a memory id: {memory_id!r} (32 lowercase hex digits)")
         return memory_id
 
     def path(self, memory_id: str) -> Path:
@@ -64,22 +94,46 @@ class MemoryStore:
 
     def __contains__(self, memory_id: str) -> bool:
         try:
-            return memory_paths(self.path(memory_id))[1].exists()
-        except KeyError:
+            return _is_file(memory_paths(self.path(memory_id))[1])
+        except NotFound:
             return False
 
     @contextmanager
     def lock(self, memory_id: str) -> Iterator[None]:
-        """Exclusive lock on one key, across processes (fcntl) and threads of this process."""
+        """Exclusive lock on one key, across processes (fcntl) and threads of this process. The lock
+        file is removed on the way out when no memory has the key, so locks do not pile up."""
+        path = self.locks / f"{self._check_id(memory_id)}.lock"
         with self._guard:
             thread_lock = self._thread_locks.setdefault(memory_id, threading.Lock())
-        with thread_lock:  # flock is per open file, so threads also need a lock of their own
-            with open(self.locks / f"{self._check_id(memory_id)}.lock", "a") as handle:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with thread_lock, store_errors("lock the memory"):
+            fd = self._locked_fd(path)
+            try:
+                yield
+            finally:
+                if memory_id not in self:
+                    path.unlink(missing_ok=True)  # still holding the lock: waiters notice, see _locked_fd
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    @staticmethod
+    def _locked_fd(path: Path) -> int:
+        """Open and flock `path` (never through a symbolic link). If the file was removed while we
+        waited, our lock is on an orphan: open the current file and lock again."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            fd = os.open(path, flags, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    yield
-                finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                    current = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                return fd
+            os.close(fd)
 
     def get_or_write(self, memory_id: str, produce: ProduceFn, context_text: str | None = None) -> tuple[dict[str, Any], bool]:
         """Return (sidecar, created). Calls `produce` only if no memory with this id exists yet."""
@@ -88,40 +142,67 @@ class MemoryStore:
                 return self.show(memory_id), False
             prefix, sidecar = produce()
             sidecar = {**sidecar, "id": memory_id}
-            if context_text is not None:
-                context = self.context_path(memory_id)
-                atomic_write(context, lambda tmp: Path(tmp).write_text(context_text, encoding="utf-8"))
-            write_memory_files(self.path(memory_id), prefix, sidecar)
+            context = self.context_path(memory_id)
+            try:
+                with store_errors("write the memory"):
+                    if context_text is not None:
+                        atomic_write(context, lambda tmp: Path(tmp).write_text(context_text, encoding="utf-8"))
+                    write_memory_files(self.path(memory_id), prefix, sidecar)
+            except BaseException:
+                if memory_id not in self:  # a failed write leaves no context file behind
+                    context.unlink(missing_ok=True)
+                raise
             return sidecar, True
 
     def show(self, memory_id: str) -> dict[str, Any]:
-        """The sidecar of a memory; KeyError if there is none."""
+        """The sidecar of a memory; NotFound if there is none, DamagedMemory if it is unusable."""
         if memory_id not in self:
-            raise KeyError(f"no memory {memory_id!r} in {self.root}")
-        return read_sidecar(self.path(memory_id))
+            raise NotFound(f"no memory {memory_id!r}")
+        where = f"memory {memory_id}"
+        with store_errors("read the memory"):
+            try:
+                meta = read_sidecar(self.path(memory_id), follow_symlinks=False, label=where)
+            except FileNotFoundError:  # deleted since the check above
+                raise NotFound(f"no memory {memory_id!r}") from None
+        check_sidecar(meta, where)
+        return meta
 
     def context(self, memory_id: str) -> str | None:
         """The stored context text, if it was kept."""
         path = self.context_path(memory_id)
-        return path.read_text(encoding="utf-8") if path.exists() else None
+        if not _is_file(path):
+            return None
+        with store_errors("read the memory's context"):
+            return path.read_text(encoding="utf-8")
 
-    def list(self) -> list[dict[str, Any]]:
-        """Sidecars of all complete memories, oldest first."""
-        items = []
-        for side in self.objects.glob("*.json"):
+    def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """(sidecars of all usable memories oldest first, [{"id", "damaged": reason}] of the others)."""
+        items, damaged = [], []
+        with store_errors("list the memories"):
+            sides = sorted(self.objects.glob("*.json"))
+        for side in sides:
             memory_id = side.stem
             if not ID_PATTERN.match(memory_id):
                 continue
             try:
-                items.append(read_sidecar(side))
-            except (ValueError, FileNotFoundError):  # deleted or replaced while listing
+                items.append(self.show(memory_id))
+            except NotFound:  # deleted while listing
                 continue
-        return sorted(items, key=lambda m: (m.get("created", ""), m.get("id", "")))
+            except (DamagedMemory, StoreUnavailable) as err:
+                damaged.append({"id": memory_id, "damaged": str(err)})
+        items.sort(key=lambda m: (str(m.get("created", "")), str(m.get("id", ""))))
+        return items, damaged
+
+    def list(self) -> list[dict[str, Any]]:
+        """Sidecars of all usable memories, oldest first (damaged ones are left out; see `scan`)."""
+        return self.scan()[0]
 
     def delete(self, memory_id: str) -> bool:
-        """Remove a memory; False if it did not exist. The sidecar goes first, so a crash halfway
-        leaves at most an orphan tensor, never a sidecar without its tensor."""
-        with self.lock(memory_id):
+        """Remove a memory; False if it did not exist (no lock file is made for a missing id). The
+        sidecar goes first, so a crash halfway leaves at most orphan files for `clean`."""
+        if memory_id not in self:
+            return False
+        with self.lock(memory_id), store_errors("delete the memory"):
             if memory_id not in self:
                 return False
             tensor, side = memory_paths(self.path(memory_id))
@@ -131,17 +212,25 @@ class MemoryStore:
             return True
 
     def clean(self) -> int:
-        """Remove leftovers of crashed writers (temporary files, orphan tensors); returns how many."""
+        """Remove leftovers of crashed writers (temporary files, tensors and contexts without a
+        sidecar) and lock files of missing memories; returns how many files went."""
         removed = 0
-        for path in self.objects.iterdir():
-            orphan = path.suffix == ".safetensors" and not path.with_suffix(".json").exists()
-            if path.name.endswith(".tmp") or orphan:
+        with store_errors("clean the store"):
+            for path in sorted(self.objects.iterdir()):
                 memory_id = path.name.lstrip(".").split(".")[0]
-                if ID_PATTERN.match(memory_id):
+                temporary = path.name.endswith(".tmp")
+                if not ID_PATTERN.match(memory_id) or not (temporary or path.suffix in (".safetensors", ".txt")):
+                    continue
+                if temporary or memory_id not in self:
                     with self.lock(memory_id):
-                        if path.exists() and (path.name.endswith(".tmp") or not path.with_suffix(".json").exists()):
+                        if (temporary or memory_id not in self) and os.path.lexists(path):
                             path.unlink()
                             removed += 1
+            for path in sorted(self.locks.glob("*.lock")):
+                if ID_PATTERN.match(path.stem) and path.stem not in self:
+                    with self.lock(path.stem):  # removed on the way out when the memory is still missing
+                        pass
+                    removed += not os.path.lexists(path)
         return removed
 
     def size_bytes(self) -> int:
