@@ -19,12 +19,13 @@ import torch
 from torch import Tensor
 
 from gradmem.data import pad_right
-from gradmem.fidelity import greedy_reconstruction, teacher_forced_accuracy
+from gradmem.errors import InvalidInput, LimitExceeded, NotFound
+from gradmem.fidelity import reconstruction_report
 from gradmem.memory import Memory
 from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
 from gradmem.sequence import generated_rows
-from gradmem.store import MemoryStore, memory_key
+from gradmem.store import MemoryStore, memory_key, store_errors
 
 StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
 
@@ -104,13 +105,31 @@ class Engine:
                 "optim": cfg.optim.name, "target_loss": target_loss, "chunk_tokens": self.chunk_tokens}
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text)
-        if not ids:
-            raise ValueError("cannot write an empty context")
+        """Token ids of a context. InvalidInput for an empty or whitespace-only text or characters
+        outside the vocabulary (two texts differing there would share one memory), LimitExceeded
+        past the block limit."""
+        if not text.strip():
+            raise InvalidInput("cannot write an empty or whitespace-only context")
+        ids = self._in_vocabulary(text, "the context")
         if len(ids) > self.max_context_tokens:
-            raise ValueError(f"context of {len(ids)} tokens exceeds the limit of {self.max_context_tokens} tokens "
-                             f"({self.cfg.max_blocks} blocks x {self.chunk_tokens} tokens per chunk)")
+            raise LimitExceeded(f"context of {len(ids)} tokens exceeds the limit of {self.max_context_tokens} tokens "
+                                f"({self.cfg.max_blocks} blocks x {self.chunk_tokens} tokens per chunk)")
         return ids
+
+    def encode_question(self, question: str) -> list[int]:
+        """Token ids of a question; InvalidInput if it is empty or has characters outside the vocabulary."""
+        if not question.strip():
+            raise InvalidInput("a question must not be empty or whitespace-only")
+        return self._in_vocabulary(question, "a question")
+
+    def _in_vocabulary(self, text: str, what: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        unk = self.tokenizer.unk_id
+        if unk is None or unk not in ids:
+            return ids
+        named = unknown_characters(self.tokenizer, text)
+        listed = ", ".join(named) if named else f"{ids.count(unk)} token(s)"
+        raise InvalidInput(f"{what} has characters outside the model's vocabulary: {listed}")
 
     def chunks(self, ids: list[int]) -> list[list[int]]:
         return [ids[i : i + self.chunk_tokens] for i in range(0, len(ids), self.chunk_tokens)]
@@ -184,8 +203,10 @@ class Engine:
                 self._cache.move_to_end(memory_id)
                 return self._cache[memory_id]
         if memory_id not in self.store:
-            raise KeyError(f"no memory {memory_id!r}")
-        memory, _ = load_memory(self.store.path(memory_id), self.model, self.fingerprint)
+            raise NotFound(f"no memory {memory_id!r}")
+        with store_errors("read the memory"):
+            memory, _ = load_memory(self.store.path(memory_id), self.model, self.fingerprint,
+                                    label=f"memory {memory_id}", follow_symlinks=False)
         with self._cache_lock:
             self._cache[memory_id] = memory
             while len(self._cache) > self.cfg.cache_memories:
@@ -205,13 +226,11 @@ class Engine:
     def answer(self, items: Sequence[tuple[Memory, str]], max_new_tokens: int | None = None) -> list[str]:
         """Answer (one-row memory, question) pairs; rows with equal prefix length share one greedy decode."""
         max_new = max_new_tokens or self.cfg.max_new_tokens
-        queries = [self.tokenizer.encode(q) for _, q in items]
+        queries = [self.encode_question(q) for _, q in items]
         window = self.model.max_positions
         for (memory, _), ids in zip(items, queries):
-            if not ids:
-                raise ValueError("a question must not be empty")
             if window is not None and memory.num_vectors + len(ids) + max_new > window:
-                raise ValueError(f"memory ({memory.num_vectors} vectors) + question ({len(ids)} tokens) + "
+                raise LimitExceeded(f"memory ({memory.num_vectors} vectors) + question ({len(ids)} tokens) + "
                                  f"{max_new} answer tokens exceed the model's {window} positions")
         answers: list[str] = [""] * len(items)
         groups: dict[int, list[int]] = {}
@@ -238,29 +257,23 @@ class Engine:
         context = context if context is not None else self.store.context(memory_id)
         return self.reconstruct_memory(self.memory(memory_id), self.store.show(memory_id), context)
 
-    @torch.no_grad()
     def reconstruct_memory(self, memory: Memory, meta: dict[str, Any], context: str | None = None) -> dict[str, Any]:
-        """Decode the context back from the memory alone (see gradmem.fidelity), scored against the
-        context when it is known."""
-        meta = self.describe(meta)
-        ids = self.tokenizer.encode(context) if context is not None else None
-        total, chunk = meta["context_tokens"], meta["write"].get("chunk_tokens", self.chunk_tokens)
-        lengths = [min(chunk, total - s) for s in range(0, total, chunk)]
-        blocks = memory.prefix.view(len(lengths), self.block_vectors, -1)  # (blocks, P, D)
-        decoded = greedy_reconstruction(self.model, blocks, max(lengths))
-        tokens = [t for row, n in zip(decoded.tolist(), lengths) for t in row[:n]]
-        result = {"id": meta.get("id"), "write_loss": meta["write_loss"], "final_write_loss": meta["final_write_loss"],
-                  "steps_taken": meta.get("steps_taken"), "blocks": len(lengths),
-                  "reconstruction": self.tokenizer.decode(tokens, skip_special=False), "context": context,
-                  "memory_bytes": meta["memory_bytes"], "kv_cache_bytes": meta["kv_cache_bytes"]}
-        if ids is not None:
-            if len(ids) != total:
-                raise ValueError(f"the given context has {len(ids)} tokens, the memory was written from {total}")
-            result["token_accuracy"] = sum(a == b for a, b in zip(tokens, ids)) / total
-            rows = self.chunks(ids)
-            batch = pad_right(rows, self.tokenizer.pad_id).to(blocks.device)
-            result["teacher_forced_accuracy"] = teacher_forced_accuracy(self.model, blocks, batch)
-        return result
+        """Decode the context back from the memory alone, scored against the context when it is
+        known (see gradmem.fidelity.reconstruction_report)."""
+        return reconstruction_report(self.model, self.tokenizer, memory, self.describe(meta), self.block_vectors,
+                                     self.chunk_tokens, context)
+
+
+def unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:
+    """Up to `most` distinct characters of `text` the tokenizer maps to its unknown token, each as
+    U+XXXX with its repr (control characters stay readable), in order of first appearance."""
+    found: list[str] = []
+    for char in dict.fromkeys(text):
+        if not char.isspace() and tokenizer.unk_id in tokenizer.encode(char):
+            found.append(f"U+{ord(char):04X} {char!r}")
+            if len(found) == most:
+                break
+    return found
 
 
 def _select_stats(stats: Any, rows: Tensor) -> Any:

@@ -58,6 +58,11 @@ class HFTokenizer:
         return found
 
     @property
+    def unk_id(self) -> int | None:
+        """The id unknown input maps to; None for byte-level tokenizers, which have none."""
+        return self._token_id("unk_token", "[UNK]", "<unk>")
+
+    @property
     def bos_id(self) -> int | None:
         return self._token_id("bos_token", "[BOS]", "<s>", "<bos>")
 

@@ -1,0 +1,68 @@
+"""Per-request work budgets of the service, checked before any tensor is allocated.
+
+A WRITE costs about (context tokens) x (steps + 1) token passes through the backbone with its
+backward pass, and all chunks of a batched WRITE are held at once; an answer costs (question +
+answer tokens) per question, and a batched decode holds every question of the batch. The budget
+bounds each request and each batch the batcher forms, so one request can neither exhaust memory
+nor hold the single model thread for long. Exceeding it raises LimitExceeded naming the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from gradmem.errors import LimitExceeded
+
+
+@dataclass
+class Budget:
+    """Work limits of one request and of one batched model call."""
+
+    max_write_tokens: int = 2048  # context tokens in one write request
+    max_write_steps: int = 50  # WRITE steps one request may ask for
+    max_write_token_steps: int = 16384  # context tokens x max(steps, 1) of one request, and of one batched WRITE
+    max_question_tokens: int = 256  # tokens in one question
+    max_ask_tokens: int = 4096  # one request: sum over its questions of (question tokens + answer tokens)
+    max_batch_ask_tokens: int = 16384  # one batched decode: the same sum over all requests in the batch
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Budget.{name} must be an integer >= 1, got {value!r}")
+        if self.max_batch_ask_tokens < self.max_ask_tokens:
+            raise ValueError("max_batch_ask_tokens must be >= max_ask_tokens (a batch holds at least one request)")
+
+    @staticmethod
+    def write_cost(tokens: int, steps: int) -> int:
+        """Token passes of a write: its tokens times its steps (a 0-step write still costs one pass)."""
+        return tokens * max(steps, 1)
+
+    @staticmethod
+    def ask_cost(question_tokens: Sequence[int], max_new_tokens: int) -> int:
+        """Decode positions of an ask: question plus answer tokens, summed over its questions."""
+        return sum(question_tokens) + len(question_tokens) * max_new_tokens
+
+    def check_write(self, tokens: int, steps: int) -> int:
+        """The write's cost; LimitExceeded if it is over a limit."""
+        if tokens > self.max_write_tokens:
+            raise LimitExceeded(f"context of {tokens} tokens exceeds the limit of {self.max_write_tokens} tokens per write")
+        if steps > self.max_write_steps:
+            raise LimitExceeded(f"{steps} write steps exceed the limit of {self.max_write_steps} steps per write")
+        cost = self.write_cost(tokens, steps)
+        if cost > self.max_write_token_steps:
+            raise LimitExceeded(f"{tokens} context tokens x {max(steps, 1)} steps = {cost} exceeds the limit of "
+                                f"{self.max_write_token_steps} token-steps per write; use fewer steps or a shorter text")
+        return cost
+
+    def check_ask(self, question_tokens: Sequence[int], max_new_tokens: int) -> int:
+        """The ask's cost; LimitExceeded if a question or the whole request is over a limit."""
+        longest = max(question_tokens, default=0)
+        if longest > self.max_question_tokens:
+            raise LimitExceeded(f"a question of {longest} tokens exceeds the limit of {self.max_question_tokens} "
+                                "tokens per question")
+        cost = self.ask_cost(question_tokens, max_new_tokens)
+        if cost > self.max_ask_tokens:
+            raise LimitExceeded(f"{len(question_tokens)} questions with {max_new_tokens} answer tokens each need {cost} "
+                                f"decode tokens, over the limit of {self.max_ask_tokens} per request")
+        return cost
