@@ -62,10 +62,41 @@ def _assert_close(actual, expected, tol):
         torch.testing.assert_close(a.detach(), e, rtol=0, atol=tol)
 
 
-def test_registry_names():
-    assert set(OPTIMIZERS) == {"sgd", "adam"}
-    for opt in OPTIMIZERS.values():
-        assert callable(opt.init) and callable(opt.update)
+def test_unknown_optimiser_names_the_valid_ones():
+    with pytest.raises(ValueError) as err:
+        InnerOptimConfig(name="lion")
+    for name in OPTIMIZERS:
+        assert repr(name) in str(err.value)
+
+
+def test_adam_reference_clamps_and_is_a_constant_step():
+    """The reference code's Adam: gradients clamped to +-10, and the step carries no outer gradient."""
+    cfg = InnerOptimConfig(name="adam_reference", lr=0.1)
+    p = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+
+    def two_steps(first: float, name: str = "adam_reference") -> tuple[torch.Tensor, ...]:
+        c = InnerOptimConfig(name=name, lr=0.1)
+        params, state = (p,), init_state((p,), c)
+        for g in (first, 1.0):
+            params, state = step(params, (torch.full_like(p, g) + 0 * p,), state, c)
+        return params
+
+    clamped = two_steps(1e3)
+    torch.testing.assert_close(clamped[0], two_steps(10.0)[0], rtol=0, atol=0)  # 1000 is clamped to 10
+    assert float((clamped[0] - two_steps(1e3, "adam")[0]).detach().abs().max()) > 1e-3  # plain Adam does not clamp
+    new, _ = step((p,), (torch.ones_like(p) + p,), init_state((p,), cfg), cfg)
+    (dp,) = torch.autograd.grad(new[0].sum(), p)
+    torch.testing.assert_close(dp, torch.ones_like(p), rtol=0, atol=0)  # d(p - const)/dp = I
+    with pytest.raises(ValueError, match="clamps its gradients itself"):
+        InnerOptimConfig(name="adam_reference", clip_norm=1.0)
+
+
+def test_clip_eps_scales_below_the_cap():
+    grads = (torch.tensor([[3.0, 4.0]], dtype=torch.float64),)  # norm 5
+    plain = clip_gradients(grads, InnerOptimConfig(clip_norm=1.0))[0]
+    eps = clip_gradients(grads, InnerOptimConfig(clip_norm=1.0, clip_eps=1e-6))[0]
+    torch.testing.assert_close(plain.norm(), torch.tensor(1.0, dtype=torch.float64), rtol=1e-15, atol=0)
+    torch.testing.assert_close(eps.norm(), torch.tensor(5 / (5 + 1e-6), dtype=torch.float64), rtol=1e-15, atol=0)
 
 
 def test_sgd_matches_torch():

@@ -3,6 +3,7 @@
 A run spec is a plain dict with four parts, each the config of the code that uses it:
     {"task": {"name": "kv", ...}, "backbone": {"type": "llama", ...},
      "method": {"name": "gradmem", ...}, "train": {...}}
+and optionally `"reference_compat": true` (gradmem.reference_compat: the authors' code's choices).
 A checkpoint folder holds `model.safetensors` (all weights), `spec.json` and, for training runs,
 `trainer.pt` (optimiser, schedule, progress) so a run resumes exactly.
 """
@@ -21,6 +22,7 @@ from safetensors.torch import load_model, save_model
 from gradmem.backbones import build_backbone
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
+from gradmem.reference_compat import reference_compat
 from gradmem.tasks import make_task
 
 SPEC_PARTS = ("task", "backbone", "method")
@@ -38,6 +40,8 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
         if part not in spec or not isinstance(spec[part], dict):
             raise ValueError(f"run spec needs a {part!r} section (a JSON object); has {sorted(spec)}")
     task = task or build_task(spec)
+    if spec.get("reference_compat"):
+        spec = reference_compat(spec, task.tokenizer.pad_id)
     backbone_spec = dict(spec["backbone"])
     if backbone_spec.get("type") == "llama":
         backbone_spec.setdefault("vocab_size", task.tokenizer.vocab_size)
@@ -46,7 +50,7 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
     backbone = build_backbone(backbone_spec)
     method_spec = dict(spec["method"])
     method = build_method(method_spec.pop("name"), backbone, method_spec)
-    return MemoryModel(backbone, method)
+    return MemoryModel(backbone, method, read_loss=spec.get("train", {}).get("read_loss", "example"))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ class WriteStats:
     losses: Tensor  # (K, B) reconstruction loss of each example before each step
     grad_norms: Tensor  # (K, B) norm of each example's inner gradient at each step
     final_loss: Tensor | None = None  # (B,) reconstruction loss after the last step, when measured
-    mean_loss: Tensor | None = field(default=None, repr=False)  # in-graph mean loss over steps (training)
+    graph_losses: Tensor | None = field(default=None, repr=False)  # (K,) in-graph mean loss of each step, when kept
     steps_taken: Tensor | None = None  # (B,) steps applied to each example (fewer with a target loss)
 
     @property

@@ -19,13 +19,15 @@ from gradmem.data import Batch, TokenBatch
 from gradmem.memory import Memory
 from gradmem.sequence import concat_right, gather_positions, per_example_cross_entropy
 
+READ_LOSSES = ("example", "token")
+
 
 @dataclass
 class ReadOutput:
     """What READ returns."""
 
     logits: Tensor  # (B, Ty, V): logits[b, t] predicts target token t of example b
-    loss: Tensor | None  # scalar: mean over examples of each example's mean target cross-entropy
+    loss: Tensor | None  # scalar: the model's `read_loss` reduction of the target cross-entropy
     per_example_loss: Tensor | None  # (B,)
 
 
@@ -39,14 +41,22 @@ class StepOutput:
 
 
 class MemoryModel(nn.Module):
-    """Backbone + memory method. `write` a context batch once, `read`/`generate` from it many times."""
+    """Backbone + memory method. `write` a context batch once, `read`/`generate` from it many times.
 
-    def __init__(self, backbone: Backbone, method: nn.Module) -> None:
+    `read_loss` reduces the target cross-entropy of a batch: "example" (default) averages each
+    example's mean over its target tokens, so every example weighs the same whatever its answer's
+    length; "token" takes one mean over all target tokens of the batch, as the authors' code does.
+    """
+
+    def __init__(self, backbone: Backbone, method: nn.Module, read_loss: str = "example") -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError("the backbone must be an nn.Module implementing gradmem.backbones.Backbone")
+        if read_loss not in READ_LOSSES:
+            raise ValueError(f"unknown read_loss {read_loss!r}; valid: {list(READ_LOSSES)}")
         self.backbone = backbone
         self.method = method
+        self.read_loss = read_loss
 
     @property
     def max_positions(self) -> int | None:
@@ -84,7 +94,12 @@ class MemoryModel(nn.Module):
         positions = start[:, None] + torch.arange(target.ids.shape[1], device=start.device)
         logits = self.backbone.logits(gather_positions(hidden, positions))  # (B, Ty, V)
         per_example = per_example_cross_entropy(logits, target.ids, target.mask)
-        return ReadOutput(logits, per_example.mean(), per_example)
+        if self.read_loss == "example":
+            loss = per_example.mean()
+        else:  # each example's mean weighted by its number of target tokens
+            lengths = target.lengths.to(per_example.dtype)
+            loss = (per_example * lengths).sum() / lengths.sum()
+        return ReadOutput(logits, loss, per_example)
 
     @torch.no_grad()
     def generate(self, memory: Memory, query: TokenBatch, max_new_tokens: int, eos_id: int | None = None) -> Tensor:

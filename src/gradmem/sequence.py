@@ -54,7 +54,7 @@ def per_example_cross_entropy(logits: Tensor, ids: Tensor, mask: Tensor) -> Tens
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(ids)
-    return (ce * mask).sum(1) / mask.sum(1)
+    return (ce * mask).sum(1) / mask.sum(1).clamp_min(1)  # a row with no scored token has loss 0, not nan
 
 
 def generated_rows(generated: Tensor, eos_id: int | None) -> list[list[int]]:

@@ -21,7 +21,7 @@ from gradmem.compiled import CompiledStep
 from gradmem.data import Batch, collate
 from gradmem.distributed import DataParallel
 from gradmem.evaluate import evaluate
-from gradmem.model import MemoryModel
+from gradmem.model import READ_LOSSES, MemoryModel
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -50,6 +50,7 @@ class TrainConfig:
     curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
     advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
     stage_steps: list[int] | None = None  # fixed schedule: steps spent in each stage but the last; EM then moves nothing
+    read_loss: str = "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
     compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
 
@@ -61,6 +62,8 @@ class TrainConfig:
         self.adam_betas = tuple(self.adam_betas)  # a JSON spec gives a list
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.read_loss not in READ_LOSSES:
+            raise ValueError(f"unknown read_loss {self.read_loss!r}; valid: {list(READ_LOSSES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {list(SCHEDULES)}")
         if self.stage_steps is not None and (len(self.stage_steps) != max(len(self.curriculum) - 1, 0)

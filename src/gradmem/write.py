@@ -13,7 +13,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from gradmem.inner_optim import InnerOptimConfig, init_state, per_example_norm, step
+from gradmem.inner_optim import OPTIMIZERS, InnerOptimConfig, init_state, per_example_norm, step
 from gradmem.memory import WriteStats
 
 Params = tuple[Tensor, ...]
@@ -47,11 +47,12 @@ def step_kind(index: int, total: int, cfg: WriteConfig, outer_grad: bool) -> Ste
 
     second: the inner gradient is itself differentiated (create_graph); first: the update chain
     M_{k+1} = M_k - lr * g_k stays in the graph but g_k is a constant; detach: the step is cut from
-    the graph (grad mode "none", or no outer gradient wanted, e.g. evaluation).
+    the graph (grad mode "none", or no outer gradient wanted, e.g. evaluation). An optimiser whose
+    update is not differentiable (``adam_reference``) makes every step first order.
     """
     if not outer_grad or cfg.grad_mode == "none":
         return "detach"
-    if cfg.grad_mode == "first":
+    if cfg.grad_mode == "first" or not OPTIMIZERS[cfg.optim.name].differentiable:
         return "first"
     k = cfg.second_order_steps
     return "second" if k is None or index >= total - k else "first"
@@ -66,6 +67,7 @@ def write(
     measure_final: bool = False,
     target_loss: float | None = None,
     on_loss: Callable[[int, Tensor], None] | None = None,
+    keep_loss_graph: bool = False,
 ) -> tuple[Params, WriteStats]:
     """Run the WRITE loop from `init` (tensors with a leading batch dim) and return the written tensors.
 
@@ -80,6 +82,10 @@ def write(
 
     `on_loss(i, loss)` sees each (B,) loss as it is computed (before step i, and after the last
     step when measured), e.g. to show a write's progress live.
+
+    `keep_loss_graph` keeps every step's loss in the outer graph (`stats.graph_losses`), for a
+    training loss that includes the WRITE loss; steps that are not second order then retain their
+    forward graph after taking the inner gradient, which costs memory, so it is off by default.
     """
     outer_grad = torch.is_grad_enabled()
     total = cfg.steps if steps is None else steps
@@ -107,12 +113,14 @@ def write(
                 if not bool(active.any()):  # every example reached the target: loss is their final loss
                     final = loss.detach()
                     break
-            grads = torch.autograd.grad(loss.sum(), params, create_graph=kind == "second")
+            keep = keep_loss_graph and outer_grad
+            grads = torch.autograd.grad(loss.sum(), params, create_graph=kind == "second", retain_graph=keep or None)
             new_params, state = step(params, grads, state, cfg.optim, lr=lr)
             params = tuple(torch.where(active.view((-1,) + (1,) * (p.dim() - 1)), n, p)
                            for n, p in zip(new_params, params)) if target_loss is not None else new_params
             taken = taken + active.long()
-            in_graph.append(loss.mean())
+            if keep:
+                in_graph.append(loss.mean())
             losses.append(loss.detach())
             norms.append(per_example_norm(tuple(g.detach() for g in grads)))
         if measure_final and final is None:
@@ -127,7 +135,7 @@ def write(
         losses=torch.stack(losses) if losses else init[0].new_zeros(0, batch),
         grad_norms=torch.stack(norms) if norms else init[0].new_zeros(0, batch),
         final_loss=final,
-        mean_loss=torch.stack(in_graph).mean() if in_graph and outer_grad else None,
+        graph_losses=torch.stack(in_graph) if in_graph else None,
         steps_taken=taken,
     )
     return params, stats

@@ -17,11 +17,12 @@ from torch import Tensor, nn
 
 from gradmem.backbones.base import Backbone
 from gradmem.data import TokenBatch
-from gradmem.memory import Memory, initial_memory
+from gradmem.memory import Memory, WriteStats, initial_memory
 from gradmem.sequence import per_example_cross_entropy
 from gradmem.write import WriteConfig, write
 
 PROJECTIONS = ("none", "linear", "fast")
+INNER_LOSS_STEPS = ("all", "last")
 
 
 @dataclass
@@ -33,7 +34,10 @@ class GradMemConfig:
     write_head: bool = True  # separate reconstruction head initialised from the LM head
     control_tokens: bool = False  # learned vectors placed before and after the memory
     init_std: float = 0.02  # std of the normal initialisation of M0
-    inner_loss_weight: float = 0.0  # weight of the mean WRITE loss added to the training loss
+    projection_bias: bool = False  # "linear" projection with a trainable bias, zero at init (the reference code's)
+    inner_loss_weight: float = 0.0  # weight of the WRITE loss added to the training loss
+    inner_loss_steps: str = "all"  # which WRITE losses that term averages: "all" K steps | "last" (reference code)
+    ignore_context_id: int | None = None  # context tokens with this id are left out of the WRITE loss (reference: pad id)
     write: WriteConfig = field(default_factory=WriteConfig)  # steps, inner optimiser, grad mode
 
     def __post_init__(self) -> None:
@@ -45,6 +49,10 @@ class GradMemConfig:
             raise ValueError(f"unknown projection {self.projection!r}; valid: {list(PROJECTIONS)}")
         if self.init_std <= 0 or self.inner_loss_weight < 0:
             raise ValueError("init_std must be > 0 and inner_loss_weight >= 0")
+        if self.inner_loss_steps not in INNER_LOSS_STEPS:
+            raise ValueError(f"unknown inner_loss_steps {self.inner_loss_steps!r}; valid: {list(INNER_LOSS_STEPS)}")
+        if self.projection_bias and self.projection != "linear":
+            raise ValueError(f"projection_bias needs projection 'linear', got {self.projection!r}")
 
 
 class GradMem(nn.Module):
@@ -58,6 +66,7 @@ class GradMem(nn.Module):
         d = backbone.hidden_size
         self.memory0 = initial_memory(cfg.num_memory, d, cfg.init_std)  # (m, D)
         self.projection = nn.Parameter(torch.eye(d)) if cfg.projection != "none" else None  # (D, D)
+        self.projection_bias = nn.Parameter(torch.zeros(d)) if cfg.projection_bias else None  # (D,)
         self.write_head: nn.Linear | None = None
         if cfg.write_head:
             self.write_head = nn.Linear(d, backbone.vocab_size, bias=False)
@@ -88,6 +97,8 @@ class GradMem(nn.Module):
             memory = torch.bmm(memory, params[1].transpose(1, 2))
         elif self.projection is not None:
             memory = memory @ self.projection.T
+            if self.projection_bias is not None:
+                memory = memory + self.projection_bias
         if self.control is not None:
             b = memory.shape[0]
             memory = torch.cat((self.control[:1].expand(b, 1, -1), memory, self.control[1:].expand(b, 1, -1)), 1)
@@ -110,7 +121,10 @@ class GradMem(nn.Module):
     def reconstruction_loss(self, backbone: Backbone, prefix: Tensor, context: TokenBatch, context_embeds: Tensor) -> Tensor:
         """(B,) mean next-token cross-entropy of each example's real context tokens (pads excluded)."""
         logits = self.reconstruction_logits(backbone, prefix, context_embeds)
-        return per_example_cross_entropy(logits, context.ids, context.mask)
+        mask = context.mask
+        if self.config.ignore_context_id is not None:
+            mask = mask & (context.ids != self.config.ignore_context_id)
+        return per_example_cross_entropy(logits, context.ids, mask)
 
     def write(
         self,
@@ -143,11 +157,16 @@ class GradMem(nn.Module):
         # A backbone may change itself for WRITE only (write-only LoRA adapters); READ sees it unchanged.
         with getattr(backbone, "write_mode", nullcontext)():
             params, stats = write(loss_fn, self.initial_params(len(context)), cfg, steps, lr, measure_final,
-                                  target_loss, on_loss)
-        aux = None
-        if self.config.inner_loss_weight > 0 and stats.mean_loss is not None:
-            aux = self.config.inner_loss_weight * stats.mean_loss
-        return Memory(self.prefix(params), None, stats, aux)
+                                  target_loss, on_loss, keep_loss_graph=self.config.inner_loss_weight > 0)
+        return Memory(self.prefix(params), None, stats, self._inner_loss_term(stats))
+
+    def _inner_loss_term(self, stats: WriteStats) -> Tensor | None:
+        """weight x the WRITE loss, in the outer graph: mean over all steps, or the last step's."""
+        losses = stats.graph_losses  # (K,) mean over examples of each step's pre-update loss
+        if self.config.inner_loss_weight == 0 or losses is None or len(losses) == 0:
+            return None
+        chosen = losses.mean() if self.config.inner_loss_steps == "all" else losses[-1]
+        return self.config.inner_loss_weight * chosen
 
     def export_config(self) -> dict[str, Any]:
         return asdict(self.config)
