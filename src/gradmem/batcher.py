@@ -1,19 +1,29 @@
 """An async batching queue in front of an Engine: concurrent requests become batched model calls.
 
-Requests put jobs on an asyncio queue. One worker task takes the first job, waits up to `wait_ms`
-for more (at most `max_batch`), groups them by kind and settings and runs each group as ONE
-engine call on a single worker thread (the model is not thread-safe, and one thread keeps the
-event loop free). Write jobs report each step's loss back to their request as the write runs.
+Asks and writes wait in separate queues. One worker task takes the first job of a queue, waits up
+to `wait_ms` for more of the same kind and gathers them while the batch stays within its budget
+(`max_batch` jobs and a token budget: decode tokens for asks, token-steps for writes), groups
+them by settings and runs each group as ONE engine call on a single worker thread (the model is
+not thread-safe, and one thread keeps the event loop free). When both queues hold jobs the worker
+alternates between them, so a stream of writes cannot starve asks (nor asks writes).
+
+Every job carries a deadline: a job still queued at its deadline is dropped unrun and its request
+gets Overloaded (HTTP 503), as does a request arriving while `max_queue` jobs already wait. Write
+jobs report each step's loss back to their request as the write runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gradmem.engine import Engine, WriteResult
+from gradmem.errors import Overloaded
+
+KINDS = ("ask", "write")
 
 
 @dataclass
@@ -22,8 +32,10 @@ class _Job:
     group: tuple  # jobs with equal (kind, group) run in one engine call
     payload: Any  # ask: list of (memory id, question); write: the text
     future: asyncio.Future
+    cost: int  # tokens this job adds to its batch's budget
     on_step: Callable[[int, float], None] | None = None  # write progress (step, loss), called on the loop
     size: int = 1
+    abandoned: bool = False  # its request gave up (deadline): never run it
 
 
 @dataclass
@@ -33,25 +45,33 @@ class BatchStats:
     batches: int = 0
     jobs: int = 0
     largest: int = 0
+    timed_out: int = 0  # requests that got 503 at their deadline
+    refused: int = 0  # requests refused because the queue was full
     sizes: list[int] = field(default_factory=list, repr=False)
 
 
 class Batcher:
     """See the module docstring. Use `start()` inside a running loop and `stop()` at shutdown."""
 
-    def __init__(self, engine: Engine, max_batch: int = 32, wait_ms: float = 5.0) -> None:
-        if max_batch < 1 or wait_ms < 0:
-            raise ValueError("max_batch must be >= 1 and wait_ms >= 0")
+    def __init__(self, engine: Engine, max_batch: int = 32, wait_ms: float = 5.0, max_ask_tokens: int = 16384,
+                 max_write_tokens: int = 16384, timeout_s: float = 30.0, max_queue: int = 1024) -> None:
+        if max_batch < 1 or wait_ms < 0 or min(max_ask_tokens, max_write_tokens, max_queue) < 1 or timeout_s <= 0:
+            raise ValueError("max_batch, token budgets and max_queue must be >= 1, wait_ms >= 0, timeout_s > 0")
         self.engine = engine
         self.max_batch = max_batch
         self.wait = wait_ms / 1000
+        self.budgets = {"ask": max_ask_tokens, "write": max_write_tokens}
+        self.timeout_s = timeout_s
+        self.max_queue = max_queue
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[_Job] | None = None
+        self._queues: dict[str, deque[_Job]] = {kind: deque() for kind in KINDS}
+        self._arrived: asyncio.Event | None = None
+        self._last = "write"  # kind of the previous batch: the other kind goes first when both wait
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradmem-model")
 
     def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -65,46 +85,96 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        return 0 if self._queue is None else self._queue.qsize()
+        return sum(len(q) for q in self._queues.values())
 
-    async def ask(self, memory_id: str, questions: list[str], max_new_tokens: int | None) -> list[str]:
-        return await self._submit("ask", (max_new_tokens,), [(memory_id, q) for q in questions], None, len(questions))
+    async def ask(self, memory_id: str, questions: list[str], max_new_tokens: int | None, cost: int = 1) -> list[str]:
+        items = [(memory_id, q) for q in questions]
+        return await self._submit(_Job("ask", (max_new_tokens,), items, self._future(), cost, size=len(questions)))
 
     async def write(self, text: str, steps: int | None, lr: float | None, target_loss: float | None,
-                    on_step: Callable[[int, float], None] | None = None) -> WriteResult:
-        return await self._submit("write", (steps, lr, target_loss), text, on_step, 1)
+                    on_step: Callable[[int, float], None] | None = None, cost: int = 1) -> WriteResult:
+        return await self._submit(_Job("write", (steps, lr, target_loss), text, self._future(), cost, on_step))
 
-    async def _submit(self, kind: str, group: tuple, payload: Any, on_step: Any, size: int) -> Any:
-        if self._queue is None:
+    @staticmethod
+    def _future() -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, job: _Job) -> Any:
+        if self._arrived is None:
             raise RuntimeError("the batcher is not started")
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(kind, group, payload, future, on_step, size))
-        return await future
+        if self.pending >= self.max_queue:
+            self.stats.refused += 1
+            raise Overloaded(f"the server is busy ({self.pending} requests queued); retry later")
+        self._queues[job.kind].append(job)
+        self._arrived.set()
+        try:  # shield: a timed-out job may already be running; its result is simply dropped
+            return await asyncio.wait_for(asyncio.shield(job.future), self.timeout_s)
+        except asyncio.TimeoutError:
+            job.abandoned = True
+            job.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" log
+            self.stats.timed_out += 1
+            raise Overloaded(f"the request did not finish within the {self.timeout_s:g} s deadline; retry later") from None
+
+    def _next_kind(self) -> str | None:
+        waiting = [kind for kind in KINDS if self._queues[kind]]
+        if not waiting:
+            return None
+        other = [kind for kind in waiting if kind != self._last]
+        return other[0] if other else waiting[0]
+
+    async def _take(self, kind: str) -> list[_Job]:
+        """The next batch of `kind`: jobs in arrival order within the count and token budgets."""
+        loop = asyncio.get_running_loop()
+        queue, budget = self._queues[kind], self.budgets[kind]
+        jobs: list[_Job] = []
+        spent = 0
+        deadline = loop.time() + self.wait
+        while len(jobs) < self.max_batch:
+            while queue and queue[0].abandoned:
+                queue.popleft()
+            if queue:
+                if jobs and spent + queue[0].cost > budget:
+                    break
+                job = queue.popleft()
+                jobs.append(job)
+                spent += job.cost
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not jobs:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return jobs
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._queue is not None
+        assert self._arrived is not None
         while True:
-            jobs = [await self._queue.get()]
-            deadline = loop.time() + self.wait
-            while len(jobs) < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:
-                    break
+            kind = self._next_kind()
+            if kind is None:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            jobs = await self._take(kind)
+            if not jobs:
+                continue
+            self._last = kind
             self.stats.batches += 1
             self.stats.jobs += len(jobs)
             self.stats.largest = max(self.stats.largest, len(jobs))
             groups: dict[tuple, list[_Job]] = {}
             for job in jobs:
-                groups.setdefault((job.kind,) + job.group, []).append(job)
-            for key, group in groups.items():
-                await self._run_group(loop, key[0], key[1:], group)
+                groups.setdefault(job.group, []).append(job)
+            for settings, group in groups.items():
+                await self._run_group(loop, kind, settings, group)
 
     async def _run_group(self, loop: asyncio.AbstractEventLoop, kind: str, settings: tuple, jobs: list[_Job]) -> None:
+        jobs = [job for job in jobs if not job.abandoned]
+        if not jobs:
+            return
         try:
             if kind == "ask":
                 items = [item for job in jobs for item in job.payload]

@@ -2,11 +2,12 @@
 
     gradmem write CKPT --context story.txt [--store DIR] [--out mem/story] [--target-loss 0.1]
     gradmem ask CKPT MEMORY -q "?!ab:" -q "?!cd:"        MEMORY: a store id or a memory file path
-    gradmem inspect CKPT MEMORY [--context story.txt]     loss curve + context decoded from memory
+    gradmem inspect CKPT MEMORY [--context story.txt]     loss curve + greedy reconstruction from memory
     gradmem store list | show ID | delete ID | clean [--store DIR]
-    gradmem serve CKPT [--store DIR] [--port 8000]
+    gradmem serve CKPT [--store DIR] [--port 8000] [--api-key KEY | $GRADMEM_API_KEY] [--trust-proxy]
 
-The store defaults to $GRADMEM_STORE, else ~/.cache/gradmem/store.
+The store defaults to $GRADMEM_STORE, else ~/.cache/gradmem/store. Errors are typed (gradmem.errors)
+and reach the user as one line from `gradmem.cli.main`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gradmem.errors import InvalidInput, NotFound
 from gradmem.store import MemoryStore
 
 
@@ -43,7 +45,7 @@ def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | No
     if ref in engine.store:
         return engine.memory(ref), engine.store.show(ref), engine.store.context(ref)
     if not Path(ref).with_suffix(".json").exists() and not Path(ref + ".json").exists():
-        raise FileNotFoundError(f"{ref!r} is neither a memory id in {engine.store.root} nor a memory file")
+        raise NotFound(f"{ref!r} is neither a memory id in {engine.store.root} nor a memory file")
     memory, meta = load_memory(ref, engine.model, engine.fingerprint)
     return memory, meta, None
 
@@ -63,8 +65,9 @@ def cmd_write(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
 
     [result] = engine.write_texts([text], args.steps, args.lr, args.target_loss, on_step=progress)
-    if not result.created and not args.quiet:
-        print(f"write: memory {result.id} already in the store, nothing to compute", file=sys.stderr)
+    if not args.quiet:
+        kept = "already in the store, nothing to compute" if not result.created else "kept in the store"
+        print(f"write: memory {result.id} {kept} ({args.store})", file=sys.stderr)
     tensor, side = memory_paths(engine.store.path(result.id))
     path = tensor
     if args.out:
@@ -86,13 +89,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     engine = open_engine(args)
     ref = args.memory_ref or args.memory
     if not ref:
-        raise SystemExit("gradmem ask: give a memory (store id or file path)")
+        raise InvalidInput("give a memory (store id or file path)")
     memory, _, _ = resolve_memory(engine, ref)
     queries = list(args.queries)
     if args.queries_file:
         queries += [q.strip() for q in Path(args.queries_file).read_text().splitlines() if q.strip()]
     if not queries:
-        raise SystemExit("gradmem ask: give at least one query")
+        raise InvalidInput("give at least one query")
     answers = engine.answer([(memory, q) for q in queries], args.max_new_tokens)  # one batched decode
     for query, answer in zip(queries, answers):
         print(json.dumps({"query": query, "answer": answer}))
@@ -117,29 +120,38 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for step, loss in enumerate(curve):
         label = f"after {step - 1}" if step == len(curve) - 1 and report["final_write_loss"] is not None else f"before {step}"
         print(f"  {label:>9}  {loss:8.4f}  {'#' * max(1, round(40 * loss / top))}")
-    print(f"decoded from memory: {report['reconstruction']}")
+    # The decode is framed and labelled: read as "the context back", a poor one looked like data loss.
+    print(f"{report['reconstruction_note']}:")
     if report.get("context") is not None:
-        print(f"original context:    {report['context']}")
-        print(f"greedy token accuracy {report['token_accuracy']:.3f}, "
-              f"teacher-forced accuracy {report['teacher_forced_accuracy']:.3f}")
+        print(f"  greedy token accuracy {report['token_accuracy']:.3f}, teacher-forced accuracy "
+              f"{report['teacher_forced_accuracy']:.3f} (against the context below)")
+    else:
+        print("  accuracy unknown: no context is stored with this memory (pass --context FILE)")
+    print(f"  [{report['reconstruction']}]")
+    if report.get("context") is not None:
+        print("the context that was written:")
+        print(f"  [{report['context']}]")
     return 0
 
 
 def cmd_store(args: argparse.Namespace) -> int:
     store = MemoryStore(args.store)
     if args.action == "list":
-        for meta in store.list():
+        items, damaged = store.scan()
+        for meta in items:
             print(json.dumps({k: meta.get(k) for k in ("id", "created", "context_tokens", "blocks",
                                                        "num_vectors", "final_write_loss")}))
+        for item in damaged:  # reported, never fatal: one bad memory must not hide the others
+            print(f"gradmem store list: skipped {item['damaged']}", file=sys.stderr)
     elif args.action == "clean":
         print(json.dumps({"removed": store.clean()}))
     else:
         if not args.id:
-            raise SystemExit(f"gradmem store {args.action}: give a memory id")
+            raise InvalidInput(f"store {args.action} needs a memory id")
         if args.action == "show":
             print(json.dumps(store.show(args.id), indent=2))
         elif not store.delete(args.id):
-            raise KeyError(f"no memory {args.id!r} in {store.root}")
+            raise NotFound(f"no memory {args.id!r} in {store.root}")
         else:
             print(json.dumps({"deleted": args.id}))
     return 0
@@ -148,16 +160,57 @@ def cmd_store(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gradmem.service import ServiceConfig, create_app
+    from gradmem.budget import Budget
+    from gradmem.service import ServiceConfig, create_app, server_config
 
     engine = open_engine(args)
+    budget = Budget(max_write_tokens=args.max_write_tokens, max_write_steps=args.max_write_steps,
+                    max_write_token_steps=args.max_write_token_steps, max_question_tokens=args.max_question_tokens,
+                    max_ask_tokens=args.max_ask_tokens, max_batch_ask_tokens=args.max_batch_ask_tokens)
     cfg = ServiceConfig(max_body_bytes=args.max_body_bytes, max_questions=args.max_questions,
                         rate_per_second=args.rate, rate_burst=args.burst, max_batch=args.max_batch,
-                        batch_wait_ms=args.batch_wait_ms)
-    app = create_app(engine, cfg, checkpoint=str(args.checkpoint))
-    print(f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+                        batch_wait_ms=args.batch_wait_ms, request_timeout_s=args.request_timeout,
+                        body_timeout_s=args.body_timeout, api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None,
+                        protect_reads=args.protect_reads, budget=budget)
+    app = create_app(engine, cfg, checkpoint=Path(args.checkpoint).name)
+    access = "API key required for writes" + (" and reads" if cfg.protect_reads else "") if cfg.api_key else "no API key"
+    print(f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, {access}, API docs at /docs)",
+          file=sys.stderr)
+    uvicorn.Server(server_config(app, args.host, args.port, args.trust_proxy, args.log_level)).run()
     return 0
+
+
+def _serve_options(p: argparse.ArgumentParser) -> None:
+    from gradmem.budget import Budget
+
+    b = Budget()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--stop", default=None, help="cut answers after this string (e.g. '|')")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger requests get 413")
+    p.add_argument("--max-questions", type=int, default=64, help="questions per request")
+    p.add_argument("--max-write-tokens", type=int, default=b.max_write_tokens, help="context tokens per write")
+    p.add_argument("--max-write-steps", type=int, default=b.max_write_steps, help="WRITE steps per write")
+    p.add_argument("--max-write-token-steps", type=int, default=b.max_write_token_steps,
+                   help="context tokens x steps per write, and per batched WRITE")
+    p.add_argument("--max-question-tokens", type=int, default=b.max_question_tokens, help="tokens per question")
+    p.add_argument("--max-ask-tokens", type=int, default=b.max_ask_tokens,
+                   help="question + answer tokens of all questions of one request")
+    p.add_argument("--max-batch-ask-tokens", type=int, default=b.max_batch_ask_tokens, help="the same, per batched decode")
+    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request gets 503")
+    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a request body, else 408")
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second per client (token bucket)")
+    p.add_argument("--burst", type=int, default=100, help="burst size of the rate limit")
+    p.add_argument("--max-batch", type=int, default=32, help="most requests the model runs as one batch")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--api-key", default=None, help="require this key for writes and deletes (better: set "
+                   "$GRADMEM_API_KEY, which other users cannot see in the process list)")
+    p.add_argument("--protect-reads", action="store_true", help="with an API key: listing and asking need it too")
+    p.add_argument("--trust-proxy", nargs="?", const="127.0.0.1", default=None, metavar="IPS",
+                   help="rate-limit by X-Forwarded-For from these proxy addresses (default 127.0.0.1); "
+                   "without it, by the socket peer")
+    p.add_argument("--log-level", default="warning")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
@@ -205,15 +258,5 @@ def add_memory_commands(sub: Any) -> None:
 
     p = sub.add_parser("serve", help="serve a checkpoint and a store over HTTP (API + web page)")
     _engine_options(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--stop", default=None, help="cut answers after this string (e.g. '|')")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger requests get 413")
-    p.add_argument("--max-questions", type=int, default=64, help="questions per request")
-    p.add_argument("--rate", type=float, default=50.0, help="requests per second per client (token bucket)")
-    p.add_argument("--burst", type=int, default=100, help="burst size of the rate limit")
-    p.add_argument("--max-batch", type=int, default=32, help="most requests the model runs as one batch")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--log-level", default="warning")
+    _serve_options(p)
     p.set_defaults(func=cmd_serve)

@@ -2,31 +2,38 @@
 
     POST   /v1/memories              {"text": ...} -> 201 memory (?stream=true: server-sent events,
                                      one `step` event per write step, then `done`)
-    GET    /v1/memories              all memories          GET /v1/memories/{id}   one memory
-    DELETE /v1/memories/{id}         204                   POST /v1/memories/{id}/ask {"questions": [...]}
-    GET    /health, /version         GET /  the web page   GET /docs, /openapi.json  the API schema
+    GET    /v1/memories              all usable memories (header X-Damaged-Memories: how many are not)
+    GET    /v1/memories/{id}         one memory            DELETE /v1/memories/{id}   204
+    POST   /v1/memories/{id}/ask     {"questions": [...]}
+    GET    /health, /version         GET /  the web page   GET /docs, /openapi.json  the API (offline)
 
-Model calls from concurrent requests go through one `Batcher`. Requests larger than
-`max_body_bytes` get 413, more than `rate_per_second` (token bucket per client) get 429 with
-Retry-After. Memories live in the engine's on-disk store, so they survive restarts.
+Every request is checked against its budget (gradmem.budget) before it is queued, so no request
+allocates more than the limits allow; model calls of concurrent requests go through one `Batcher`
+with a per-request deadline. Body size and read time, per-client rate and the optional API key
+are enforced in gradmem.http_guard, which also maps gradmem's typed errors to status codes.
+Memories live in the engine's on-disk store, so they survive restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
+import math
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from gradmem.batcher import Batcher
+from gradmem.budget import Budget
 from gradmem.engine import Engine
+from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
+from gradmem.http_guard import (BodyGuard, TokenBuckets, check_key, client_key, error_response, install_error_handlers,
+                                safe_text, status_of)
 from gradmem.memory_io import FORMAT_VERSION
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
@@ -34,33 +41,68 @@ EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate li
 
 @dataclass
 class ServiceConfig:
-    """Limits and batching of the service."""
+    """Limits, batching and access of the service."""
 
     max_body_bytes: int = 1 << 20  # larger request bodies get 413
     max_questions: int = 64  # questions per ask request
     max_new_tokens: int = 64  # the most answer tokens a request may ask for
-    rate_per_second: float = 50.0  # sustained requests per second per client
+    rate_per_second: float = 50.0  # sustained requests per second per client (keyed on the socket peer)
     rate_burst: int = 100  # requests a client may send at once
     max_batch: int = 32  # most requests run as one model batch
     batch_wait_ms: float = 5.0  # how long the first request of a batch waits for company
+    request_timeout_s: float = 30.0  # a request not done by then gets 503 (a queued one is dropped unrun)
+    body_timeout_s: float = 10.0  # a request body not fully received by then gets 408
+    max_queue: int = 1024  # requests waiting for the model beyond this get 503 at once
+    api_key: str | None = None  # if set, writes and deletes need it (Authorization: Bearer KEY / X-API-Key)
+    protect_reads: bool = False  # with api_key: listing, showing and asking need it too
+    budget: Budget = field(default_factory=Budget)  # work limits per request and per batch
 
     def __post_init__(self) -> None:
-        if min(self.max_body_bytes, self.max_questions, self.max_new_tokens, self.rate_burst, self.max_batch) < 1:
+        if min(self.max_body_bytes, self.max_questions, self.max_new_tokens, self.rate_burst, self.max_batch,
+               self.max_queue) < 1:
             raise ValueError("service limits must be >= 1")
-        if self.rate_per_second <= 0 or self.batch_wait_ms < 0:
-            raise ValueError("rate_per_second must be > 0 and batch_wait_ms >= 0")
+        positive = (self.rate_per_second, self.request_timeout_s, self.body_timeout_s)
+        if not all(math.isfinite(x) and x > 0 for x in positive) or not 0 <= self.batch_wait_ms < math.inf:
+            raise ValueError("rate_per_second and the timeouts must be finite and > 0, batch_wait_ms >= 0")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key must not be empty")
+
+    def limits(self) -> dict[str, Any]:
+        """The limits clients may see (/version): everything but the key."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"} | {"api_key_required": self.api_key is not None}
+
+
+def _clean_text(value: str, what: str) -> str:
+    """Refuse text UTF-8 cannot carry (lone surrogates) or with nothing but whitespace."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} contains a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}") from None
+    if not value.strip():
+        raise ValueError(f"{what} is empty or only whitespace")
+    return value
 
 
 class WriteBody(BaseModel):
     text: str = Field(min_length=1, description="the context to write into memory")
-    steps: int | None = Field(None, ge=0, le=200, description="maximum WRITE steps (default: the checkpoint's)")
-    lr: float | None = Field(None, gt=0, le=100, description="inner learning rate (default: the checkpoint's)")
-    target_loss: float | None = Field(None, ge=0, description="stop each chunk once its reconstruction loss <= this")
+    steps: int | None = Field(None, ge=0, description="maximum WRITE steps (default: the checkpoint's)")
+    lr: float | None = Field(None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)")
+    target_loss: float | None = Field(None, ge=0, allow_inf_nan=False, description="stop each chunk once its reconstruction loss <= this")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _clean_text(value, "text")
 
 
 class AskBody(BaseModel):
     questions: list[str] = Field(min_length=1, description="one or many questions about the memory")
     max_new_tokens: int | None = Field(None, ge=1, description="answer length in tokens")
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, value: list[str]) -> list[str]:
+        return [_clean_text(q, f"question {i}") for i, q in enumerate(value)]
 
 
 class Answers(BaseModel):
@@ -68,83 +110,15 @@ class Answers(BaseModel):
     answers: list[dict[str, str]]
 
 
-class TokenBuckets:
-    """Per-client token buckets: `rate` tokens per second, at most `burst` saved up."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, client: str) -> float:
-        """0 if the request may go ahead, else the seconds until it could."""
-        now = time.monotonic()
-        if len(self.buckets) > 10000:  # forget clients whose bucket has refilled: they are back to a full burst
-            self.buckets = {c: (t, s) for c, (t, s) in self.buckets.items() if t + (now - s) * self.rate < self.burst}
-        tokens, last = self.buckets.get(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self.buckets[client] = (tokens - 1, now)
-            return 0.0
-        self.buckets[client] = (tokens, now)
-        return (1 - tokens) / self.rate
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over `limit` bytes with 413, by header or while streaming."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and int(declared) > self.limit:
-            return await _too_large(self.limit, send)
-        seen, responded = 0, False
-
-        async def counted() -> dict:
-            nonlocal seen, responded
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit and not responded:  # a chunked body without a content-length
-                responded = True
-                await _too_large(self.limit, send)
-                return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
-            return message
-
-        async def guarded(message: dict) -> None:
-            if not responded:
-                await send(message)
-
-        try:
-            await self.app(scope, counted, guarded)
-        except Exception:
-            if not responded:
-                raise
-
-
-async def _too_large(limit: int, send: Any) -> None:
-    body = json.dumps({"detail": f"request body larger than the limit of {limit} bytes"}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _error(err: Exception) -> HTTPException:
-    if isinstance(err, KeyError):
-        return HTTPException(404, str(err.args[0]) if err.args else "no such memory")
-    if isinstance(err, ValueError) and "exceeds the limit" in str(err):
-        return HTTPException(413, str(err))
-    return HTTPException(422, str(err))
-
-
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
-    """The service app for `engine` (its store is where memories live)."""
+    """The service app for `engine` (its store is where memories live). `checkpoint` is a label
+    shown by /version (the CLI passes the folder's name, never its path)."""
     from gradmem import __version__
 
     cfg = cfg or ServiceConfig()
-    batcher = Batcher(engine, cfg.max_batch, cfg.batch_wait_ms)
+    budget = cfg.budget
+    batcher = Batcher(engine, cfg.max_batch, cfg.batch_wait_ms, budget.max_batch_ask_tokens, budget.max_write_token_steps,
+                      cfg.request_timeout_s, cfg.max_queue)
     buckets = TokenBuckets(cfg.rate_per_second, cfg.rate_burst)
 
     @asynccontextmanager
@@ -154,44 +128,50 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         yield
         await batcher.stop()
 
-    app = FastAPI(title="gradmem", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="gradmem", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Write a context into a few memory vectors once, answer questions from the memory.")
-    app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(BodyGuard, limit=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
     app.state.batcher = batcher
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def rate_limit(request: Request, call_next: Any) -> Response:
         if request.url.path not in EXEMPT:
-            wait = buckets.take(request.client.host if request.client else "?")
+            wait = buckets.take(client_key(request))
             if wait > 0:
-                return JSONResponse({"detail": f"rate limit of {cfg.rate_per_second:g} requests/s exceeded; "
-                                     f"retry in {wait:.2f} s"}, 429, headers={"Retry-After": str(max(1, round(wait)))})
+                return error_response(429, f"rate limit of {cfg.rate_per_second:g} requests/s exceeded; retry in "
+                                      f"{wait:.2f} s", {"Retry-After": str(max(1, math.ceil(wait)))})
         return await call_next(request)
 
-    def check_write(body: WriteBody) -> None:
-        try:
-            engine.encode(body.text)
-        except ValueError as err:
-            raise _error(err) from err
+    def writer(request: Request) -> None:
+        if cfg.api_key is not None:
+            check_key(request, cfg.api_key)
 
-    @app.post("/v1/memories", status_code=201, summary="write a text into a memory")
+    def reader(request: Request) -> None:
+        if cfg.api_key is not None and cfg.protect_reads:
+            check_key(request, cfg.api_key)
+
+    def write_cost(body: WriteBody) -> int:
+        ids = engine.encode(body.text)  # refuses empty, unknown characters, more blocks than allowed
+        return budget.check_write(len(ids), engine.settings(body.steps, body.lr, body.target_loss)["steps"])
+
+    @app.post("/v1/memories", status_code=201, summary="write a text into a memory", dependencies=[Depends(writer)])
     async def create_memory(body: WriteBody, stream: bool = False) -> Any:
-        check_write(body)
+        cost = write_cost(body)
         if not stream:
-            try:
-                result = await batcher.write(body.text, body.steps, body.lr, body.target_loss)
-            except (KeyError, ValueError) as err:
-                raise _error(err) from err
+            result = await batcher.write(body.text, body.steps, body.lr, body.target_loss, cost=cost)
             return {**result.meta, "created": result.created}
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         async def run() -> None:
             try:
                 result = await batcher.write(body.text, body.steps, body.lr, body.target_loss,
-                                             lambda step, loss: events.put_nowait(("step", {"step": step, "loss": loss})))
+                                             lambda step, loss: events.put_nowait(("step", {"step": step, "loss": loss})),
+                                             cost=cost)
                 events.put_nowait(("done", {**result.meta, "created": result.created}))
             except Exception as err:  # noqa: BLE001 - reported to the client as an event
-                events.put_nowait(("error", {"detail": str(err)}))
+                detail = str(err) if isinstance(err, GradmemError) else "internal error (see the server log)"
+                events.put_nowait(("error", {"detail": safe_text(detail), "status": status_of(err)}))
 
         task = asyncio.create_task(run())
 
@@ -205,56 +185,76 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
 
         return StreamingResponse(sse(), media_type="text/event-stream", status_code=201)
 
-    @app.get("/v1/memories", summary="list all memories")
-    async def list_memories() -> list[dict[str, Any]]:
-        return [engine.describe(meta) for meta in engine.store.list()]
+    def described(meta: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return engine.describe(meta)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # a sidecar the store let through
+            raise InvalidInput(f"memory {meta.get('id')} has an unusable sidecar") from err
 
-    @app.get("/v1/memories/{memory_id}", summary="one memory's metadata")
+    @app.get("/v1/memories", summary="list all memories", dependencies=[Depends(reader)])
+    async def list_memories() -> JSONResponse:
+        items, damaged = engine.store.scan()
+        good = []
+        for meta in items:
+            try:
+                good.append(described(meta))
+            except InvalidInput:
+                damaged.append({"id": str(meta.get("id"))})
+        return JSONResponse(good, headers={"X-Damaged-Memories": str(len(damaged))})
+
+    @app.get("/v1/memories/{memory_id}", summary="one memory's metadata", dependencies=[Depends(reader)])
     async def get_memory(memory_id: str) -> dict[str, Any]:
-        try:
-            return engine.describe(engine.store.show(memory_id))
-        except KeyError as err:
-            raise _error(err) from err
+        return described(engine.store.show(memory_id))
 
-    @app.delete("/v1/memories/{memory_id}", status_code=204, summary="delete a memory")
+    @app.delete("/v1/memories/{memory_id}", status_code=204, summary="delete a memory", dependencies=[Depends(writer)])
     async def delete_memory(memory_id: str) -> Response:
-        try:
-            found = engine.forget(memory_id)
-        except KeyError as err:
-            raise _error(err) from err
-        if not found:
-            raise HTTPException(404, f"no memory {memory_id!r}")
+        if not engine.forget(memory_id):
+            raise NotFound(f"no memory {memory_id!r}")
         return Response(status_code=204)
 
-    @app.post("/v1/memories/{memory_id}/ask", response_model=Answers, summary="answer questions from a memory")
+    @app.post("/v1/memories/{memory_id}/ask", response_model=Answers, summary="answer questions from a memory",
+              dependencies=[Depends(reader)])
     async def ask(memory_id: str, body: AskBody) -> Any:
         if len(body.questions) > cfg.max_questions:
-            raise HTTPException(413, f"{len(body.questions)} questions; the limit is {cfg.max_questions} per request")
-        if body.max_new_tokens is not None and body.max_new_tokens > cfg.max_new_tokens:
-            raise HTTPException(422, f"max_new_tokens {body.max_new_tokens} > limit {cfg.max_new_tokens}")
+            raise LimitExceeded(f"{len(body.questions)} questions; the limit is {cfg.max_questions} per request")
+        max_new = body.max_new_tokens or engine.cfg.max_new_tokens
+        if max_new > cfg.max_new_tokens:
+            raise LimitExceeded(f"max_new_tokens {max_new} exceeds the limit of {cfg.max_new_tokens}")
+        cost = budget.check_ask([len(engine.encode_question(q)) for q in body.questions], max_new)
         if memory_id not in engine.store:
-            raise HTTPException(404, f"no memory {memory_id!r}")
-        try:
-            answers = await batcher.ask(memory_id, body.questions, body.max_new_tokens)
-        except (KeyError, ValueError) as err:
-            raise _error(err) from err
+            raise NotFound(f"no memory {memory_id!r}")
+        answers = await batcher.ask(memory_id, body.questions, body.max_new_tokens, cost=cost)
         return {"id": memory_id, "answers": [{"question": q, "answer": a} for q, a in zip(body.questions, answers)]}
 
     @app.get("/health", summary="liveness and queue state")
     async def health() -> dict[str, Any]:
         stats = batcher.stats
         return {"status": "ok", "queued": batcher.pending, "batches": stats.batches, "jobs": stats.jobs,
-                "largest_batch": stats.largest}
+                "largest_batch": stats.largest, "timed_out": stats.timed_out, "refused_busy": stats.refused}
 
     @app.get("/version", summary="versions, model fingerprint and limits")
     async def version() -> dict[str, Any]:
         return {"gradmem": __version__, "memory_format": FORMAT_VERSION, "checkpoint": checkpoint,
                 "model_fingerprint": engine.fingerprint, "memory_vectors_per_block": engine.block_vectors,
                 "hidden_size": engine.model.backbone.hidden_size, "chunk_tokens": engine.chunk_tokens,
-                "max_context_tokens": engine.max_context_tokens, "limits": asdict(cfg)}
+                "max_context_tokens": engine.max_context_tokens, "limits": cfg.limits()}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return resources.files("gradmem").joinpath("web/index.html").read_text(encoding="utf-8")
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> str:  # a page of the package that renders /openapi.json: no CDN, works offline
+        return resources.files("gradmem").joinpath("web/docs.html").read_text(encoding="utf-8")
+
     return app
+
+
+def server_config(app: FastAPI, host: str, port: int, trust_proxy: str | None = None, log_level: str = "warning") -> Any:
+    """The uvicorn configuration `gradmem serve` runs. Proxy headers are applied only from the
+    addresses in `trust_proxy`; without it the rate limit sees the socket peer, whatever
+    X-Forwarded-For a client sends (uvicorn would otherwise trust it from loopback)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=trust_proxy is not None,
+                          forwarded_allow_ips=trust_proxy or "", timeout_keep_alive=5)
