@@ -69,8 +69,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gradmem.evaluate import evaluate
 
     model, task, spec = load_checkpoint(args.checkpoint)
-    seed = spec.get("train", {}).get("seed", 0) if args.seed is None else args.seed
-    examples = task.make_split(args.split, args.examples, seed)
+    if args.data:
+        from gradmem.data_files import load_examples
+
+        try:
+            examples = load_examples(args.data, task, model.max_sequence_tokens)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"gradmem eval: {err}")
+    else:
+        seed = spec.get("train", {}).get("seed", 0) if args.seed is None else args.seed
+        examples = task.make_split(args.split, args.examples, seed)
     results = []
     for steps in ([None] if args.steps is None else [int(s) for s in args.steps.split(",")]):
         result = evaluate(model, examples, args.batch_size, steps=steps, lr=args.lr, generate=args.generate,
@@ -78,7 +86,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results.append({"write_steps": steps, **result})
         print(json.dumps(results[-1]), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "task": task.describe(),
+        source = {"data": args.data} if args.data else {"split": args.split}
+        Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "task": task.describe(), **source,
                                               "results": results}, indent=2))
     return 0
 
@@ -104,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out data")
     p.add_argument("checkpoint")
+    p.add_argument("--data", default=None, metavar="FILE.jsonl",
+                   help="score these examples instead of a generated split: strings {context, query, target} "
+                        "tokenised with the checkpoint's tokenizer, or token ids as `gradmem data` writes them")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--examples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the run's seed)")

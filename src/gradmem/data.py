@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -70,6 +70,12 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.query)
+
+
+def answer_example(tokenizer: Any, context: str, query: str, answer: str) -> Example:
+    """An extractive-QA example from text: the answer's tokens then EOS, all of the answer scored."""
+    answer_ids = tokenizer.encode(answer)
+    return Example(tokenizer.encode(context), tokenizer.encode(query), answer_ids + [tokenizer.eos_id], len(answer_ids))
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int = 0) -> TokenBatch:

@@ -62,6 +62,12 @@ class MemoryModel(nn.Module):
     def max_positions(self) -> int | None:
         return getattr(self.backbone, "max_positions", None)
 
+    @property
+    def max_sequence_tokens(self) -> int | None:
+        """Tokens a context (or a query + target) may have after the memory prefix; None = no limit."""
+        limit = self.max_positions
+        return None if limit is None else limit - getattr(self.method, "prefix_size", lambda: 0)()
+
     def write(self, context: TokenBatch, steps: int | None = None, lr: float | None = None,
               measure_final: bool = False) -> Memory:
         """Write each context of the batch into a memory. `steps`/`lr` override the method's config."""

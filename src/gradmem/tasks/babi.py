@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from gradmem.data import Example
+from gradmem.data import Example, answer_example
 from gradmem.tasks.babi_format import BabiLine, BabiQuestion, Story, find_babi_file, parse_babi, story_questions
 
 PEOPLE = ("Mary", "John", "Daniel", "Sandra")
@@ -217,10 +217,12 @@ class BabiTask:
         self._files: dict[str, list[BabiQuestion]] = {}
 
     def to_example(self, q: BabiQuestion) -> Example:
-        context, query, answer = question_to_texts(q)
-        answer_ids = self.tokenizer.encode(answer)
-        return Example(self.tokenizer.encode(context), self.tokenizer.encode(query),
-                       answer_ids + [self.tokenizer.eos_id], len(answer_ids))
+        return answer_example(self.tokenizer, *question_to_texts(q))
+
+    def encode_strings(self, context: str, query: str, target: str) -> Example:
+        """An example from text laid out as the task lays it out (query "\nQuestion: ...\nAnswer:",
+        target " answer"); the answer's tokens are scored, EOS is added."""
+        return answer_example(self.tokenizer, context, query, target)
 
     def _file_questions(self, split: str) -> list[BabiQuestion]:
         if split not in self._files:

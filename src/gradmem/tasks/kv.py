@@ -133,6 +133,18 @@ class KVTask:
         """`num_examples` examples of `split` ("train", "valid" or "test") for base `seed`."""
         return generate_kv(self.config, num_examples, self.split_seed(split, seed), self.tokenizer)
 
+    def encode_strings(self, context: str, query: str, target: str) -> Example:
+        """An example from text in the task's format, e.g. ("!ab:cd!!ef:gh!|", "?!ab:", "cd!|").
+
+        Scored as the task's own splits: the first `value_len` target characters (the value), not
+        the closing "!|". Characters outside the vocabulary encode to [UNK] (gradmem.data_files
+        refuses them).
+        """
+        if len(target) < self.config.value_len:
+            raise ValueError(f"target {target!r} is shorter than the task's {self.config.value_len}-character value")
+        return Example(self.tokenizer.encode(context), self.tokenizer.encode(query), self.tokenizer.encode(target),
+                       answer_len=self.config.value_len)
+
     def to_dict(self) -> dict[str, Any]:
         """The task's config as plain JSON data."""
         return {"name": self.name, **asdict(self.config)}

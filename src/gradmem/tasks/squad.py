@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from gradmem.data import Example
+from gradmem.data import Example, answer_example
 
 SPLITS = ("train", "valid", "test")
 ABBREVIATIONS = {"dr.", "mr.", "mrs.", "ms.", "st.", "prof.", "jr.", "sr.", "vs.", "etc.", "e.g.", "i.e.", "no.", "mt."}
@@ -165,9 +165,11 @@ class SquadTask:
         return rng.sample(pool, min(num_examples, len(pool)))
 
     def to_example(self, item: SquadItem) -> Example:
-        answer = self.tokenizer.encode(" " + item.answers[0])
-        query = self.tokenizer.encode(f"\nQuestion: {item.question}\nAnswer:")
-        return Example(self.tokenizer.encode(item.context), query, answer + [self.tokenizer.eos_id], len(answer))
+        return answer_example(self.tokenizer, item.context, f"\nQuestion: {item.question}\nAnswer:", " " + item.answers[0])
+
+    def encode_strings(self, context: str, query: str, target: str) -> Example:
+        """An example from text laid out as the task lays it out (see `to_example`); EOS is added."""
+        return answer_example(self.tokenizer, context, query, target)
 
     def make_split(self, split: str, num_examples: int, seed: int) -> list[Example]:
         return [self.to_example(item) for item in self.sample(split, num_examples, seed)]

@@ -115,6 +115,11 @@ class TextTask:
     def make_split(self, split: str, num_examples: int, seed: int) -> list[Example]:
         return [self.to_example(w) for w in self.windows(split, num_examples, seed)]
 
+    def encode_strings(self, context: str, query: str, target: str) -> Example:
+        """An example from text: every target token is scored (no EOS, as in the task's own splits)."""
+        target_ids = self.tokenizer.encode(target)
+        return Example(self.tokenizer.encode(context), self.tokenizer.encode(query), target_ids, len(target_ids))
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self.config)}
 
