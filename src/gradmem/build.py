@@ -4,29 +4,32 @@ A run spec is a plain dict with four parts, each the config of the code that use
     {"task": {"name": "kv", ...}, "backbone": {"type": "llama", ...},
      "method": {"name": "gradmem", ...}, "train": {...}}
 and optionally `"reference_compat": true` (gradmem.reference_compat: the authors' code's choices).
-A checkpoint folder holds `model.safetensors` (all weights), `spec.json` and, for training runs,
-`trainer.pt` (optimiser, schedule, progress) so a run resumes exactly.
+A checkpoint folder holds `model.safetensors` (all weights), `spec.json`, for training runs
+`trainer.pt` (optimiser, schedule, progress) so a run resumes exactly, and `manifest.json` with
+the SHA-256 of each; it is written as one atomic folder switch (gradmem.checkpoint). Specs are
+validated against the config dataclasses before anything is built (gradmem.spec_check).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from gradmem.backbones import build_backbone
+from gradmem.checkpoint import recover, verify, write_folder
+from gradmem.errors import CheckpointError
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 from gradmem.reference_compat import reference_compat
+from gradmem.spec_check import validate_spec
 from gradmem.tasks import make_task
-
-SPEC_PARTS = ("task", "backbone", "method")
-
 
 def build_task(spec: dict[str, Any]) -> Any:
     """The task named in spec["task"]."""
@@ -35,10 +38,9 @@ def build_task(spec: dict[str, Any]) -> Any:
 
 
 def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
-    """A freshly initialised MemoryModel for the spec (vocab size taken from the task's tokenizer)."""
-    for part in SPEC_PARTS:
-        if part not in spec or not isinstance(spec[part], dict):
-            raise ValueError(f"run spec needs a {part!r} section (a JSON object); has {sorted(spec)}")
+    """A freshly initialised MemoryModel for the spec (vocab size taken from the task's tokenizer);
+    ConfigError for unknown keys or values of the wrong type."""
+    validate_spec(spec)
     task = task or build_task(spec)
     if spec.get("reference_compat"):
         spec = reference_compat(spec, task.tokenizer.pad_id)
@@ -53,51 +55,67 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
     return MemoryModel(backbone, method, read_loss=spec.get("train", {}).get("read_loss", "example"))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(directory: str | Path, model: MemoryModel, spec: dict[str, Any],
                     trainer_state: dict[str, Any] | None = None) -> Path:
-    """Save weights + spec (+ trainer state). Files are written then renamed, so a crash mid-save
-    never leaves a half-written checkpoint under the final names."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "model.safetensors.tmp"
-    save_model(model, str(tmp))
-    os.replace(tmp, directory / "model.safetensors")
-    if trainer_state is not None:
-        torch.save(trainer_state, directory / "trainer.pt.tmp")
-        os.replace(directory / "trainer.pt.tmp", directory / "trainer.pt")
-    _atomic_write_text(directory / "spec.json", json.dumps(spec, indent=2))
-    return directory
+    """Save weights + spec (+ trainer state) with their checksums as one atomic folder switch: a
+    crash at any point leaves either the previous checkpoint or this one, never a mix."""
+    def write(folder: Path) -> None:
+        save_model(model, str(folder / "model.safetensors"))
+        if trainer_state is not None:
+            torch.save(trainer_state, folder / "trainer.pt")
+        (folder / "spec.json").write_text(json.dumps(spec, indent=2))
+
+    return write_folder(directory, write)
 
 
 def load_spec(directory: str | Path) -> dict[str, Any]:
     """The run spec of a checkpoint folder."""
+    recover(directory)
     path = Path(directory) / "spec.json"
     if not path.exists():
-        raise FileNotFoundError(f"{directory} is not a gradmem checkpoint (no spec.json)")
-    return json.loads(path.read_text())
+        raise CheckpointError(f"{directory} is not a gradmem checkpoint (no spec.json)")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {directory}: spec.json is unreadable ({err})") from err
+
+
+def load_weights(model: MemoryModel, directory: str | Path, device: str | torch.device = "cpu") -> None:
+    """Load `directory`/model.safetensors into `model`, refusing a damaged file or one that does not
+    match the model (the checksum is checked by `verify` before this)."""
+    try:
+        missing, unexpected = load_model(model, str(Path(directory) / "model.safetensors"), strict=False, device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {directory}: model.safetensors is damaged or does not fit the spec ({err})") from err
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}")
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[MemoryModel, Any, dict[str, Any]]:
-    """Rebuild (model, task, spec) from a checkpoint folder."""
+    """Rebuild (model, task, spec) from a checkpoint folder, its files checked against their SHA-256."""
     spec = load_spec(directory)
+    verify(directory, ("model.safetensors", "spec.json"))
     task = build_task(spec)
     model = build_model(spec, task)
-    missing, unexpected = load_model(model, str(Path(directory) / "model.safetensors"), strict=False, device=str(device))
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}")
+    load_weights(model, directory, device)
     return model.to(device), task, spec
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:
-    """Optimiser / schedule / progress saved with a training checkpoint, if any."""
-    path = Path(directory) / "trainer.pt"
-    return torch.load(path, weights_only=True) if path.exists() else None
+    """Optimiser / schedule / progress saved with a training checkpoint; None if there is no such
+    folder. CheckpointError if it is partial (no trainer state) or damaged."""
+    recover(directory)
+    if not Path(directory).exists():
+        return None
+    verify(directory, ("model.safetensors", "spec.json", "trainer.pt"))
+    try:
+        state = torch.load(Path(directory) / "trainer.pt", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {directory}: trainer.pt is damaged ({type(err).__name__})") from err
+    needed = ("step", "stage", "best", "bad_evals", "optimizer", "torch_rng")
+    if not isinstance(state, dict) or any(key not in state for key in needed):
+        raise CheckpointError(f"checkpoint {directory}: trainer.pt lacks the trainer state ({', '.join(needed)})")
+    return state
 
 
 def apply_overrides(spec: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -7,12 +7,15 @@ store, serve; see gradmem.cli_memory).
     gradmem ask runs/demo/best ID --store mem -q "?!ab:" -q "?!cd:"
     gradmem serve runs/demo/best --store mem --port 8000
     gradmem data --config configs/kv_demo.json --split valid -n 1000 --out valid.jsonl
+
+Every error is reported as one line on stderr with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,17 +23,64 @@ from typing import Any
 
 import torch
 
-from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint
+from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint, load_spec
+from gradmem.checkpoint import recover
 from gradmem.cli_memory import add_memory_commands
 from gradmem.data import save_jsonl
+from gradmem.errors import ConfigError, GradmemError
+from gradmem.spec_check import validate_spec
 
 
-def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
+def _load_spec(args: argparse.Namespace, overrides: bool = True) -> dict[str, Any]:
     try:
         spec = json.loads(Path(args.config).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"gradmem: cannot read config {args.config}: {err}")
-    return apply_overrides(spec, args.set or [])
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read config {args.config}: {err}") from err
+    spec = apply_overrides(spec, args.set or []) if overrides and isinstance(spec, dict) else spec
+    validate_spec(spec)
+    return spec
+
+
+def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b": value} for every leaf of a nested spec."""
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    a, b = _flat(before), _flat(after)
+    return [f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec a run trains with. Resuming continues the spec saved in OUT/last (what the run was
+    started with); only train.* overrides may change it and each change is printed."""
+    last = Path(args.out) / "last"
+    if args.resume:
+        recover(last)  # a save interrupted by a crash is finished or undone first
+    if not (args.resume and (last / "spec.json").exists()):
+        if args.config is None:
+            raise ConfigError("--config is needed to start a run (only --resume of an existing run goes without)")
+        return _load_spec(args)
+    saved = load_spec(last)
+    refused = [item for item in args.set or [] if not item.startswith("train.")]
+    if refused:
+        raise ConfigError(f"--resume continues the spec saved in {last}; only train.* settings may change, not {refused}")
+    spec = apply_overrides(saved, args.set or [])
+    validate_spec(spec)
+    for change in _changes(saved, spec):
+        print(f"resume: changed from the saved spec: {change}", file=sys.stderr)
+    if args.config is not None:
+        ignored = _changes(saved, _load_spec(args, overrides=False))
+        if ignored:
+            print(f"resume: {args.config} differs from the saved spec in {len(ignored)} setting(s), ignored: "
+                  + "; ".join(ignored), file=sys.stderr)
+    return spec
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -38,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from gradmem.train import Trainer
 
-    spec = _load_spec(args)
+    spec = _train_spec(args)
     torch.manual_seed(spec.get("train", {}).get("seed", 0))
     model = build_model(spec)
     bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
@@ -53,9 +103,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                       f"token acc {record['token_accuracy']:.3f} write loss [{curve}]", file=sys.stderr)
 
     trainer = Trainer(model, spec, args.out, on_log)
-    if args.resume and trainer.resume():
+    if args.resume and trainer.resume():  # a partial or damaged last/ raises: never a silent restart
         bar.write(f"resumed {args.out} at step {trainer.step}", file=sys.stderr)
         bar.update(trainer.step)
+    elif args.resume:
+        bar.write(f"resume: no checkpoint in {Path(args.out) / 'last'}; starting at step 0", file=sys.stderr)
     started = time.time()
     final = trainer.train()
     bar.close()
@@ -100,15 +152,36 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (subcommand parsers inherit the class)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradmem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="gradmem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="meta-train a model from a JSON run spec")
-    p.add_argument("--config", required=True, help="JSON run spec (task, backbone, method, train)")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 method.write.steps=1")
+    p.add_argument("--config", default=None, help="JSON run spec (task, backbone, method, train); "
+                   "with --resume of an existing run the spec saved in OUT/last is used")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 method.write.steps=1 "
+                   "(on --resume only train.* ones, each printed as a change)")
     p.add_argument("--out", required=True, help="run folder: metrics.jsonl, last/ and best/ checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists (a damaged or partial "
+                   "last/ is refused with the reason)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out data")
@@ -117,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score these examples instead of a generated split: strings {context, query, target} "
                         "tokenised with the checkpoint's tokenizer, or token ids as `gradmem data` writes them")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--examples", type=int, default=1000)
+    p.add_argument("--examples", type=positive_int, default=1000)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the run's seed)")
     p.add_argument("--steps", default=None, help="WRITE steps at evaluation, comma-separated for a sweep")
     p.add_argument("--lr", type=float, default=None, help="inner lr at evaluation")
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--generate", action="store_true", help="also score greedy generation")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.set_defaults(func=cmd_eval)
@@ -132,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--split", default="valid", choices=["train", "valid", "test"])
-    p.add_argument("-n", "--num", type=int, default=1000)
+    p.add_argument("-n", "--num", type=positive_int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data)
@@ -143,8 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
-        print(f"gradmem {args.command}: error: {err}", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (`gradmem store list | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush cannot fail again
+        return 0
+    except KeyboardInterrupt:
+        print(f"gradmem {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (GradmemError, ValueError, KeyError, OSError, RuntimeError) as err:
+        text = err.args[0] if type(err) is KeyError and err.args else err  # KeyError's str() adds quotes
+        print(f"gradmem {args.command}: error: {' '.join(str(text).split())}", file=sys.stderr)
         return 2
 
 

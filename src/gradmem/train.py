@@ -16,10 +16,11 @@ from typing import Any, Callable
 
 import torch
 
-from gradmem.build import build_task, load_trainer_state, save_checkpoint
+from gradmem.build import build_task, load_trainer_state, load_weights, save_checkpoint
 from gradmem.compiled import CompiledStep
 from gradmem.data import Batch, collate
 from gradmem.distributed import DataParallel
+from gradmem.errors import CheckpointError, TrainingDiverged
 from gradmem.evaluate import evaluate
 from gradmem.model import READ_LOSSES, MemoryModel
 
@@ -57,6 +58,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
+        floats = (self.lr, self.weight_decay, self.min_lr_ratio, self.advance_exact_match, self.grad_clip or 1.0)
+        if not all(math.isfinite(x) for x in floats):  # an infinite lr trains straight to NaN weights
+            raise ValueError(f"lr, weight_decay, min_lr_ratio, advance_exact_match and grad_clip must be finite, got {floats}")
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
         self.adam_betas = tuple(self.adam_betas)  # a JSON spec gives a list
@@ -143,15 +147,17 @@ class Trainer:
         save_checkpoint(self.out_dir / "last", self.model, self.spec, self.state())
 
     def resume(self) -> bool:
-        """Load `out_dir/last` if present; returns whether a run was resumed."""
+        """Load `out_dir/last` if present; returns whether a run was resumed. A partial or damaged
+        `last/` raises CheckpointError with the reason: restarting silently would overwrite it."""
         state = load_trainer_state(self.out_dir / "last")
         if state is None:
             return False
-        from safetensors.torch import load_model
-
-        load_model(self.model, str(self.out_dir / "last" / "model.safetensors"))
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        load_weights(self.model, self.out_dir / "last", next(self.model.parameters()).device)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"checkpoint {self.out_dir / 'last'}: its optimiser state does not fit this model ({err})") from err
         self.step, self.stage, self.best, self.bad_evals = state["step"], state["stage"], state["best"], state["bad_evals"]
         return True
 
@@ -185,6 +191,7 @@ class Trainer:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg)
             loss, read_loss, write_losses = self._gradients(self.train_batch(self.step).to(next(self.model.parameters()).device))
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+            self._check_finite(loss, grad_norm)
             self.optimizer.step()
             self.step += 1
             if self.step % self.cfg.log_every == 0:
@@ -214,6 +221,16 @@ class Trainer:
         result.assign_grads(self._compiled.parameters)
         self.parallel.average_gradients(self._compiled.parameters)  # what DDP's backward hook does
         return result.loss, result.read_loss, result.write_losses
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Stop before a non-finite loss or gradient reaches the weights: nothing is saved from it,
+        so `last/` keeps the latest finite checkpoint."""
+        if math.isfinite(float(loss)) and math.isfinite(float(grad_norm)):
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise TrainingDiverged(f"step {self.step + 1}: loss {float(loss)}, gradient norm {float(grad_norm)} at lr {lr:g}; "
+                               f"stopped without saving (the last checkpoint, if any, is from before this step); "
+                               "lower train.lr or set train.grad_clip")
 
     def _next_stage(self) -> None:
         self.stage += 1
