@@ -46,6 +46,7 @@ class TrainConfig:
     early_stop_patience: int | None = None  # stop after this many evaluations without improvement
     target_exact_match: float | None = None  # stop once the last curriculum stage reaches this EM
     checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
+    max_minutes: float | None = None  # stop (and save) after this much training time, counted across resumes
     log_every: int = 10  # steps between training-loss log lines
     seed: int = 0  # seeds model init, data and the held-out set
     curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
@@ -66,6 +67,8 @@ class TrainConfig:
         self.adam_betas = tuple(self.adam_betas)  # a JSON spec gives a list
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:
+            raise ValueError(f"max_minutes must be a positive number of minutes or None, got {self.max_minutes}")
         if self.read_loss not in READ_LOSSES:
             raise ValueError(f"unknown read_loss {self.read_loss!r}; valid: {list(READ_LOSSES)}")
         if self.schedule not in SCHEDULES:
@@ -111,6 +114,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                            betas=self.cfg.adam_betas)
         self.step = 0
+        self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
+        self._started = time.time()
         self.stage = 0
         self.best = -1.0
         self.bad_evals = 0
@@ -139,7 +144,7 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "stage": self.stage, "best": self.best, "bad_evals": self.bad_evals,
-                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
 
     def save(self) -> None:
         if not self.parallel.is_main:
@@ -159,7 +164,15 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(f"checkpoint {self.out_dir / 'last'}: its optimiser state does not fit this model ({err})") from err
         self.step, self.stage, self.best, self.bad_evals = state["step"], state["stage"], state["best"], state["bad_evals"]
+        self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
         return True
+
+    def elapsed(self) -> float:
+        """Seconds this run has trained, counted across resumes (evaluations included)."""
+        return self._elapsed_before + time.time() - self._started
+
+    def _out_of_time(self) -> bool:
+        return self.cfg.max_minutes is not None and self.elapsed() >= 60 * self.cfg.max_minutes
 
     def log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -173,7 +186,7 @@ class Trainer:
     def run_eval(self) -> dict[str, Any]:
         result = evaluate(self.model, self.valid_set(self.stage), self.cfg.eval_batch_size,
                           pad_id=self.task(self.stage).tokenizer.pad_id)
-        record = {"kind": "eval", "step": self.step, "stage": self.stage, **result}
+        record = {"kind": "eval", "step": self.step, "stage": self.stage, **result, "elapsed_s": self.elapsed()}
         self.log(record)
         return record
 
@@ -183,7 +196,7 @@ class Trainer:
         last_stage = max(len(self.cfg.curriculum) - 1, 0)
         self.model.train()
         record: dict[str, Any] = {}
-        started = time.time()
+        self._started = time.time()
         while self.step < self.cfg.steps:
             if self.cfg.stage_steps and self.stage < last_stage and self.step >= sum(self.cfg.stage_steps[: self.stage + 1]):
                 self._next_stage()
@@ -198,11 +211,11 @@ class Trainer:
                 self.log({"kind": "train", "step": self.step, "stage": self.stage, "loss": loss.item(),
                           "read_loss": read_loss.item(), "grad_norm": float(grad_norm),
                           "write_loss": write_losses.mean(1).tolist() if write_losses is not None else [],
-                          "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": time.time() - started})
-            done = False
-            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                          "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": self.elapsed()})
+            done = out_of_time = self._out_of_time()
+            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps or out_of_time:
                 record = self.run_eval()
-                done = self._after_eval(record["exact_match"], last_stage)
+                done = self._after_eval(record["exact_match"], last_stage) or out_of_time
             if done or self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 self.save()
             if done:

@@ -1,0 +1,48 @@
+"""A time budget for training (`train.max_minutes`), counted across resumes."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import TINY
+from gradmem.build import apply_overrides, build_model, load_trainer_state
+from gradmem.train import TrainConfig, Trainer
+
+SPEC = {
+    "task": {"name": "kv", "num_pairs": 2},
+    "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+    "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+    "train": {"steps": 50, "batch_size": 4, "eval_every": 25, "eval_examples": 8, "checkpoint_every": 25,
+              "log_every": 1, "seed": 3},
+}
+
+
+def test_the_budget_stops_and_saves_and_a_resume_keeps_counting(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    def tick(record):  # every training step costs 6 "seconds", evaluations nothing
+        clock[0] += 6.0 if record["kind"] == "train" else 0.0
+
+    spec = apply_overrides(SPEC, ["train.max_minutes=0.5"])  # 30 s: five steps
+    trainer = Trainer(build_model(spec), spec, tmp_path, on_log=tick)
+    final = trainer.train()
+    assert trainer.step == 5
+    assert final["kind"] == "eval" and final["step"] == 5  # the budget's end is evaluated...
+    assert load_trainer_state(tmp_path / "last")["step"] == 5  # ...and saved
+
+    spec = apply_overrides(SPEC, ["train.max_minutes=1"])  # the same run given 30 s more
+    resumed = Trainer(build_model(spec), spec, tmp_path, on_log=tick)
+    assert resumed.resume()
+    resumed.train()
+    assert resumed.step == 10
+    times = [r["elapsed_s"] for r in resumed.history if r["kind"] == "train"]
+    assert times[0] >= 30 and times == sorted(times)  # counted on from the first sitting
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf")])
+def test_a_budget_must_be_positive_and_finite(bad):
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=bad)
