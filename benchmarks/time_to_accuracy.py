@@ -1,0 +1,194 @@
+"""Time to accuracy: wall time and steps until held-out exact match reaches a target at each
+milestone number of key-value pairs, for one run spec with a curriculum, over seeds.
+
+    python benchmarks/time_to_accuracy.py --config configs/kv16_cpu.json --seeds 0,1,2 --minutes 120
+    python benchmarks/time_to_accuracy.py --config configs/kv16_cpu.json --seeds 1 --name kv16_cpu   # one seed per process
+    python benchmarks/time_to_accuracy.py --config configs/kv16_cpu.json --seeds 0,1,2 --report-only
+
+Each seed trains in runs/time_to_accuracy/<name>/s<seed> under `train.max_minutes` (counted across
+resumes, so an interrupted seed continues where it stopped). A milestone of N pairs is reached at
+the first validation evaluation on the N-pair stage with EM >= --target (the curriculum's own
+advance rule, `train.advance_exact_match`); its time is the run's cumulative training time then,
+evaluations included. The best checkpoint of the last stage is then scored on --test-examples
+held-out examples (test split, --test-seed, the same for every seed). Results:
+results/time_to_accuracy/<name>.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import markdown_table, mean_std  # noqa: E402
+
+from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
+from gradmem.evaluate import evaluate  # noqa: E402
+from gradmem.train import Trainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stage_pairs(spec: dict[str, Any]) -> list[int]:
+    """num_pairs of each curriculum stage (the task's own when there is no curriculum)."""
+    return [{**spec["task"], **stage}["num_pairs"] for stage in spec["train"].get("curriculum") or [{}]]
+
+
+def milestones_reached(records: list[dict[str, Any]], pairs: list[int], milestones: list[int],
+                       target: float) -> dict[int, dict[str, float] | None]:
+    """For each milestone N: step and minutes of the first eval on an N-pair stage with EM >= target."""
+    reached: dict[int, dict[str, float] | None] = {n: None for n in milestones}
+    for r in records:
+        if r.get("kind") != "eval":
+            continue
+        n = pairs[r["stage"]]
+        if n in reached and reached[n] is None and r["exact_match"] >= target:
+            reached[n] = {"step": r["step"], "minutes": round(r["elapsed_s"] / 60, 2), "exact_match": r["exact_match"]}
+    return reached
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def train_seed(spec: dict[str, Any], run: Path) -> None:
+    """Train (or continue) one seed's run until its target, its steps or its time budget."""
+    torch.manual_seed(spec["train"]["seed"])
+    trainer = Trainer(build_model(spec), spec, run,
+                      on_log=lambda r: r["kind"] == "eval" and print(
+                          f"{run.name} step {r['step']} stage {r['stage']}: EM {r['exact_match']:.3f} "
+                          f"({r['elapsed_s'] / 60:.1f} min)", file=sys.stderr, flush=True))
+    if trainer.resume():
+        print(f"{run.name}: resumed at step {trainer.step}", file=sys.stderr, flush=True)
+    trainer.train()
+    (run / "done.json").write_text(json.dumps({"step": trainer.step, "stage": trainer.stage}))
+
+
+def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    records = read_metrics(run)
+    pairs = stage_pairs(spec)
+    last = [r for r in records if r.get("kind") == "eval"]
+    row: dict[str, Any] = {"seed": spec["train"]["seed"], "run": run.name,
+                           "milestones": milestones_reached(records, pairs, args.milestones, args.target),
+                           "steps": last[-1]["step"] if last else 0,
+                           "minutes": round(last[-1]["elapsed_s"] / 60, 2) if last else 0.0,
+                           "final_stage_pairs": pairs[last[-1]["stage"]] if last else None}
+    best = run / "best"
+    if (best / "spec.json").exists():
+        model, _, _ = load_checkpoint(best)
+        task = build_task({"task": {**spec["task"], "num_pairs": pairs[-1]}})
+        test = task.make_split("test", args.test_examples, args.test_seed)
+        for k in args.eval_steps:
+            result = evaluate(model, test, 250, steps=k)
+            row[f"test_em_K{k}"] = result["exact_match"]
+    row["curve"] = [(r["elapsed_s"] / 60, pairs[r["stage"]], r["exact_match"]) for r in last]
+    return row
+
+
+def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    k_train = spec["method"].get("write", {}).get("steps")
+    header = ["seed"] + [f"{n} pairs: min (steps)" for n in args.milestones] + \
+             [f"test EM {args.milestones[-1] if args.milestones else ''} pairs, K={k}" for k in args.eval_steps] + ["trained"]
+    table_rows = []
+    for row in rows:
+        cells = [row["seed"]]
+        for n in args.milestones:
+            hit = row["milestones"].get(n) or row["milestones"].get(str(n))
+            cells.append(f"{hit['minutes']:.1f} ({hit['step']})" if hit else "not reached")
+        cells += [f"{100 * row[f'test_em_K{k}']:.1f}" if f"test_em_K{k}" in row else "-" for k in args.eval_steps]
+        cells.append(f"{row['minutes']:.1f} min, {row['steps']} steps, last stage {row['final_stage_pairs']} pairs")
+        table_rows.append(cells)
+    summary_line = []
+    for n in args.milestones:
+        hits = [r["milestones"].get(n) or r["milestones"].get(str(n)) for r in rows]
+        times = [h["minutes"] for h in hits if h]
+        if times:
+            mean, std = mean_std(times)
+            summary_line.append(f"{n} pairs: reached in {len(times)}/{len(rows)} seeds, {mean:.1f} ± {std:.1f} min")
+        else:
+            summary_line.append(f"{n} pairs: reached in 0/{len(rows)} seeds")
+    return (f"Time to {100 * args.target:.0f} % validation EM ({name}; trained with K = {k_train}; "
+            f"test EM on {args.test_examples} held-out examples, test seed {args.test_seed}).\n\n"
+            + markdown_table(header, table_rows) + "\n" + "; ".join(summary_line) + ".\n")
+
+
+def plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for row in rows:
+        curve = row["curve"]
+        line, = ax.plot([m for m, _, _ in curve], [100 * e for _, _, e in curve], linewidth=1.0, label=f"seed {row['seed']}")
+        for i in range(1, len(curve)):  # mark each curriculum advance with its new number of pairs
+            if curve[i][1] != curve[i - 1][1]:
+                ax.annotate(str(curve[i][1]), (curve[i][0], 100 * curve[i][2]), fontsize=7, color=line.get_color())
+    ax.set_xlabel("training minutes (evaluations included)")
+    ax.set_ylabel("validation EM on the current stage, %")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="run spec with a curriculum over num_pairs")
+    parser.add_argument("--set", nargs="*", default=[], help="spec overrides, e.g. train.lr=0.002")
+    parser.add_argument("--name", default=None, help="results name (default: the config's file name)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--minutes", type=float, default=120.0, help="training budget per seed (train.max_minutes)")
+    parser.add_argument("--milestones", default="4,8,16", help="numbers of pairs to time")
+    parser.add_argument("--target", type=float, default=0.9, help="validation EM that counts as reached")
+    parser.add_argument("--test-examples", type=int, default=1000)
+    parser.add_argument("--test-seed", type=int, default=1000)
+    parser.add_argument("--eval-steps", default="1,2", help="WRITE steps K at test time, comma-separated")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from the runs")
+    parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")
+    parser.add_argument("--out", default=None, help="results folder (default results/time_to_accuracy)")
+    args = parser.parse_args(argv)
+    args.milestones = [int(x) for x in args.milestones.split(",")]
+    args.eval_steps = [int(x) for x in args.eval_steps.split(",")]
+    torch.set_num_threads(args.threads)
+
+    base = apply_overrides(json.loads(Path(args.config).read_text()), args.set + [f"train.max_minutes={args.minutes}"])
+    name = args.name or Path(args.config).stem
+    runs = Path(args.runs) if args.runs else ROOT / "runs" / "time_to_accuracy" / name
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if not args.report_only:
+        for seed in seeds:
+            run = runs / f"s{seed}"
+            spec = apply_overrides(base, [f"train.seed={seed}"])
+            if (run / "done.json").exists():
+                print(f"{run.name}: done, skipped", file=sys.stderr)
+                continue
+            train_seed(spec, run)
+    found = sorted(int(p.name[1:]) for p in runs.glob("s*") if (p / "metrics.jsonl").exists())
+    rows = [score_seed(apply_overrides(base, [f"train.seed={s}"]), runs / f"s{s}", args) for s in found]
+    out = Path(args.out) if args.out else ROOT / "results" / "time_to_accuracy"
+    out.mkdir(parents=True, exist_ok=True)
+    table = summarise(name, base, rows, args)
+    command = "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    (out / f"{name}.md").write_text(table + f"\nCommand: `{command}`; torch threads per run: {args.threads}.\n")
+    (out / f"{name}.json").write_text(json.dumps({"name": name, "spec": base, "target": args.target,
+                                                  "seeds": rows}, indent=1) + "\n")
+    if rows:
+        plot(out / f"{name}.png", rows, f"time to accuracy: {name}")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
