@@ -59,7 +59,8 @@ def install_error_handlers(app: FastAPI) -> None:
         parts = []
         for item in err.errors():
             where = ".".join(str(x) for x in item.get("loc", ()) if x != "body") or "body"
-            parts.append(f"{where}: {item.get('msg', 'invalid')}")
+            message = str(item.get("msg", "invalid"))
+            parts.append(f"{where}: {message.removeprefix('Value error, ')}")  # pydantic's prefix for our validators
         return error_response(422, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
