@@ -67,6 +67,15 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        here, there = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 class MemoryStore:
     """Memories on disk under `root`, addressed by `memory_key`."""
 
@@ -110,8 +119,8 @@ class MemoryStore:
             try:
                 yield
             finally:
-                if memory_id not in self:
-                    path.unlink(missing_ok=True)  # still holding the lock: waiters notice, see _locked_fd
+                if memory_id not in self and _same_file(path, fd):
+                    path.unlink()  # still holding the lock: waiters notice, see _locked_fd
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 
@@ -124,14 +133,10 @@ class MemoryStore:
             fd = os.open(path, flags, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                try:
-                    current = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    current = False
             except BaseException:
                 os.close(fd)
                 raise
-            if current:
+            if _same_file(path, fd):
                 return fd
             os.close(fd)
 
