@@ -100,7 +100,7 @@ def recover(directory: str | Path) -> None:
     new = sorted(directory.parent.glob(f".{directory.name}.new-*"))
     old = sorted(directory.parent.glob(f".{directory.name}.old-*"))
     if not directory.exists():
-        complete = [n for n in new if not problems(n)]
+        complete = [n for n in new if not problems(n, (MANIFEST,))]  # the manifest is written last
         if complete:
             os.rename(complete[-1], directory)
         elif old:

@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _train_spec(args)
     torch.manual_seed(spec.get("train", {}).get("seed", 0))
     model = build_model(spec)
-    bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
+    bar: Any = None  # made after resuming, so an error is never printed behind a progress bar
 
     def on_log(record: dict[str, Any]) -> None:
         if record["kind"] == "train":
@@ -103,7 +103,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       f"token acc {record['token_accuracy']:.3f} write loss [{curve}]", file=sys.stderr)
 
     trainer = Trainer(model, spec, args.out, on_log)
-    if args.resume and trainer.resume():  # a partial or damaged last/ raises: never a silent restart
+    resumed = args.resume and trainer.resume()  # a partial or damaged last/ raises: never a silent restart
+    bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
+    if resumed:
         bar.write(f"resumed {args.out} at step {trainer.step}", file=sys.stderr)
         bar.update(trainer.step)
     elif args.resume:
