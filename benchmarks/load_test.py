@@ -157,6 +157,7 @@ def main() -> int:
     try:
         result = asyncio.run(run_load(base, args, kv))
         health = httpx.get(f"{base}/health", timeout=10).json()
+        limits = httpx.get(f"{base}/version", timeout=10).json()["limits"]  # the budgets the run was served under
         lost = check_memories(base, result["written"])
     finally:
         stop_server(proc)
@@ -182,6 +183,7 @@ def main() -> int:
         "batches": health["batches"], "jobs": health["jobs"], "largest_batch": health["largest_batch"],
         "mean_batch": round(health["jobs"] / max(health["batches"], 1), 2),
         "server_torch_threads": args.threads, "cpu_count": os.cpu_count(),
+        "timed_out": health.get("timed_out"), "refused_busy": health.get("refused_busy"), "limits": limits,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
