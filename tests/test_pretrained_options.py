@@ -98,10 +98,29 @@ def test_write_only_lora_is_active_in_write_and_off_in_read():
     assert any(float(grads[n].abs().sum()) > 0 for n in backbone_grads)
 
 
-def test_bf16_is_refused_on_cpu():
-    backbone = build_backbone(tiny_spec(bf16=True))
-    with pytest.raises(RuntimeError, match="GPU"):
-        backbone.hidden(torch.randn(1, 3, TINY["hidden_size"]))
+BUILTIN = {"type": "llama", "vocab_size": 70, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4}
+
+
+@pytest.mark.parametrize("spec", [tiny_spec(), BUILTIN], ids=["hf", "llama"])
+def test_bf16_autocast_runs_on_cpu_with_fp32_weights_and_close_meta_gradients(spec):
+    """bf16 runs the GEMMs in bfloat16 and keeps everything that is stored in float32: the
+    second-order meta-gradient stays a float32 gradient close to the float32 model's."""
+    name = "hf" if spec["type"] == "hf" else "llama"
+    fp32 = build_backbone(spec)
+    bf16 = build_backbone({**spec, "bf16": True})
+    state = fp32.state_dict()
+    bf16.inner.load_state_dict(state)
+    x = torch.randn(2, 5, TINY["hidden_size"])
+    h32, h16 = fp32.hidden(x), bf16.hidden(x)
+    assert h16.dtype == torch.float32 and not torch.equal(h16, h32)  # computed in bf16, returned as fp32
+    torch.testing.assert_close(h16, h32, rtol=0.05, atol=0.05)
+    g32, g16 = meta_grads(fp32, torch.float32), meta_grads(bf16, torch.float32)
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    for key, g in g32.items():
+        other = g16[key.replace("backbone.", "backbone.inner.", 1)]
+        assert other.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(g.flatten(), other.flatten(), dim=0)
+        assert cosine > 0.98, f"{name} {key}: cosine {float(cosine):.4f}"
 
 
 def _save_tiny_folder(path):
@@ -173,3 +192,8 @@ def test_armt_runs_on_a_frozen_backbone_and_refuses_checkpointing():
     checkpointed = build_backbone(tiny_spec(gradient_checkpointing=True))
     with pytest.raises(TypeError, match="gradient_checkpointing"):
         build_method("armt", checkpointed, {"num_memory": 2})
+
+
+def test_the_builtin_backbone_takes_only_bf16():
+    with pytest.raises(ValueError, match="takes only the bf16 option"):
+        build_backbone({**BUILTIN, "freeze": True})

@@ -13,11 +13,14 @@ def build_backbone(spec: dict[str, Any]) -> Backbone:
     """Build a backbone from a JSON-able spec: {"type": "llama", ...LlamaConfig fields} or
     {"type": "hf", "config": {...transformers config dict...}} or {"type": "hf", "path": folder} or
     {"type": "hf", "pretrained": "smollm2-135m" | "gemma3-270m"}; hf specs also take the options of
-    gradmem.backbones.adapted (freeze, lora, gradient_checkpointing, bf16)."""
+    gradmem.backbones.adapted (freeze, lora, gradient_checkpointing, bf16), llama specs `bf16`."""
     spec = dict(spec)
     kind = spec.pop("type", None)
     if kind == "llama":
-        return LlamaBackbone(LlamaConfig(**spec))
+        from gradmem.backbones.adapted import OPTION_KEYS, adapt
+
+        options = {k: spec.pop(k) for k in OPTION_KEYS if k in spec}
+        return adapt(LlamaBackbone(LlamaConfig(**spec)), options)
     if kind == "hf":
         from gradmem.backbones.adapted import adapt
         from gradmem.backbones.pretrained import resolve_model_path

@@ -1,7 +1,7 @@
-"""Options for large pretrained backbones: freezing, write-only LoRA, gradient checkpointing, bf16.
+"""Backbone options: freezing, write-only LoRA, gradient checkpointing, bf16 autocast.
 
-`AdaptedBackbone` wraps (never subclasses) a Hugging Face backbone and adds what training a
-pretrained LM needs at small scale:
+`AdaptedBackbone` wraps (never subclasses) a backbone and adds what training a pretrained LM
+needs at small scale (all options for Hugging Face backbones; `bf16` for the built-in one too):
 - `freeze`: backbone weights get no gradient; only GradMem's M0, projection and WRITE head train.
 - `train_top_layers`: with `freeze`, the last k decoder layers and the final norm stay trainable
   (the same partial fine-tuning for every method, e.g. to give full/no-context baselines a budget).
@@ -11,7 +11,10 @@ pretrained LM needs at small scale:
 - `gradient_checkpointing`: recompute decoder layers in backward with non-reentrant
   `torch.utils.checkpoint`, which supports double backward (checked against the plain model in
   tests/test_pretrained_options.py). The reentrant variant has no double backward and is refused.
-- `bf16`: run the decoder under CUDA bfloat16 autocast (GPU only; refused on CPU, where it is slow).
+- `bf16`: run the decoder and LM head under bfloat16 autocast on the tensors' device (CUDA, or a
+  CPU with AMX / AVX-512 bf16, where bf16 GEMMs are several times faster than fp32). Weights,
+  optimiser state, the written memory and every loss stay float32: hidden states come back as
+  float32 and cross-entropy upcasts the logits.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from gradmem.backbones.hf import HFBackbone
+from gradmem.backbones.llama import LlamaBackbone
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -50,7 +54,7 @@ class BackboneOptions:
     train_top_layers: int = 0  # with freeze: the last k decoder layers + final norm still train
     lora: LoraOptions | None = None  # write-only LoRA adapters (implies frozen base weights)
     gradient_checkpointing: bool = False  # recompute layers in backward (non-reentrant: double backward works)
-    bf16: bool = False  # CUDA bfloat16 autocast for the decoder (GPU only)
+    bf16: bool = False  # bfloat16 autocast for the decoder and LM head (CPU or GPU); weights stay fp32
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -70,7 +74,7 @@ OPTION_KEYS = ("freeze", "train_top_layers", "lora", "gradient_checkpointing", "
 class AdaptedBackbone(nn.Module):
     """A HFBackbone with BackboneOptions applied; implements the Backbone protocol by delegation."""
 
-    def __init__(self, inner: HFBackbone, options: BackboneOptions) -> None:
+    def __init__(self, inner: HFBackbone | LlamaBackbone, options: BackboneOptions) -> None:
         super().__init__()
         self.inner = inner
         self.options = options
@@ -112,9 +116,7 @@ class AdaptedBackbone(nn.Module):
     def _autocast(self, x: Tensor) -> Any:
         if not self.options.bf16:
             return nullcontext()
-        if x.device.type != "cuda":
-            raise RuntimeError("bf16 is a GPU option (CUDA autocast); on CPU run in float32 (bf16: false)")
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.inner.embed(ids)
@@ -191,7 +193,9 @@ def _inject_lora(model: nn.Module, lora: LoraOptions) -> list[nn.Module]:
     return layers
 
 
-def adapt(backbone: HFBackbone, spec: dict[str, Any]) -> nn.Module:
+def adapt(backbone: HFBackbone | LlamaBackbone, spec: dict[str, Any]) -> nn.Module:
     """Apply the option keys of a backbone spec; returns the backbone unchanged when none is set."""
     options = BackboneOptions(**{k: spec[k] for k in OPTION_KEYS if k in spec})
+    if isinstance(backbone, LlamaBackbone) and (options.freeze or options.lora or options.gradient_checkpointing):
+        raise ValueError("the built-in llama backbone takes only the bf16 option (the others are for Hugging Face models)")
     return AdaptedBackbone(backbone, options) if options.any() else backbone
