@@ -46,3 +46,20 @@ def test_the_budget_stops_and_saves_and_a_resume_keeps_counting(tmp_path, monkey
 def test_a_budget_must_be_positive_and_finite(bad):
     with pytest.raises(ValueError, match="max_minutes"):
         TrainConfig(max_minutes=bad)
+
+
+def test_last_stage_steps_ends_the_run_and_spreads_the_decay_over_the_last_stage(tmp_path):
+    # advance_exact_match 0: the first evaluation (step 2) moves to the last stage, which then
+    # trains 4 steps whatever `steps` says, the cosine decay running over exactly those 4 steps.
+    spec = apply_overrides(SPEC, ['train.curriculum=[{"num_pairs": 1}, {"num_pairs": 2}]', "train.advance_exact_match=0",
+                                  "train.eval_every=2", "train.steps=100", "train.last_stage_steps=4",
+                                  "train.schedule=cosine", "train.warmup_steps=1", "train.min_lr_ratio=0.1",
+                                  "train.lr=0.01"])
+    trainer = Trainer(build_model(spec), spec, tmp_path)
+    trainer.train()
+    assert trainer.step == 6 and trainer.last_stage_start == 2
+    lrs = {r["step"]: r["lr"] for r in trainer.history if r["kind"] == "train"}
+    # the lr of step s is set before it; step 1 is warmup's last, step 2 the first stage's peak
+    assert lrs[1] == pytest.approx(0.01) and lrs[2] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.01)
+    assert lrs[4] > lrs[5] > lrs[6] > 0.001  # decaying toward the floor over the last stage
+    assert load_trainer_state(tmp_path / "last")["last_stage_start"] == 2

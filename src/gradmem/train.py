@@ -52,6 +52,7 @@ class TrainConfig:
     curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
     advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
     stage_steps: list[int] | None = None  # fixed schedule: steps spent in each stage but the last; EM then moves nothing
+    last_stage_steps: int | None = None  # train the last stage this many steps, the decay schedule spread over them
     read_loss: str = "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
     compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
@@ -77,13 +78,18 @@ class TrainConfig:
                                              or min(self.stage_steps, default=1) < 1):
             raise ValueError(f"stage_steps needs one positive step count per curriculum stage but the last "
                              f"({max(len(self.curriculum) - 1, 0)}), got {self.stage_steps}")
+        if self.last_stage_steps is not None and self.last_stage_steps < 1:
+            raise ValueError(f"last_stage_steps must be >= 1 or None, got {self.last_stage_steps}")
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the peak lr at `step`: linear warmup, then the chosen decay."""
+def lr_factor(step: int, cfg: TrainConfig, decay: tuple[int, int] | None = None) -> float:
+    """Multiplier of the peak lr at `step`: linear warmup, then the chosen decay over the steps
+    `decay` = (first, end); by default from the end of warmup to `cfg.steps`."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    first, end = decay or (cfg.warmup_steps, cfg.steps)
+    first = max(first, cfg.warmup_steps)
+    progress = max(0, step - first) / max(1, end - first)
     floor = cfg.min_lr_ratio
     if cfg.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
@@ -114,6 +120,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                            betas=self.cfg.adam_betas)
         self.step = 0
+        self.last_stage_start: int | None = 0 if len(self.cfg.curriculum) <= 1 else None  # step the last stage began
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self._started = time.time()
         self.stage = 0
@@ -144,6 +151,7 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "stage": self.stage, "best": self.best, "bad_evals": self.bad_evals,
+                "last_stage_start": self.last_stage_start,
                 "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
 
     def save(self) -> None:
@@ -165,6 +173,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {self.out_dir / 'last'}: its optimiser state does not fit this model ({err})") from err
         self.step, self.stage, self.best, self.bad_evals = state["step"], state["stage"], state["best"], state["bad_evals"]
         self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
+        self.last_stage_start = state.get("last_stage_start", self.last_stage_start)
         return True
 
     def elapsed(self) -> float:
@@ -197,11 +206,11 @@ class Trainer:
         self.model.train()
         record: dict[str, Any] = {}
         self._started = time.time()
-        while self.step < self.cfg.steps:
+        while self.step < self.end_step():
             if self.cfg.stage_steps and self.stage < last_stage and self.step >= sum(self.cfg.stage_steps[: self.stage + 1]):
                 self._next_stage()
             for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg)
+                group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg, self.decay_window())
             loss, read_loss, write_losses = self._gradients(self.train_batch(self.step).to(next(self.model.parameters()).device))
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
             self._check_finite(loss, grad_norm)
@@ -213,10 +222,10 @@ class Trainer:
                           "write_loss": write_losses.mean(1).tolist() if write_losses is not None else [],
                           "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": self.elapsed()})
             done = out_of_time = self._out_of_time()
-            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps or out_of_time:
+            if self.step % self.cfg.eval_every == 0 or self.step == self.end_step() or out_of_time:
                 record = self.run_eval()
                 done = self._after_eval(record["exact_match"], last_stage) or out_of_time
-            if done or self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+            if done or self.step % self.cfg.checkpoint_every == 0 or self.step == self.end_step():
                 self.save()
             if done:
                 break
@@ -245,9 +254,26 @@ class Trainer:
                                f"stopped without saving (the last checkpoint, if any, is from before this step); "
                                "lower train.lr or set train.grad_clip")
 
+    def end_step(self) -> int:
+        """The step training ends at: `steps`, or sooner once the last stage has had `last_stage_steps`."""
+        if self.cfg.last_stage_steps is None or self.last_stage_start is None:
+            return self.cfg.steps
+        return min(self.cfg.steps, self.last_stage_start + self.cfg.last_stage_steps)
+
+    def decay_window(self) -> tuple[int, int] | None:
+        """(first, end) step of the lr decay: the last stage's steps with `last_stage_steps`; before
+        that stage begins the lr stays at its peak."""
+        if self.cfg.last_stage_steps is None:
+            return None
+        if self.last_stage_start is None:
+            return (self.cfg.steps, self.cfg.steps + 1)  # not started: no decay yet
+        return (self.last_stage_start, self.end_step())
+
     def _next_stage(self) -> None:
         self.stage += 1
         self.best, self.bad_evals = -1.0, 0
+        if self.stage == len(self.cfg.curriculum) - 1:
+            self.last_stage_start = self.step
 
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""
