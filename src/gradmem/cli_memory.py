@@ -168,6 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     max_write_token_steps=args.max_write_token_steps, max_question_tokens=args.max_question_tokens,
                     max_ask_tokens=args.max_ask_tokens, max_batch_ask_tokens=args.max_batch_ask_tokens)
     cfg = ServiceConfig(max_body_bytes=args.max_body_bytes, max_questions=args.max_questions,
+                        max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
                         rate_per_second=args.rate, rate_burst=args.burst, max_batch=args.max_batch,
                         batch_wait_ms=args.batch_wait_ms, request_timeout_s=args.request_timeout,
                         body_timeout_s=args.body_timeout, api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None,
