@@ -32,6 +32,7 @@ from perfkit import (  # noqa: E402
 
 from gradmem.attention import HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME  # noqa: E402
 from gradmem.backbones import LlamaBackbone, LlamaConfig  # noqa: E402
+from gradmem.backbones.adapted import AdaptedBackbone, BackboneOptions  # noqa: E402
 from gradmem.backbones.convert import to_hf  # noqa: E402
 from gradmem.backbones.hf import HFBackbone  # noqa: E402
 from gradmem.backbones.pretrained import resolve_model_path  # noqa: E402
@@ -42,17 +43,21 @@ from gradmem.model import MemoryModel  # noqa: E402
 from gradmem.tasks.kv import KVTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# variant name -> (backbone family, attention kernel, training step compiled by gradmem.compiled)
+# variant name -> (backbone family, attention kernel, training step compiled by gradmem.compiled,
+# backbone option bf16: GEMMs under bfloat16 autocast, weights and memory fp32)
 VARIANTS = {
-    "builtin": ("builtin", "math", False),
-    "builtin_sdpa_explicit": ("builtin", "sdpa_explicit", False),
-    "builtin_sdpa_hvp": ("builtin", "sdpa_hvp", False),
-    "builtin_compiled": ("builtin", "math", True),
-    "builtin_sdpa_hvp_compiled": ("builtin", "sdpa_hvp", True),
-    "hf_eager": ("hf", "eager", False),
-    "hf_compiled": ("hf", "eager", True),
-    "hf_sdpa_explicit": ("hf", HF_ATTENTION_NAME, False),
-    "hf_sdpa_hvp": ("hf", HF_HVP_ATTENTION_NAME, False),
+    "builtin": ("builtin", "math", False, False),
+    "builtin_sdpa_explicit": ("builtin", "sdpa_explicit", False, False),
+    "builtin_sdpa_hvp": ("builtin", "sdpa_hvp", False, False),
+    "builtin_compiled": ("builtin", "math", True, False),
+    "builtin_sdpa_hvp_compiled": ("builtin", "sdpa_hvp", True, False),
+    "builtin_bf16": ("builtin", "math", False, True),
+    "builtin_compiled_bf16": ("builtin", "math", True, True),
+    "hf_eager": ("hf", "eager", False, False),
+    "hf_eager_bf16": ("hf", "eager", False, True),
+    "hf_compiled": ("hf", "eager", True, False),
+    "hf_sdpa_explicit": ("hf", HF_ATTENTION_NAME, False, False),
+    "hf_sdpa_hvp": ("hf", HF_HVP_ATTENTION_NAME, False, False),
 }
 
 
@@ -87,12 +92,14 @@ def build_models(args: argparse.Namespace, names: list[str], device: torch.devic
     reference = build_method("gradmem", base, method_cfg)
     models = {}
     for name in names:
-        family, attention, _ = VARIANTS[name]
+        family, attention, _, bf16 = VARIANTS[name]
         if family == "builtin":
             backbone = LlamaBackbone(LlamaConfig(**{**base.config.__dict__, "attention": attention}))
             backbone.load_state_dict(base.state_dict())
         else:
             backbone = to_hf(base, attn_implementation=attention)
+        if bf16:
+            backbone = AdaptedBackbone(backbone, BackboneOptions(bf16=True))
         method = build_method("gradmem", backbone, method_cfg)
         method.load_state_dict(reference.state_dict())
         models[name] = MemoryModel(backbone, method).to(device=device, dtype=dtype)
@@ -111,6 +118,8 @@ def build_pretrained_models(args: argparse.Namespace, names: list[str], device: 
     reference: Any = None
     for name in names:
         backbone = HFBackbone.from_pretrained(path, attn_implementation=VARIANTS[name][1])
+        if VARIANTS[name][3]:
+            backbone = AdaptedBackbone(backbone, BackboneOptions(bf16=True))
         method = build_method("gradmem", backbone, method_cfg)
         if reference is None:
             reference = method

@@ -25,6 +25,7 @@ from gradmem.memory import Memory
 from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
 from gradmem.sequence import generated_rows
+from gradmem.text_tokenizer import unknown_characters
 from gradmem.store import MemoryStore, memory_key, store_errors
 
 StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
@@ -262,18 +263,6 @@ class Engine:
         known (see gradmem.fidelity.reconstruction_report)."""
         return reconstruction_report(self.model, self.tokenizer, memory, self.describe(meta), self.block_vectors,
                                      self.chunk_tokens, context)
-
-
-def unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:
-    """Up to `most` distinct characters of `text` the tokenizer maps to its unknown token, each as
-    U+XXXX with its repr (control characters stay readable), in order of first appearance."""
-    found: list[str] = []
-    for char in dict.fromkeys(text):
-        if not char.isspace() and tokenizer.unk_id in tokenizer.encode(char):
-            found.append(f"U+{ord(char):04X} {char!r}")
-            if len(found) == most:
-                break
-    return found
 
 
 def _select_stats(stats: Any, rows: Tensor) -> Any:

@@ -124,3 +124,15 @@ def build_tokenizer(spec: dict[str, Any] | None) -> Any:
 
             return HFTokenizer.from_folder(str(resolve_model_path(spec)), dict(spec))
     raise ValueError(f"unknown tokenizer spec {spec!r}; valid types: char, hf (path | pretrained | json)")
+
+
+def unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:
+    """Up to `most` distinct characters of `text` the tokenizer maps to its unknown token, each as
+    U+XXXX with its repr (control characters stay readable), in order of first appearance."""
+    found: list[str] = []
+    for char in dict.fromkeys(text):
+        if not char.isspace() and tokenizer.unk_id in tokenizer.encode(char):
+            found.append(f"U+{ord(char):04X} {char!r}")
+            if len(found) == most:
+                break
+    return found
