@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import inspect
 import json
 import sys
 import time
@@ -31,7 +30,6 @@ from safetensors.torch import load_model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, percent, plot_curves, plot_lines  # noqa: E402
 
-from gradmem.backbones.mamba import recurrent_state_floats  # noqa: E402
 from gradmem.build import build_model, build_task  # noqa: E402
 from gradmem.evaluate import evaluate  # noqa: E402
 from gradmem.train import Trainer  # noqa: E402
@@ -104,17 +102,10 @@ def precision(device: str, dtype: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
 
 
-def state_floats(model: Any, spec: dict[str, Any], examples: list) -> int:
-    """Floats a method keeps per example (paper Table 6). A method whose state grows with the
-    context (full context: its KV cache) takes the context length and depth as arguments; a
-    recurrent backbone (Mamba) read after the context keeps its fixed recurrent state."""
-    recurrent = recurrent_state_floats(model.backbone)
-    if recurrent is not None:
-        return recurrent
-    wanted = inspect.signature(model.method.state_floats).parameters
-    known = {"context_tokens": max(len(e.context) for e in examples),
-             "num_layers": spec["backbone"].get("num_layers", spec["backbone"].get("num_hidden_layers", 0))}
-    return int(model.method.state_floats(**{k: v for k, v in known.items() if k in wanted}))
+def state_floats(model: Any, examples: list) -> int:
+    """Floats a method keeps per example (paper Table 6) for the longest context of `examples`
+    (full context: its KV cache, or a state-space backbone's fixed recurrent state)."""
+    return int(model.method.state_floats(model.backbone, max(len(e.context) for e in examples)))
 
 
 def run_cell(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: int, out: Path, runs: Path,
@@ -146,7 +137,7 @@ def run_cell(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: i
     return {
         "method": method["key"], "label": method.get("label", method["key"]), "pairs": pairs, "seed": seed,
         "exact_match": result["exact_match"], "token_accuracy": result["token_accuracy"], "test_loss": result["loss"],
-        "test_examples": len(test_sets[pairs]), "state_floats": state_floats(model, spec, test_sets[pairs]),
+        "test_examples": len(test_sets[pairs]), "state_floats": state_floats(model, test_sets[pairs]),
         "train_steps": trainer.step, "reached_last_stage": trainer.stage == last_stage, "checkpoint": final.name,
         "train_seconds": round(train_s, 1), "eval_seconds": round(time.time() - started, 1),
         "init_from": None if source is None else source.name, "resumed": resumed, "device": device, "dtype": dtype,

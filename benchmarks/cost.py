@@ -29,6 +29,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig
 
 from gradmem.backbones import HFBackbone
+from gradmem.backbones.base import context_state_floats
 from gradmem.data import pad_right
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
@@ -129,7 +130,7 @@ def main() -> int:
                     "break_even_queries_flops": (flops_write - forward_flops(cfg, n, 0)) / (flops_read_full - flops_read_mem),
                     # when the full-context KV cache is not kept, every query re-reads the context
                     "break_even_queries_reread": med[f"write_{k}"] / (med["prefill"] + gain),
-                    "memory_floats": m * args.width, "kv_cache_floats": 2 * args.layers * n * args.width,
+                    "memory_floats": m * args.width, "kv_cache_floats": context_state_floats(backbone, n),
                 })
                 print(json.dumps({k2: (round(v, 2) if isinstance(v, float) else v) for k2, v in rows[-1].items()}), flush=True)
     out = Path(args.out)

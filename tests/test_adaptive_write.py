@@ -7,20 +7,13 @@ import torch
 
 from conftest import tiny_model
 from gradmem.data import pad_right
-from gradmem.write import write
 
 
 def gradmem_write(model, rows, steps, target_loss=None, lr=5.0):
-    method, backbone = model.method, model.backbone
-    context = pad_right(rows)
-    embeds = backbone.embed(context.ids)
-
-    def loss_fn(params):
-        return method.reconstruction_loss(backbone, method.prefix(params), context, embeds)
-
+    """(written prefix (B, m, D), stats) through the model's own WRITE."""
     with torch.no_grad():
-        return write(loss_fn, method.initial_params(len(rows)), method.config.write, steps, lr,
-                     measure_final=True, target_loss=target_loss)
+        memory = model.write(pad_right(rows), steps=steps, lr=lr, measure_final=True, target_loss=target_loss)
+    return memory.prefix, memory.stats
 
 
 ROWS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [20, 21, 22, 23, 24, 25, 26, 27]]
@@ -37,7 +30,7 @@ def test_frozen_examples_equal_writing_them_alone_with_their_steps():
     assert len(set(taken)) > 1, f"the target should split the batch, steps taken {taken}"
     for b, row in enumerate(ROWS):
         alone, alone_stats = gradmem_write(model, [row], steps=taken[b])
-        assert torch.allclose(params[0][b], alone[0][0], atol=1e-10), f"example {b} took {taken[b]} steps"
+        assert torch.allclose(params[b], alone[0], atol=1e-10), f"example {b} took {taken[b]} steps"
         if taken[b] < 6:  # it stopped because it reached the target
             assert float(stats.final_loss[b]) <= target
         assert float(stats.final_loss[b]) == pytest.approx(float(alone_stats.final_loss[0]), abs=1e-10)
@@ -57,4 +50,4 @@ def test_without_target_every_example_takes_all_steps():
     model = tiny_model()
     a, sa = gradmem_write(model, ROWS, steps=3)
     b, sb = gradmem_write(model, ROWS, steps=3, target_loss=-1.0)  # unreachable target
-    assert torch.equal(a[0], b[0]) and sa.steps_taken.tolist() == [3, 3, 3]
+    assert torch.equal(a, b) and sa.steps_taken.tolist() == [3, 3, 3]

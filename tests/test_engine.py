@@ -10,7 +10,8 @@ import torch
 
 from conftest import tiny_model
 from gradmem.data import pad_right
-from gradmem.engine import Engine, EngineConfig, kv_cache_floats
+from gradmem.backbones.base import context_state_floats
+from gradmem.engine import Engine, EngineConfig
 from gradmem.memory_io import load_memory, save_memory
 from gradmem.store import MemoryStore
 from gradmem.tokenizer import CharTokenizer
@@ -85,7 +86,7 @@ def test_reconstruction_reports_the_greedy_decode_and_its_accuracy(tmp_path):
     hand = sum(x == y for x, y in zip(TOK.encode(decoded), ids)) / len(ids)
     assert report["token_accuracy"] == pytest.approx(hand) and 0 <= report["teacher_forced_accuracy"] <= 1
     assert report["memory_bytes"] == 3 * 16 * 4
-    assert report["kv_cache_bytes"] == kv_cache_floats(e.model, 15) * 4 == 2 * 2 * 15 * 16 * 4
+    assert report["kv_cache_bytes"] == context_state_floats(e.model.backbone, 15) * 4 == 2 * 2 * 15 * 16 * 4
 
 
 def test_memory_files_refuse_other_backbones_dtypes_and_versions(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import TINY, kv_batch
-from gradmem.backbones.mamba import mamba_backbone, mamba_state_floats, recurrent_state_floats
+from gradmem.backbones.base import context_state_floats
+from gradmem.backbones.mamba import mamba_backbone, mamba_state_floats
 from gradmem.build import build_model, load_checkpoint, save_checkpoint
 from gradmem.data import collate, pad_right
 from gradmem.memory_io import load_memory, save_memory
@@ -138,17 +139,31 @@ def test_batch_invariance(case):
 def test_state_sizes():
     """Floats each method keeps per example (paper Table 6)."""
     d = 16
-    assert model_for("gradmem-none").method.state_floats() == 3 * d
-    assert model_for("gradmem-fast").method.state_floats() == 2 * d + d * d  # memory + written fast weights
-    assert model_for("rmt-x1").method.state_floats() == 3 * d
-    assert model_for("no_context").method.state_floats() == 0
-    assert model_for("armt").method.state_floats() == 2 * (24 * d + 24)  # layers x (A: F x d, z: F), F = 2 * 3 * 4
-    assert model_for("full_context").method.state_floats(context_tokens=15, num_layers=2) == 2 * 2 * 15 * d
-    mamba = model_for("mamba-full_context")
-    # 2 layers x d_inner 32 x (d_state 4 + conv 4 - 1)
-    assert recurrent_state_floats(mamba.backbone) == mamba_state_floats(MAMBA["config"]) == 2 * 32 * 7
-    assert recurrent_state_floats(model_for("rmt-x1").backbone) is None
-    assert recurrent_state_floats(mamba_backbone(vocab_size=70, hidden_size=8, num_hidden_layers=1)) == 16 * (16 + 3)
+
+    def floats(name: str, tokens: int = 15) -> int:
+        model = model_for(name)
+        return model.method.state_floats(model.backbone, tokens)
+
+    assert floats("gradmem-none") == 3 * d
+    assert floats("gradmem-fast") == 2 * d + d * d  # memory + written fast weights
+    assert floats("rmt-x1") == 3 * d
+    assert floats("no_context") == 0
+    assert floats("armt") == 2 * (24 * d + 24)  # layers x (A: F x d, z: F), F = 2 * 3 * 4
+    assert floats("full_context") == 2 * 2 * 15 * d  # its KV cache: 2 x layers x tokens x d
+    # 2 layers x d_inner 32 x (d_state 4 + conv 4 - 1), whatever the context's length
+    assert floats("mamba-full_context", 15) == floats("mamba-full_context", 500) == mamba_state_floats(MAMBA["config"]) == 2 * 32 * 7
+    assert context_state_floats(mamba_backbone(vocab_size=70, hidden_size=8, num_hidden_layers=1), 9) == 16 * (16 + 3)
+
+
+def test_kv_cache_counts_grouped_query_attention():
+    from transformers import LlamaConfig as HFLlamaConfig
+
+    from gradmem.backbones.hf import HFBackbone
+
+    config = HFLlamaConfig(vocab_size=70, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2)
+    # 2 x 3 layers x 10 tokens x 2 KV heads x head width 8: half the cache of full multi-head attention
+    assert context_state_floats(HFBackbone.from_config(config), 10) == 2 * 3 * 10 * 2 * 8
 
 
 def test_rmt_rereading_and_trailing_memory_position():

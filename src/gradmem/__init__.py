@@ -8,10 +8,10 @@ from gradmem.evaluate import evaluate
 from gradmem.inner_optim import InnerOptimConfig
 from gradmem.memory import Memory, WriteStats
 from gradmem.memory_io import load_memory, save_memory
-from gradmem.methods import METHODS, GradMemConfig, build_method
+from gradmem.methods import METHODS, GradMemConfig, MemoryMethod, build_method
 from gradmem.model import MemoryModel, ReadOutput
 from gradmem.tasks import TASKS, KVConfig, KVTask, make_task
-from gradmem.write import WriteConfig, write
+from gradmem.write import WriteConfig, WriteOptions, write
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,6 @@ __all__ = [
     "build_model", "build_task", "load_checkpoint", "save_checkpoint",
     "Batch", "Example", "TokenBatch", "collate", "pad_right", "evaluate",
     "InnerOptimConfig", "Memory", "WriteStats", "load_memory", "save_memory",
-    "METHODS", "GradMemConfig", "build_method", "MemoryModel", "ReadOutput",
-    "TASKS", "KVConfig", "KVTask", "make_task", "WriteConfig", "write",
+    "METHODS", "GradMemConfig", "MemoryMethod", "build_method", "MemoryModel", "ReadOutput",
+    "TASKS", "KVConfig", "KVTask", "make_task", "WriteConfig", "WriteOptions", "write",
 ]

@@ -81,7 +81,7 @@ class CompiledStep:
     # -- internals ------------------------------------------------------------------------------
     def _key(self, batch: Batch) -> tuple:
         tokens = (batch.context, batch.query, batch.target)
-        method_config = getattr(self.model.method, "export_config", dict)()
+        method_config = self.model.method.export_config()
         return (tuple(tuple(t.ids.shape) for t in tokens), tuple(tuple(t.lengths.tolist()) for t in tokens),
                 tuple(batch.answer_len.tolist()), batch.context.ids.device, self.model.training,
                 json.dumps(method_config, sort_keys=True, default=str))

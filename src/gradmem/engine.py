@@ -18,10 +18,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from gradmem.backbones.base import context_state_floats
 from gradmem.data import pad_right
 from gradmem.errors import InvalidInput, LimitExceeded, NotFound
 from gradmem.fidelity import reconstruction_report
 from gradmem.memory import Memory
+from gradmem.methods.gradmem import GradMem
 from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
 from gradmem.sequence import generated_rows
@@ -57,27 +59,15 @@ class WriteResult:
     meta: dict[str, Any] = field(repr=False)
 
 
-def kv_cache_floats(model: MemoryModel, tokens: int) -> int:
-    """Floats a full-context KV cache of `tokens` tokens takes: 2 * layers * tokens * kv width."""
-    describe = model.backbone.describe()
-    cfg = describe.get("config", describe)
-    layers = cfg.get("num_layers") or cfg.get("num_hidden_layers") or cfg.get("n_layer")
-    heads = cfg.get("num_heads") or cfg.get("num_attention_heads") or cfg.get("n_head")
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or model.backbone.hidden_size // heads
-    return 2 * int(layers) * tokens * int(kv_heads) * int(head_dim)
-
-
 class Engine:
     """A MemoryModel with its tokenizer and a MemoryStore. Not thread-safe for model calls: the
     service runs them on one worker thread; store operations are safe from any thread."""
 
     def __init__(self, model: MemoryModel, tokenizer: Any, store: MemoryStore, cfg: EngineConfig | None = None) -> None:
         method = model.method
-        for needed in ("reconstruction_logits", "write_logits", "prefix_size"):
-            if not hasattr(method, needed):
-                raise ValueError(f"method {getattr(method, 'name', method)!r} does not write by gradient descent; "
-                                 "the engine serves GradMem checkpoints")
+        if not isinstance(method, GradMem):  # the reconstruction report needs GradMem's WRITE head
+            raise ValueError(f"method {method.name!r} does not write by gradient descent; "
+                             "the engine serves GradMem checkpoints")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.store = store
@@ -143,8 +133,8 @@ class Engine:
         device = next(self.model.parameters()).device
         context = pad_right(rows, self.tokenizer.pad_id).to(device)
         with torch.no_grad():
-            memory = self.model.method.write(self.model.backbone, context, steps, lr, measure_final=True,
-                                             target_loss=target_loss, on_loss=on_loss)
+            memory = self.model.write(context, steps=steps, lr=lr, measure_final=True, target_loss=target_loss,
+                                      on_loss=on_loss)
         return Memory(memory.prefix.detach(), None, memory.stats)
 
     def write_texts(self, texts: Sequence[str], steps: int | None = None, lr: float | None = None,
@@ -194,7 +184,7 @@ class Engine:
         """A sidecar plus sizes: the memory's bytes next to a full-context KV cache's bytes."""
         item = torch.empty(0, dtype=getattr(torch, meta["dtype"])).element_size()
         return {**meta, "memory_bytes": meta["num_vectors"] * meta["hidden_size"] * item,
-                "kv_cache_bytes": kv_cache_floats(self.model, meta["context_tokens"]) * item}
+                "kv_cache_bytes": context_state_floats(self.model.backbone, meta["context_tokens"]) * item}
 
     # ---- READ ----------------------------------------------------------------------------
     def memory(self, memory_id: str) -> Memory:

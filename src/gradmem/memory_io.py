@@ -48,7 +48,7 @@ def method_record(model: MemoryModel) -> dict[str, Any]:
     how a memory was written, not what a memory vector means to the model."""
     config = dict(model.method.export_config())
     config.pop("write", None)
-    return {"name": getattr(model.method, "name", type(model.method).__name__), "config": config}
+    return {"name": model.method.name, "config": config}
 
 
 def model_fingerprint(model: MemoryModel) -> str:

@@ -8,8 +8,9 @@ that READ and generate enter around their backbone calls; for the others it is a
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +18,9 @@ from torch import Tensor, nn
 from gradmem.backbones.base import Backbone
 from gradmem.data import Batch, TokenBatch
 from gradmem.memory import Memory
+from gradmem.methods.base import MemoryMethod
 from gradmem.sequence import concat_right, gather_positions, per_example_cross_entropy
+from gradmem.write import WriteOptions
 
 READ_LOSSES = ("example", "token")
 
@@ -48,7 +51,7 @@ class MemoryModel(nn.Module):
     length; "token" takes one mean over all target tokens of the batch, as the authors' code does.
     """
 
-    def __init__(self, backbone: Backbone, method: nn.Module, read_loss: str = "example") -> None:
+    def __init__(self, backbone: Backbone, method: MemoryMethod, read_loss: str = "example") -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError("the backbone must be an nn.Module implementing gradmem.backbones.Backbone")
@@ -66,26 +69,30 @@ class MemoryModel(nn.Module):
     def max_sequence_tokens(self) -> int | None:
         """Tokens a context (or a query + target) may have after the memory prefix; None = no limit."""
         limit = self.max_positions
-        return None if limit is None else limit - getattr(self.method, "prefix_size", lambda: 0)()
+        return None if limit is None else limit - self.method.prefix_size()
 
-    def write(self, context: TokenBatch, steps: int | None = None, lr: float | None = None,
-              measure_final: bool = False) -> Memory:
-        """Write each context of the batch into a memory. `steps`/`lr` override the method's config."""
+    def write(self, context: TokenBatch, options: WriteOptions | None = None, **overrides: Any) -> Memory:
+        """Write each context of the batch into a memory: the one entry point to a method's WRITE.
+
+        `options` (gradmem.write.WriteOptions) or its fields as keywords override the method's
+        config for this call, e.g. `model.write(context, steps=5)` (test-time K), `lr=...`,
+        `measure_final=True`, `target_loss=...` (adaptive stop), `on_loss=fn` (live losses).
+        """
+        options = replace(options or WriteOptions(), **overrides)
         if context.ids.numel() == 0 or bool((context.lengths < 1).any()):
             raise ValueError("cannot write an empty context: every example needs at least one context token")
         limit = self.max_positions
-        prefix = getattr(self.method, "prefix_size", lambda: 0)()
+        prefix = self.method.prefix_size()
         if limit is not None and int(context.lengths.max()) + prefix > limit:
             raise ValueError(
                 f"context of {int(context.lengths.max())} tokens plus {prefix} memory vectors exceeds "
                 f"the backbone's {limit} positions"
             )
-        return self.method.write(self.backbone, context, steps=steps, lr=lr, measure_final=measure_final)
+        return self.method.write(self.backbone, context, options)
 
     def reading(self, memory: Memory) -> AbstractContextManager:
-        """The method's `reading` hook for this memory (e.g. per-layer hooks), or a no-op."""
-        hook = getattr(self.method, "reading", None)
-        return nullcontext() if hook is None else hook(self.backbone, memory)
+        """The method's `reading` hook for this memory (e.g. per-layer hooks; a no-op for most)."""
+        return self.method.reading(self.backbone, memory)
 
     def read(self, memory: Memory, query: TokenBatch, target: TokenBatch) -> ReadOutput:
         """Teacher-forced READ: logits for every target token, and the loss."""

@@ -38,9 +38,3 @@ def mamba_state_floats(config: Any) -> int:
 # model_type -> per-sequence recurrent state in floats, for backbones whose state does not grow
 RECURRENT_STATE_FLOATS = {"mamba": mamba_state_floats}
 
-
-def recurrent_state_floats(backbone: Any) -> int | None:
-    """Fixed recurrent-state size of a wrapped Hugging Face state-space model, or None."""
-    config = getattr(getattr(backbone, "model", None), "config", None)
-    counter = RECURRENT_STATE_FLOATS.get(getattr(config, "model_type", None))
-    return None if counter is None else counter(config)

@@ -1,10 +1,5 @@
-"""Memory methods behind one protocol and one plain-dict registry.
-
-A method is an nn.Module with `write(backbone, context, steps=None, lr=None, measure_final=False)
--> Memory`, `state_floats()` and `export_config()`. READ is shared by all methods (gradmem.model).
-A method whose memory acts inside the decoder layers also has `reading(backbone, memory)`: a context
-manager that READ and generate enter around each backbone call (ARMT installs per-layer hooks).
-"""
+"""Memory methods behind one protocol (gradmem.methods.base.MemoryMethod) and one plain-dict
+registry. READ is shared by all methods (gradmem.model)."""
 
 from __future__ import annotations
 
@@ -14,6 +9,7 @@ from torch import nn
 
 from gradmem.backbones.base import Backbone
 from gradmem.methods.armt import ARMT, ARMTConfig
+from gradmem.methods.base import MemoryMethod, WriteOptions
 from gradmem.methods.context import FullContext, NoConfig, NoContext
 from gradmem.methods.gradmem import GradMem, GradMemConfig
 from gradmem.methods.rmt import RMT, RMTConfig
@@ -28,7 +24,7 @@ METHODS: dict[str, tuple[Callable[..., nn.Module], type]] = {
 }
 
 
-def build_method(name: str, backbone: Backbone, config: dict[str, Any] | None = None) -> nn.Module:
+def build_method(name: str, backbone: Backbone, config: dict[str, Any] | None = None) -> MemoryMethod:
     """Build a method by registry name from a JSON-able config dict."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {sorted(METHODS)}")
@@ -37,8 +33,11 @@ def build_method(name: str, backbone: Backbone, config: dict[str, Any] | None = 
         cfg = config_cls(**(config or {}))
     except TypeError as err:
         raise ValueError(f"bad config for method {name!r}: {err}") from err
-    return cls(backbone, cfg)
+    method = cls(backbone, cfg)
+    if not isinstance(method, MemoryMethod):  # a new registration that misses part of the contract
+        raise TypeError(f"{cls.__name__} does not implement gradmem.methods.base.MemoryMethod")
+    return method
 
 
-__all__ = ["METHODS", "build_method", "GradMem", "GradMemConfig", "FullContext", "NoContext", "RMT", "RMTConfig",
+__all__ = ["METHODS", "MemoryMethod", "WriteOptions", "build_method", "GradMem", "GradMemConfig", "FullContext", "NoContext", "RMT", "RMTConfig",
            "ARMT", "ARMTConfig"]

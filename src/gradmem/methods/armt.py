@@ -45,6 +45,7 @@ from gradmem.backbones.base import Backbone, decoder_layers
 from gradmem.data import TokenBatch
 from gradmem.memory import Memory, initial_memory
 from gradmem.sequence import append_after, gather_positions
+from gradmem.write import WriteOptions
 
 EPS = 1e-5  # keeps a read finite where no key has been written (the authors' value)
 
@@ -147,7 +148,10 @@ class ARMT(nn.Module):
         """F, the width of phi's output and of every key."""
         return 2 * self.config.nu * self.config.key_size
 
-    def state_floats(self) -> int:
+    def prefix_size(self) -> int:
+        return 0  # the memory lives in the layers' associative matrices, not in a prefix
+
+    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
         """Floats stored per example: layers x (A: F x D, z: F)."""
         f, d = self.feature_size(), self.memory0.shape[1]
         return len(self.layer_memories) * (f * d + f)
@@ -158,18 +162,9 @@ class ARMT(nn.Module):
             raise ValueError(f"this ARMT was built for {len(self.layer_memories)} decoder layers, the backbone has {len(layers)}")
         return layers
 
-    def write(
-        self,
-        backbone: Backbone,
-        context: TokenBatch,
-        steps: int | None = None,
-        lr: float | None = None,
-        measure_final: bool = False,
-    ) -> Memory:
-        """Write each context into its own per-layer memories with one pass over [C; M].
-
-        `steps`, `lr` and `measure_final` belong to iterative writers and are ignored here.
-        """
+    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
+        """Write each context into its own per-layer memories with one pass over [C; M]; the
+        options of iterative writers do not apply."""
         layers = self._layers_of(backbone)
         m = self.config.num_memory
         limit = getattr(backbone, "max_positions", None)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
 
-from gradmem.backbones.base import Backbone
+from gradmem.backbones.base import Backbone, context_state_floats
 from gradmem.data import TokenBatch
 from gradmem.memory import Memory
+from gradmem.write import WriteOptions
 
 
 @dataclass
@@ -25,15 +27,19 @@ class FullContext(nn.Module):
     def __init__(self, backbone: Backbone, cfg: NoConfig | None = None) -> None:
         super().__init__()
         self.config = cfg or NoConfig()
-        self._width = backbone.hidden_size
 
-    def write(self, backbone: Backbone, context: TokenBatch, steps: int | None = None, lr: float | None = None,
-              measure_final: bool = False) -> Memory:
+    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
         return Memory(backbone.embed(context.ids), context.lengths)
 
-    def state_floats(self, context_tokens: int = 0, num_layers: int = 0) -> int:
-        """A KV cache: 2 * layers * tokens * d floats."""
-        return 2 * num_layers * context_tokens * self._width
+    def prefix_size(self) -> int:
+        return 0  # the prefix is the context itself, counted with it
+
+    def reading(self, backbone: Backbone, memory: Memory) -> AbstractContextManager:
+        return nullcontext()
+
+    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
+        """The backbone's state for the whole context: its KV cache (or a recurrent state)."""
+        return context_state_floats(backbone, context_tokens)
 
     def export_config(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -48,12 +54,17 @@ class NoContext(nn.Module):
         super().__init__()
         self.config = cfg or NoConfig()
 
-    def write(self, backbone: Backbone, context: TokenBatch, steps: int | None = None, lr: float | None = None,
-              measure_final: bool = False) -> Memory:
+    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
         embeds = backbone.embed(context.ids[:, :0])  # (B, 0, D)
         return Memory(embeds)
 
-    def state_floats(self) -> int:
+    def prefix_size(self) -> int:
+        return 0
+
+    def reading(self, backbone: Backbone, memory: Memory) -> AbstractContextManager:
+        return nullcontext()
+
+    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
         return 0
 
     def export_config(self) -> dict[str, Any]:

@@ -8,9 +8,9 @@ control tokens around the memory. The backbone stays outside: it is passed to `w
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,7 @@ from gradmem.backbones.base import Backbone
 from gradmem.data import TokenBatch
 from gradmem.memory import Memory, WriteStats, initial_memory
 from gradmem.sequence import per_example_cross_entropy
-from gradmem.write import WriteConfig, write
+from gradmem.write import WriteConfig, WriteOptions, write
 
 PROJECTIONS = ("none", "linear", "fast")
 INNER_LOSS_STEPS = ("all", "last")
@@ -78,7 +78,10 @@ class GradMem(nn.Module):
         """Vectors READ sees: m, plus 2 control tokens if enabled."""
         return self.config.num_memory + (2 if self.control is not None else 0)
 
-    def state_floats(self) -> int:
+    def reading(self, backbone: Backbone, memory: Memory) -> AbstractContextManager:
+        return nullcontext()  # the memory is a prefix: nothing to do inside the layers
+
+    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
         """Floats stored per example: what is written (memory, and fast weights when used)."""
         d = self.memory0.shape[1]
         return self.config.num_memory * d + (d * d if self.config.projection == "fast" else 0)
@@ -126,23 +129,11 @@ class GradMem(nn.Module):
             mask = mask & (context.ids != self.config.ignore_context_id)
         return per_example_cross_entropy(logits, context.ids, mask)
 
-    def write(
-        self,
-        backbone: Backbone,
-        context: TokenBatch,
-        steps: int | None = None,
-        lr: float | None = None,
-        measure_final: bool = False,
-        target_loss: float | None = None,
-        on_loss: Callable[[int, Tensor], None] | None = None,
-    ) -> Memory:
-        """Write each context of the batch into its own memory; `steps`/`lr` override the config.
-
-        `target_loss` stops each example once its reconstruction loss reaches it (adaptive write);
-        `on_loss(step, (B,) loss)` reports each loss as it is computed (see gradmem.write.write).
-        """
+    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
+        """Write each context of the batch into its own memory by K steps of gradient descent
+        (gradmem.write.write; `options` overrides K and the inner lr, or stops adaptively)."""
         cfg = self.config.write
-        total = cfg.steps if steps is None else steps
+        total = cfg.steps if options.steps is None else options.steps
         if torch.is_grad_enabled() and cfg.grad_mode == "second" and total > 0 and not backbone.supports_double_backward():
             raise RuntimeError(
                 "grad_mode='second' needs attention with a double backward, and this backbone's attention "
@@ -156,8 +147,8 @@ class GradMem(nn.Module):
 
         # A backbone may change itself for WRITE only (write-only LoRA adapters); READ sees it unchanged.
         with getattr(backbone, "write_mode", nullcontext)():
-            params, stats = write(loss_fn, self.initial_params(len(context)), cfg, steps, lr, measure_final,
-                                  target_loss, on_loss, keep_loss_graph=self.config.inner_loss_weight > 0)
+            params, stats = write(loss_fn, self.initial_params(len(context)), cfg, options,
+                                  keep_loss_graph=self.config.inner_loss_weight > 0)
         return Memory(self.prefix(params), None, stats, self._inner_loss_term(stats))
 
     def _inner_loss_term(self, stats: WriteStats) -> Tensor | None:

@@ -10,6 +10,7 @@ no reconstruction loss and no WRITE head; training is plain backpropagation thro
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from gradmem.backbones.base import Backbone
 from gradmem.data import TokenBatch
 from gradmem.memory import Memory, initial_memory
 from gradmem.sequence import append_after, gather_positions
+from gradmem.write import WriteOptions
 
 RMT_PROJECTIONS = ("none", "linear")
 
@@ -60,7 +62,10 @@ class RMT(nn.Module):
         """Vectors READ sees (the model's position check counts both memory copies, see `write`)."""
         return self.config.num_memory
 
-    def state_floats(self) -> int:
+    def reading(self, backbone: Backbone, memory: Memory) -> AbstractContextManager:
+        return nullcontext()  # the memory is a prefix: nothing to do inside the layers
+
+    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
         """Floats stored per example: m x d."""
         return self.memory0.numel()
 
@@ -76,21 +81,10 @@ class RMT(nn.Module):
         hidden = backbone.hidden(torch.cat((embedded, tail), dim=1))  # (B, m + N + m, D)
         return gather_positions(hidden, m + trailing)  # the leading copy shifts every position by m
 
-    def write(
-        self,
-        backbone: Backbone,
-        context: TokenBatch,
-        steps: int | None = None,
-        lr: float | None = None,
-        measure_final: bool = False,
-    ) -> Memory:
-        """Read each context `steps` times (default: the config's K) into its own memory.
-
-        `lr` and `measure_final` belong to gradient writers and are ignored here.
-        """
-        total = self.config.steps if steps is None else steps
-        if total < 0:
-            raise ValueError(f"steps must be >= 0, got {total}")
+    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
+        """Read each context K times (`options.steps`, default the config's) into its own memory;
+        the inner-lr and adaptive options of gradient writers do not apply."""
+        total = self.config.steps if options.steps is None else options.steps
         limit = getattr(backbone, "max_positions", None)
         if limit is not None and int(context.lengths.max()) + 2 * self.config.num_memory > limit:
             raise ValueError(f"context plus 2 x {self.config.num_memory} memory vectors exceeds the backbone's {limit} positions")
