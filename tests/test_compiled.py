@@ -107,3 +107,35 @@ def test_trainer_with_compile_matches_eager_training(tmp_path):
     assert len(fast.history[0]["write_loss"]) == 1
     for a, b in zip(eager.model.parameters(), fast.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_after_runs_a_signature_eagerly_until_it_has_lasted():
+    model = tiny_model(dtype=torch.float64, write={"steps": 1})
+    step = CompiledStep(model, backend="eager", compile_after=2)
+    short = kv_batch(pairs=3)  # a signature seen once, like a stage that ends early: never compiled
+    assert step(short) is None
+    assert step(kv_batch(seed=0)) is None and step(kv_batch(seed=1)) is None  # eager twice...
+    result = step(kv_batch(seed=2))  # ...then compiled, and exact
+    assert result is not None and step.compiles == 1
+    for fast, ref in zip(result.grads, eager_gradients(model, kv_batch(seed=2))[1]):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_trainer_with_compile_after_matches_eager_training(tmp_path):
+    spec = {
+        "task": {"name": "kv", "num_pairs": 2},
+        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+        "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 4, "eval_examples": 8,
+                  "log_every": 1, "seed": 1},
+    }
+    losses = {}
+    for after in (None, 2):
+        torch.manual_seed(0)
+        train = {**spec["train"], "compile": after is not None, "compile_backend": "eager", "compile_after": after or 0}
+        trainer = Trainer(build_model({**spec, "train": train}), {**spec, "train": train}, tmp_path / str(after))
+        trainer.train()
+        losses[after] = [r["loss"] for r in trainer.history if r["kind"] == "train"]
+        if after:
+            assert trainer._compiled.compiles == 1  # steps 1-2 eager, 3-4 compiled
+    assert losses[2] == pytest.approx(losses[None], rel=1e-5)

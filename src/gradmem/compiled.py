@@ -51,10 +51,13 @@ class CompiledStep:
     """`step(batch) -> StepResult`: loss and gradients of `model(batch).loss`, compiled per batch signature."""
 
     def __init__(self, model: MemoryModel, max_graphs: int = 4, mode: str | None = None,
-                 backend: str = "inductor", check_tolerance: float = 1e-3) -> None:
+                 backend: str = "inductor", check_tolerance: float = 1e-3, compile_after: int = 0) -> None:
         """max_graphs: compiled graphs kept at once (oldest dropped); mode, backend: passed to
         torch.compile, except backend "eager", which runs the traced graph as is (no compile; tests);
-        check_tolerance: relative tolerance of the first-call comparison with the eager step."""
+        check_tolerance: relative tolerance of the first-call comparison with the eager step;
+        compile_after: calls with a batch signature before it is compiled (until then the call
+        returns None and the caller runs the eager step): a compile costs a minute or more on a
+        CPU, which only a signature that stays in use for hundreds of steps pays back."""
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.model = model
@@ -65,12 +68,20 @@ class CompiledStep:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
         self._graphs: dict[tuple, Callable[..., Any]] = {}
+        self.compile_after = compile_after
+        self._seen: dict[tuple, int] = {}  # calls per signature not yet compiled
         self.compiles = 0  # graphs traced and compiled so far (a recompilation counter for logs)
 
-    def __call__(self, batch: Batch) -> StepResult:
+    def __call__(self, batch: Batch) -> StepResult | None:
+        """The step's loss and gradients, or None while `batch`'s signature has been seen fewer than
+        `compile_after` times (the caller then runs the eager step)."""
         key = self._key(batch)
         fn = self._graphs.get(key)
         if fn is None:
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] <= self.compile_after:
+                return None
+            del self._seen[key]
             fn = self._compile(batch)
             self._graphs[key] = fn
             if len(self._graphs) > self.max_graphs:

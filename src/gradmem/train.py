@@ -56,8 +56,12 @@ class TrainConfig:
     read_loss: str = "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
     compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
+    compile_after: int = 0  # with compile: run a batch shape eagerly this many steps first, so shapes that
+    #                         never last that long (short curriculum stages) are never compiled
 
     def __post_init__(self) -> None:
+        if self.compile_after < 0:
+            raise ValueError(f"compile_after must be >= 0, got {self.compile_after}")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
         floats = (self.lr, self.weight_decay, self.min_lr_ratio, self.advance_exact_match, self.grad_clip or 1.0)
@@ -129,7 +133,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._tasks: dict[int, Any] = {}
         self._valid: dict[int, list] = {}
-        self._compiled = CompiledStep(model, backend=self.cfg.compile_backend) if self.cfg.compile else None
+        self._compiled = CompiledStep(model, backend=self.cfg.compile_backend,
+                                      compile_after=self.cfg.compile_after) if self.cfg.compile else None
 
     # -- data -----------------------------------------------------------------------------------
     def task(self, stage: int) -> Any:
@@ -234,12 +239,12 @@ class Trainer:
     def _gradients(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Fill every trainable parameter's .grad for `batch`; returns (loss, READ loss, (K, B) write losses)."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self._compiled is None:
+        result = None if self._compiled is None else self._compiled(batch)  # None: not (yet) worth compiling
+        if result is None:
             out = self.forward_model(batch)
             out.loss.backward()
             stats = out.memory.stats
             return out.loss.detach(), out.read.loss.detach(), None if stats is None else stats.losses
-        result = self._compiled(batch)
         result.assign_grads(self._compiled.parameters)
         self.parallel.average_gradients(self._compiled.parameters)  # what DDP's backward hook does
         return result.loss, result.read_loss, result.write_losses
