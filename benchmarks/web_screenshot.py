@@ -16,9 +16,9 @@ import uvicorn
 from playwright.sync_api import sync_playwright
 
 from gradmem.build import load_checkpoint
-from gradmem.engine import Engine, EngineConfig
-from gradmem.service import create_app
-from gradmem.store import MemoryStore
+from gradmem.serve.engine import Engine, EngineConfig
+from gradmem.serve.service import create_app
+from gradmem.serve.store import MemoryStore
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -18,10 +18,10 @@ uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' e
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
-from gradmem.engine import Engine, EngineConfig  # noqa: E402
-from gradmem.service import ServiceConfig, create_app  # noqa: E402
-from gradmem.store import MemoryStore  # noqa: E402
-from gradmem.tokenizer import CharTokenizer  # noqa: E402
+from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
+from gradmem.serve.store import MemoryStore  # noqa: E402
+from gradmem.tokenizers import CharTokenizer  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]

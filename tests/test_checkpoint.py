@@ -10,7 +10,7 @@ import torch
 from conftest import TINY, kv_batch, tiny_model
 from gradmem.build import apply_overrides, build_model, load_checkpoint, save_checkpoint
 from gradmem.data import pad_right
-from gradmem.memory_io import load_memory, save_memory
+from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.train import Trainer
 
 SPEC = {

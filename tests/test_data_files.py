@@ -15,7 +15,7 @@ from gradmem.evaluate import evaluate
 from gradmem.tasks import BabiTask, KVTask
 from gradmem.tasks.babi import BabiConfig, generate_stories, question_to_texts, story_questions
 from gradmem.tasks.kv import generate_kv, sample_kv_strings
-from gradmem.text_tokenizer import word_tokenizer
+from gradmem.tokenizers import word_tokenizer
 
 
 def write_lines(path: Path, records: list) -> Path:

@@ -11,10 +11,10 @@ import torch
 from conftest import tiny_model
 from gradmem.data import pad_right
 from gradmem.backbones.base import context_state_floats
-from gradmem.engine import Engine, EngineConfig
-from gradmem.memory_io import load_memory, save_memory
-from gradmem.store import MemoryStore
-from gradmem.tokenizer import CharTokenizer
+from gradmem.serve.engine import Engine, EngineConfig
+from gradmem.serve.memory_io import load_memory, save_memory
+from gradmem.serve.store import MemoryStore
+from gradmem.tokenizers import CharTokenizer
 
 TOK = CharTokenizer.for_kv(62)
 TEXT = "!ab:cd!!ef:gh!|"

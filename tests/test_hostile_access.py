@@ -18,11 +18,11 @@ import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
-from gradmem.batcher import Batcher  # noqa: E402
-from gradmem.engine import Engine, EngineConfig  # noqa: E402
-from gradmem.service import ServiceConfig, create_app, server_config  # noqa: E402
-from gradmem.store import MemoryStore  # noqa: E402
-from gradmem.tokenizer import CharTokenizer  # noqa: E402
+from gradmem.serve.batcher import Batcher  # noqa: E402
+from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.serve.service import ServiceConfig, create_app, server_config  # noqa: E402
+from gradmem.serve.store import MemoryStore  # noqa: E402
+from gradmem.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "!ab:cd!!ef:gh!|"
 

@@ -9,7 +9,7 @@ import pytest
 
 from gradmem.tasks import TASKS, make_task
 from gradmem.tasks.kv import KVConfig, KVTask, generate_kv, kv_tokenizer
-from gradmem.tokenizer import CharTokenizer, kv_alphabet
+from gradmem.tokenizers import CharTokenizer, kv_alphabet
 
 PAIR = r"!([a-zA-Z0-9]{2}):([a-zA-Z0-9]{2})!"
 
@@ -145,3 +145,17 @@ def test_registry() -> None:
     assert task.name == "kv" and task.config.num_pairs == 3 and "3 pairs" in task.describe()
     with pytest.raises(ValueError, match="kv"):
         make_task("nope")
+
+
+def test_values_of_varying_length_are_scored_whole():
+    from gradmem.tasks.kv import KVTask
+
+    task = KVTask(num_pairs=3, value_len=1, value_len_max=4)
+    examples = task.make_split("train", 200, seed=0)
+    lengths = {e.answer_len for e in examples}
+    assert lengths == {1, 2, 3, 4}  # every length drawn
+    for e in examples:
+        assert len(e.target) == e.answer_len + 2  # the value, then the closing "!|"
+    fixed = KVTask(num_pairs=3)
+    assert fixed.make_split("train", 5, seed=0) == KVTask(num_pairs=3, value_len_max=None).make_split("train", 5, seed=0)
+    assert {e.answer_len for e in fixed.make_split("train", 50, seed=0)} == {2}

@@ -13,7 +13,7 @@ from gradmem.backbones.base import context_state_floats
 from gradmem.backbones.mamba import mamba_backbone, mamba_state_floats
 from gradmem.build import build_model, load_checkpoint, save_checkpoint
 from gradmem.data import collate, pad_right
-from gradmem.memory_io import load_memory, save_memory
+from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.methods import METHODS
 from gradmem.tasks.kv import KVConfig, generate_kv
 

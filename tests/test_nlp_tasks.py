@@ -18,7 +18,7 @@ from gradmem.tasks.babi_format import format_babi, parse_babi, story_questions
 from gradmem.tasks.squad import (exact_match_score, f1_score, load_squad, normalize_answer, shorten,
                                  squad_scores)
 from gradmem.text_eval import evaluate_squad
-from gradmem.text_tokenizer import build_tokenizer, word_tokenizer
+from gradmem.tokenizers import build_tokenizer, word_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SQUAD = FIXTURES / "squad_mini.json"

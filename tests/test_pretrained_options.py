@@ -173,7 +173,7 @@ def test_packaged_smollm2_converts_once_and_reloads(tmp_path):
     assert pretrained_folder("smollm2-135m", cache_dir=tmp_path) == folder  # reused, not converted again
     backbone = build_backbone({"type": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
     assert (backbone.hidden_size, backbone.vocab_size) == (576, 49152)
-    from gradmem.text_tokenizer import build_tokenizer
+    from gradmem.tokenizers import build_tokenizer
 
     tok = build_tokenizer({"type": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
     ids = torch.tensor([tok.encode("The capital of France is")])

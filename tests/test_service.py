@@ -11,10 +11,10 @@ pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fast
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import tiny_model  # noqa: E402
-from gradmem.engine import Engine, EngineConfig  # noqa: E402
-from gradmem.service import ServiceConfig, create_app  # noqa: E402
-from gradmem.store import MemoryStore  # noqa: E402
-from gradmem.tokenizer import CharTokenizer  # noqa: E402
+from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
+from gradmem.serve.store import MemoryStore  # noqa: E402
+from gradmem.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "!ab:cd!!ef:gh!|"
 

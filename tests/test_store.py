@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gradmem import memory_io
+from gradmem.serve import memory_io
 from gradmem.backbones.base import tensor_sha256
-from gradmem.memory_io import memory_paths
-from gradmem.store import MemoryStore, memory_key
+from gradmem.serve.memory_io import memory_paths
+from gradmem.serve.store import MemoryStore, memory_key
 
 
 def fake_memory(seed: int) -> tuple[torch.Tensor, dict]:

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from gradmem import memory_io
+from gradmem.serve import memory_io
 from gradmem.errors import DamagedMemory, StoreFull, StoreUnavailable
-from gradmem.store import MemoryStore, memory_key
+from gradmem.serve.store import MemoryStore, memory_key
 from test_store import fake_memory
 
 

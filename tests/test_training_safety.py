@@ -163,7 +163,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
-    from gradmem.store import MemoryStore, memory_key
+    from gradmem.serve.store import MemoryStore, memory_key
     from test_store import fake_memory
 
     store = MemoryStore(tmp_path)

@@ -7,7 +7,7 @@ from gradmem.data import Batch, Example, TokenBatch, collate, pad_right
 from gradmem.evaluate import evaluate
 from gradmem.inner_optim import InnerOptimConfig
 from gradmem.memory import Memory, WriteStats
-from gradmem.memory_io import load_memory, save_memory
+from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.methods import METHODS, GradMemConfig, MemoryMethod, build_method
 from gradmem.model import MemoryModel, ReadOutput
 from gradmem.tasks import TASKS, KVConfig, KVTask, make_task

@@ -1,5 +1,5 @@
 """The `gradmem` command line: train, eval, data, and the memory commands (write, ask, inspect,
-store, serve; see gradmem.cli_memory).
+store, serve; see gradmem.serve.cli_memory).
 
     gradmem train --config configs/kv_demo.json --out runs/demo [--set train.steps=100 ...]
     gradmem eval runs/demo/best [--steps 0,1,2,5] [--generate]
@@ -25,7 +25,7 @@ import torch
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint, load_spec
 from gradmem.checkpoint import recover
-from gradmem.cli_memory import add_memory_commands
+from gradmem.serve.cli_memory import add_memory_commands
 from gradmem.data import save_jsonl
 from gradmem.errors import ConfigError, GradmemError
 from gradmem.spec_check import validate_spec

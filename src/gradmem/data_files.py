@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gradmem.data import Example
-from gradmem.text_tokenizer import unknown_characters
+from gradmem.tokenizers import unknown_characters
 
 TEXT_FIELDS = ("context", "query", "target")
 

@@ -1,6 +1,6 @@
 """Typed errors of gradmem: what went wrong, as a type, so that callers never parse messages.
 
-The HTTP service maps these types to status codes in one table (`gradmem.http_guard.STATUS`); the
+The HTTP service maps these types to status codes in one table (`gradmem.serve.http_guard.STATUS`); the
 command line prints any of them as one line and exits 2. Each also derives from the built-in type
 older callers catch (ValueError, KeyError, OSError, RuntimeError), so existing code keeps working.
 """

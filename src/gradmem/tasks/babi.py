@@ -210,7 +210,7 @@ class BabiTask:
     name = "babi"
 
     def __init__(self, config: BabiConfig | None = None, **overrides: Any) -> None:
-        from gradmem.text_tokenizer import build_tokenizer
+        from gradmem.tokenizers import build_tokenizer
 
         self.config = replace(config or BabiConfig(), **overrides)
         self.tokenizer = build_tokenizer(self.config.tokenizer)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gradmem.data import Example
-from gradmem.tokenizer import CharTokenizer, kv_alphabet
+from gradmem.tokenizers import CharTokenizer, kv_alphabet
 
 SPLIT_OFFSETS = {"train": 0, "valid": 1, "test": 2}
 
@@ -27,6 +27,7 @@ class KVConfig:
     value_len: int = 2  # characters per value (the paper uses 2); also the scored answer length
     alphabet_size: int = 62  # 62 (a-z A-Z 0-9, the paper) or 512 (the larger-alphabet variant)
     noise_len: int = 0  # random alphabet characters between consecutive pairs; 0 = the paper's format
+    value_len_max: int | None = None  # values of value_len..value_len_max characters (answers of varying length)
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
@@ -35,6 +36,8 @@ class KVConfig:
             raise ValueError(f"key_len and value_len must be >= 1, got {self.key_len}, {self.value_len}")
         if self.noise_len < 0:
             raise ValueError(f"noise_len must be >= 0, got {self.noise_len}")
+        if self.value_len_max is not None and self.value_len_max < self.value_len:
+            raise ValueError(f"value_len_max ({self.value_len_max}) must be >= value_len ({self.value_len})")
         kv_alphabet(self.alphabet_size)  # raises for an unsupported size
         if self.alphabet_size**self.key_len < self.num_pairs:
             raise ValueError(
@@ -44,8 +47,8 @@ class KVConfig:
 
     @property
     def context_len(self) -> int:
-        """Context length in tokens (7N+1 for the paper's 2-character keys and values)."""
-        pair = self.key_len + self.value_len + 3  # `!k:v!`
+        """Longest context in tokens (7N+1 for the paper's 2-character keys and values)."""
+        pair = self.key_len + (self.value_len_max or self.value_len) + 3  # `!k:v!`
         return self.num_pairs * pair + (self.num_pairs - 1) * self.noise_len + 1
 
 
@@ -78,7 +81,10 @@ def sample_kv_strings(cfg: KVConfig, rng: random.Random) -> tuple[str, str, str]
     """Draw one example as text: (context, query, target)."""
     alphabet = kv_alphabet(cfg.alphabet_size)
     keys = _unique_keys(cfg, alphabet, rng)
-    values = ["".join(rng.choices(alphabet, k=cfg.value_len)) for _ in keys]
+    if cfg.value_len_max is None:  # the paper's fixed length (and the draws of every earlier release)
+        values = ["".join(rng.choices(alphabet, k=cfg.value_len)) for _ in keys]
+    else:
+        values = ["".join(rng.choices(alphabet, k=rng.randint(cfg.value_len, cfg.value_len_max))) for _ in keys]
     blocks = []
     for i, (key, value) in enumerate(zip(keys, values)):
         blocks.append(f"!{key}:{value}!")
@@ -104,7 +110,7 @@ def generate_kv(
                 context=tokenizer.encode(context),
                 query=tokenizer.encode(query),
                 target=tokenizer.encode(target),
-                answer_len=cfg.value_len,
+                answer_len=len(target) - 2,  # the value, not the closing "!|"
             )
         )
     return examples
@@ -136,14 +142,15 @@ class KVTask:
     def encode_strings(self, context: str, query: str, target: str) -> Example:
         """An example from text in the task's format, e.g. ("!ab:cd!!ef:gh!|", "?!ab:", "cd!|").
 
-        Scored as the task's own splits: the first `value_len` target characters (the value), not
-        the closing "!|". Characters outside the vocabulary encode to [UNK] (gradmem.data_files
-        refuses them).
+        Scored as the task's own splits: the value's characters, not the closing "!|" (with fixed-
+        length values, the first `value_len` characters). Characters outside the vocabulary encode
+        to [UNK] (gradmem.data_files refuses them).
         """
         if len(target) < self.config.value_len:
             raise ValueError(f"target {target!r} is shorter than the task's {self.config.value_len}-character value")
+        value = len(target) - 2 if self.config.value_len_max and target.endswith("!|") else self.config.value_len
         return Example(self.tokenizer.encode(context), self.tokenizer.encode(query), self.tokenizer.encode(target),
-                       answer_len=self.config.value_len)
+                       answer_len=value)
 
     def to_dict(self) -> dict[str, Any]:
         """The task's config as plain JSON data."""

@@ -137,7 +137,7 @@ class SquadTask:
     name = "squad"
 
     def __init__(self, config: SquadConfig | None = None, **overrides: Any) -> None:
-        from gradmem.text_tokenizer import build_tokenizer
+        from gradmem.tokenizers import build_tokenizer
 
         self.config = replace(config or SquadConfig(), **overrides)
         if self.config.data_path is None:

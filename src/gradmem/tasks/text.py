@@ -70,7 +70,7 @@ class TextTask:
     name = "text"
 
     def __init__(self, config: TextConfig | None = None, **overrides: Any) -> None:
-        from gradmem.text_tokenizer import build_tokenizer
+        from gradmem.tokenizers import build_tokenizer
 
         self.config = replace(config or TextConfig(), **overrides)
         self.tokenizer = build_tokenizer(self.config.tokenizer)

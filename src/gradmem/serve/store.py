@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
-from gradmem.memory_io import atomic_write, check_sidecar, memory_paths, read_sidecar, write_memory_files
+from gradmem.serve.memory_io import atomic_write, check_sidecar, memory_paths, read_sidecar, write_memory_files
 
 ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")  # \Z, not $: "$" would also accept a trailing newline
 ProduceFn = Callable[[], tuple[Any, dict[str, Any]]]  # -> ((1, P, D) prefix tensor, sidecar)

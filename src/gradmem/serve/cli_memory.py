@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gradmem.cli_options import add_options, from_args
 from gradmem.errors import InvalidInput, NotFound
-from gradmem.store import MemoryStore
+from gradmem.serve.engine import EngineConfig
+from gradmem.serve.store import MemoryStore
 
 
 def default_store() -> str:
@@ -30,17 +32,15 @@ def default_store() -> str:
 
 def open_engine(args: argparse.Namespace) -> Any:
     from gradmem.build import load_checkpoint
-    from gradmem.engine import Engine, EngineConfig
+    from gradmem.serve.engine import Engine
 
     model, task, _ = load_checkpoint(args.checkpoint)
-    cfg = EngineConfig(max_blocks=args.max_blocks, chunk_tokens=args.chunk_tokens,
-                       max_new_tokens=getattr(args, "max_new_tokens", 8), stop=getattr(args, "stop", None))
-    return Engine(model, task.tokenizer, MemoryStore(args.store), cfg)
+    return Engine(model, task.tokenizer, MemoryStore(args.store), from_args(EngineConfig, args))
 
 
 def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | None]:
     """(memory, sidecar, stored context) for a store id or a memory file path."""
-    from gradmem.memory_io import load_memory
+    from gradmem.serve.memory_io import load_memory
 
     if ref in engine.store:
         return engine.memory(ref), engine.store.show(ref), engine.store.context(ref)
@@ -51,7 +51,7 @@ def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | No
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from gradmem.memory_io import memory_paths
+    from gradmem.serve.memory_io import memory_paths
 
     engine = open_engine(args)
     text = sys.stdin.read() if args.context == "-" else Path(args.context).read_text(encoding="utf-8")
@@ -160,19 +160,13 @@ def cmd_store(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gradmem.budget import Budget
-    from gradmem.service import ServiceConfig, create_app, server_config
+    from gradmem.serve.budget import Budget
+    from gradmem.serve.service import ServiceConfig, create_app, server_config
 
     engine = open_engine(args)
-    budget = Budget(max_write_tokens=args.max_write_tokens, max_write_steps=args.max_write_steps,
-                    max_write_token_steps=args.max_write_token_steps, max_question_tokens=args.max_question_tokens,
-                    max_ask_tokens=args.max_ask_tokens, max_batch_ask_tokens=args.max_batch_ask_tokens)
-    cfg = ServiceConfig(max_body_bytes=args.max_body_bytes, max_questions=args.max_questions,
-                        max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
-                        rate_per_second=args.rate, rate_burst=args.burst, max_batch=args.max_batch,
-                        batch_wait_ms=args.batch_wait_ms, request_timeout_s=args.request_timeout,
-                        body_timeout_s=args.body_timeout, api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None,
-                        protect_reads=args.protect_reads, budget=budget)
+    cfg = from_args(ServiceConfig, args, budget=from_args(Budget, args),
+                    max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
+                    api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None)
     app = create_app(engine, cfg, checkpoint=Path(args.checkpoint).name)
     access = "API key required for writes" + (" and reads" if cfg.protect_reads else "") if cfg.api_key else "no API key"
     print(f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, {access}, API docs at /docs)",
@@ -182,32 +176,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
-    from gradmem.budget import Budget
+    from gradmem.serve.budget import Budget
+    from gradmem.serve.service import ServiceConfig
 
-    b = Budget()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--stop", default=None, help="cut answers after this string (e.g. '|')")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger requests get 413")
-    p.add_argument("--max-questions", type=int, default=64, help="questions per request")
-    p.add_argument("--max-write-tokens", type=int, default=b.max_write_tokens, help="context tokens per write")
-    p.add_argument("--max-write-steps", type=int, default=b.max_write_steps, help="WRITE steps per write")
-    p.add_argument("--max-write-token-steps", type=int, default=b.max_write_token_steps,
-                   help="context tokens x steps per write, and per batched WRITE")
-    p.add_argument("--max-question-tokens", type=int, default=b.max_question_tokens, help="tokens per question")
-    p.add_argument("--max-ask-tokens", type=int, default=b.max_ask_tokens,
-                   help="question + answer tokens of all questions of one request")
-    p.add_argument("--max-batch-ask-tokens", type=int, default=b.max_batch_ask_tokens, help="the same, per batched decode")
-    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request gets 503")
-    p.add_argument("--body-timeout", type=float, default=10.0, help="seconds to receive a request body, else 408")
-    p.add_argument("--rate", type=float, default=50.0, help="requests per second per client (token bucket)")
-    p.add_argument("--burst", type=int, default=100, help="burst size of the rate limit")
-    p.add_argument("--max-batch", type=int, default=32, help="most requests the model runs as one batch")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--api-key", default=None, help="require this key for writes and deletes (better: set "
-                   "$GRADMEM_API_KEY, which other users cannot see in the process list)")
-    p.add_argument("--protect-reads", action="store_true", help="with an API key: listing and asking need it too")
+    add_options(p, EngineConfig, only=["max_new_tokens", "stop"])
+    # max_new_tokens is the engine's default answer length; the service's cap is never below it.
+    add_options(p, ServiceConfig, skip=["max_new_tokens"],
+                aliases={"rate_per_second": "--rate", "rate_burst": "--burst", "request_timeout_s": "--request-timeout",
+                         "body_timeout_s": "--body-timeout"},
+                help_extra={"api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)"})
+    add_options(p, Budget)
     p.add_argument("--trust-proxy", nargs="?", const="127.0.0.1", default=None, metavar="IPS",
                    help="rate-limit by X-Forwarded-For from these proxy addresses (default 127.0.0.1); "
                    "without it, by the socket peer")
@@ -218,8 +198,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint folder (spec.json + model.safetensors)")
     p.add_argument("--store", default=default_store(), help="memory store directory (default: $GRADMEM_STORE "
                    "or ~/.cache/gradmem/store)")
-    p.add_argument("--max-blocks", type=int, default=16, help="most chunks a long context is written into")
-    p.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk (default: what the window allows)")
+    add_options(p, EngineConfig, only=["max_blocks", "chunk_tokens"])
 
 
 def add_memory_commands(sub: Any) -> None:
@@ -240,8 +219,7 @@ def add_memory_commands(sub: Any) -> None:
     p.add_argument("--memory", default=None, help="same as the positional MEMORY")
     p.add_argument("-q", "--query", dest="queries", action="append", default=[], help="a question (repeatable)")
     p.add_argument("--queries-file", default=None, help="one question per line")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--stop", default=None, help="cut each answer after this string (e.g. '|' for key-value)")
+    add_options(p, EngineConfig, only=["max_new_tokens", "stop"], help_extra={"stop": "(e.g. '|' for key-value)"})
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("inspect", help="fidelity of a memory: loss curve and the context decoded from it")

@@ -7,10 +7,10 @@
     POST   /v1/memories/{id}/ask     {"questions": [...]}
     GET    /health, /version         GET /  the web page   GET /docs, /openapi.json  the API (offline)
 
-Every request is checked against its budget (gradmem.budget) before it is queued, so no request
+Every request is checked against its budget (gradmem.serve.budget) before it is queued, so no request
 allocates more than the limits allow; model calls of concurrent requests go through one `Batcher`
 with a per-request deadline. Body size and read time, per-client rate and the optional API key
-are enforced in gradmem.http_guard, which also maps gradmem's typed errors to status codes.
+are enforced in gradmem.serve.http_guard, which also maps gradmem's typed errors to status codes.
 Memories live in the engine's on-disk store, so they survive restarts.
 """
 
@@ -28,13 +28,13 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
-from gradmem.batcher import Batcher
-from gradmem.budget import Budget
-from gradmem.engine import Engine
+from gradmem.serve.batcher import Batcher
+from gradmem.serve.budget import Budget
+from gradmem.serve.engine import Engine
 from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
-from gradmem.http_guard import (BodyGuard, TokenBuckets, check_key, client_key, error_response, install_error_handlers,
+from gradmem.serve.http_guard import (BodyGuard, TokenBuckets, check_key, client_key, error_response, install_error_handlers,
                                 safe_text, status_of)
-from gradmem.memory_io import FORMAT_VERSION
+from gradmem.serve.memory_io import FORMAT_VERSION
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
 
@@ -241,11 +241,11 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
-        return resources.files("gradmem").joinpath("web/index.html").read_text(encoding="utf-8")
+        return resources.files("gradmem.serve").joinpath("web/index.html").read_text(encoding="utf-8")
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs() -> str:  # a page of the package that renders /openapi.json: no CDN, works offline
-        return resources.files("gradmem").joinpath("web/docs.html").read_text(encoding="utf-8")
+        return resources.files("gradmem.serve").joinpath("web/docs.html").read_text(encoding="utf-8")
 
     return app
 

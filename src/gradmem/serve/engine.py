@@ -21,14 +21,14 @@ from torch import Tensor
 from gradmem.backbones.base import context_state_floats
 from gradmem.data import pad_right
 from gradmem.errors import InvalidInput, LimitExceeded, NotFound
-from gradmem.fidelity import reconstruction_report
+from gradmem.serve.fidelity import reconstruction_report
 from gradmem.memory import Memory
 from gradmem.methods.gradmem import GradMem
-from gradmem.memory_io import build_sidecar, load_memory, model_fingerprint
+from gradmem.serve.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
 from gradmem.sequence import generated_rows
-from gradmem.text_tokenizer import unknown_characters
-from gradmem.store import MemoryStore, memory_key, store_errors
+from gradmem.tokenizers import unknown_characters
+from gradmem.serve.store import MemoryStore, memory_key, store_errors
 
 StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
 
@@ -250,7 +250,7 @@ class Engine:
 
     def reconstruct_memory(self, memory: Memory, meta: dict[str, Any], context: str | None = None) -> dict[str, Any]:
         """Decode the context back from the memory alone, scored against the context when it is
-        known (see gradmem.fidelity.reconstruction_report)."""
+        known (see gradmem.serve.fidelity.reconstruction_report)."""
         return reconstruction_report(self.model, self.tokenizer, memory, self.describe(meta), self.block_vectors,
                                      self.chunk_tokens, context)
 

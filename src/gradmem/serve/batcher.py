@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gradmem.engine import Engine, WriteResult
+from gradmem.serve.engine import Engine, WriteResult
 from gradmem.errors import Overloaded
 
 KINDS = ("ask", "write")
