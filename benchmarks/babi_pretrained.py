@@ -142,7 +142,7 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
     mean_embedding_init(model)
     out = run_dir(args, name)
     started = time.time()
-    trainer = Trainer(model, spec, out, on_log=lambda r: print(name, json.dumps(r), flush=True))
+    trainer = Trainer.from_spec(model, spec, out, on_log=lambda r: print(name, json.dumps(r), flush=True))
     trainer.train()
     train_s = time.time() - started
     best, _, _ = load_checkpoint(out / "best")

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, percent, plot_curves, plot_lines  # noqa: E402
 
 from gradmem.build import build_model, build_task  # noqa: E402
+from gradmem.checkpoint_weights import load_weights  # noqa: E402
 from gradmem.evaluate import evaluate  # noqa: E402
 from gradmem.train import Trainer  # noqa: E402
 
@@ -116,24 +116,24 @@ def run_cell(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: i
     run_dir = runs / cell_name(method["key"], pairs, seed)
     torch.manual_seed(seed)
     model = build_model(spec).to(device)
-    trainer = Trainer(model, spec, run_dir, on_log=lambda r: r["kind"] == "eval" and log(
+    trainer = Trainer.from_spec(model, spec, run_dir, on_log=lambda r: r["kind"] == "eval" and log(
         f"  {cell_name(method['key'], pairs, seed)} step {r['step']} stage {r['stage']} EM {r['exact_match']:.3f}"))
     resumed = trainer.resume()
     if not resumed and source is not None:
         if not (checkpoint_of(source) / "model.safetensors").exists():
             raise RuntimeError(f"{run_dir.name} starts from {source.name}, which has not been trained; list it first")
-        load_model(model, str(checkpoint_of(source) / "model.safetensors"), device=str(device))
+        load_weights(model, checkpoint_of(source), device)
     started = time.time()
     with precision(device, dtype):
         trainer.train()
     train_s = time.time() - started
     final = checkpoint_of(run_dir)
-    load_model(model, str(final / "model.safetensors"), device=str(device))
+    load_weights(model, final, device)
     task = build_task(spec)
     started = time.time()
     with precision(device, dtype):
         result = evaluate(model, test_sets[pairs], preset.get("eval_batch_size", 250), pad_id=task.tokenizer.pad_id)
-    last_stage = max(len(trainer.cfg.curriculum) - 1, 0)
+    last_stage = len(trainer.stages) - 1
     return {
         "method": method["key"], "label": method.get("label", method["key"]), "pairs": pairs, "seed": seed,
         "exact_match": result["exact_match"], "token_accuracy": result["token_accuracy"], "test_loss": result["loss"],

@@ -60,7 +60,7 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 def train_seed(spec: dict[str, Any], run: Path) -> None:
     """Train (or continue) one seed's run until its target, its steps or its time budget."""
     torch.manual_seed(spec["train"]["seed"])
-    trainer = Trainer(build_model(spec), spec, run,
+    trainer = Trainer.from_spec(build_model(spec), spec, run,
                       on_log=lambda r: r["kind"] == "eval" and print(
                           f"{run.name} step {r['step']} stage {r['stage']}: EM {r['exact_match']:.3f} "
                           f"({r['elapsed_s'] / 60:.1f} min)", file=sys.stderr, flush=True))

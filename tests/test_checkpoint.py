@@ -24,7 +24,7 @@ SPEC = {
 
 def train_losses(spec, out_dir, resume=False):
     torch.manual_seed(0)
-    trainer = Trainer(build_model(spec), spec, out_dir)
+    trainer = Trainer.from_spec(build_model(spec), spec, out_dir)
     if resume:
         assert trainer.resume()
     trainer.train()
@@ -50,15 +50,15 @@ def test_fixed_stage_schedule_ignores_the_em(tmp_path):
     assert stages == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 1), (6, 1)]
     assert (tmp_path / "best").is_dir()  # the best checkpoint is kept on the last stage
     with pytest.raises(ValueError, match="stage_steps"):
-        Trainer(build_model(SPEC), {**spec, "train": {**spec["train"], "stage_steps": [2, 2]}}, "unused")
+        Trainer.from_spec(build_model(SPEC), {**spec, "train": {**spec["train"], "stage_steps": [2, 2]}}, "unused")
 
 
 def test_adam_betas_reach_the_optimizer():
     spec = json.loads(json.dumps({**SPEC, "train": {**SPEC["train"], "adam_betas": (0.9, 0.95)}}))  # as from a file
-    trainer = Trainer(build_model(SPEC), spec, "unused")
+    trainer = Trainer.from_spec(build_model(SPEC), spec, "unused")
     assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.95)
     with pytest.raises(ValueError, match="adam_betas"):
-        Trainer(build_model(SPEC), {**spec, "train": {**spec["train"], "adam_betas": [0.9, 1.0]}}, "unused")
+        Trainer.from_spec(build_model(SPEC), {**spec, "train": {**spec["train"], "adam_betas": [0.9, 1.0]}}, "unused")
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -79,7 +79,7 @@ def test_malformed_spec_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown task"):
         build_model({**SPEC, "task": {"name": "babi9"}})
     with pytest.raises(ValueError, match="schedule"):
-        Trainer(build_model(SPEC), apply_overrides(SPEC, ["train.schedule=exp"]), "unused")
+        Trainer.from_spec(build_model(SPEC), apply_overrides(SPEC, ["train.schedule=exp"]), "unused")
     with pytest.raises(ValueError, match="key.path=value"):
         apply_overrides(SPEC, ["train.steps"])
 

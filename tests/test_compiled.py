@@ -98,7 +98,7 @@ def test_trainer_with_compile_matches_eager_training(tmp_path):
     for compiled in (False, True):
         torch.manual_seed(0)
         run_spec = {**spec, "train": {**spec["train"], "compile": compiled, "compile_backend": "eager"}}
-        trainer = Trainer(build_model(run_spec), run_spec, tmp_path / str(compiled))
+        trainer = Trainer.from_spec(build_model(run_spec), run_spec, tmp_path / str(compiled))
         trainer.train()
         runs[compiled] = trainer
     eager, fast = runs[False], runs[True]
@@ -133,7 +133,7 @@ def test_trainer_with_compile_after_matches_eager_training(tmp_path):
     for after in (None, 2):
         torch.manual_seed(0)
         train = {**spec["train"], "compile": after is not None, "compile_backend": "eager", "compile_after": after or 0}
-        trainer = Trainer(build_model({**spec, "train": train}), {**spec, "train": train}, tmp_path / str(after))
+        trainer = Trainer.from_spec(build_model({**spec, "train": train}), {**spec, "train": train}, tmp_path / str(after))
         trainer.train()
         losses[after] = [r["loss"] for r in trainer.history if r["kind"] == "train"]
         if after:

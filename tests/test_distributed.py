@@ -30,7 +30,7 @@ def train(out_dir: Path, parallel: DataParallel | None = None, compiled: bool = 
     torch.manual_seed(0)
     spec = {**SPEC, "train": {**SPEC["train"], "compile": compiled, "compile_backend": "eager"}}
     # float64: Adam divides by the gradient's RMS, which would amplify float32 reduction-order noise
-    trainer = Trainer(build_model(spec).double(), spec, out_dir, parallel=parallel)
+    trainer = Trainer.from_spec(build_model(spec).double(), spec, out_dir, parallel=parallel)
     trainer.train()
     return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
 

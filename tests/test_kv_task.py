@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from gradmem.tasks import TASKS, make_task
+from gradmem.build import build_task
+from gradmem.tasks import TASKS
 from gradmem.tasks.kv import KVConfig, KVTask, generate_kv, kv_tokenizer
 from gradmem.tokenizers import CharTokenizer, kv_alphabet
 
@@ -139,12 +140,12 @@ def test_tokenizer_round_trip_and_validation() -> None:
         CharTokenizer(["a", ":"])
 
 
-def test_registry() -> None:
-    assert TASKS["kv"] is KVTask
-    task = make_task("kv", num_pairs=3)
-    assert task.name == "kv" and task.config.num_pairs == 3 and "3 pairs" in task.describe()
-    with pytest.raises(ValueError, match="kv"):
-        make_task("nope")
+def test_build_task_by_name() -> None:
+    task = build_task({"task": {"name": "kv", "num_pairs": 3}})
+    assert task.config == KVConfig(num_pairs=3) and "3 pairs" in task.describe()
+    with pytest.raises(ValueError) as err:
+        build_task({"task": {"name": "nope"}})
+    assert str(err.value) == f"unknown task 'nope'; valid tasks: {', '.join(sorted(TASKS))}"
 
 
 def test_values_of_varying_length_are_scored_whole():

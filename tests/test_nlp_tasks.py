@@ -12,7 +12,6 @@ import torch
 from gradmem.build import build_model, build_task, load_checkpoint, save_checkpoint
 from gradmem.data import collate
 from gradmem.evaluate import evaluate
-from gradmem.tasks import make_task
 from gradmem.tasks.babi import BabiConfig, BabiTask, generate_stories
 from gradmem.tasks.babi_format import format_babi, parse_babi, story_questions
 from gradmem.tasks.squad import (exact_match_score, f1_score, load_squad, normalize_answer, shorten,
@@ -119,12 +118,12 @@ def text_files(tmp_path) -> list[str]:
 def test_text_reconstruction_and_continuation_examples(tmp_path):
     files = text_files(tmp_path)
     tok = word_tokenizer([Path(f).read_text() for f in files])
-    rec = make_task("text", mode="reconstruction", chunk_tokens=16, files=files, tokenizer=tok.to_dict())
+    rec = build_task({"task": dict(name="text", mode="reconstruction", chunk_tokens=16, files=files, tokenizer=tok.to_dict())})
     e = rec.make_split("train", 4, seed=0)[0]
     assert len(e.context) == 16 and e.query == e.context[:1] and e.target == e.context[1:] and e.answer_len == 15
     assert rec.make_split("train", 4, seed=0) == rec.make_split("train", 4, seed=0)
     assert {tuple(x.context) for x in rec.make_split("test", 30, 0)} <= {tuple(x) for x in rec.windows("test", 30, 0)}
-    cont = make_task("text", mode="continuation", chunk_tokens=32, target_tokens=16, files=files, tokenizer=tok.to_dict())
+    cont = build_task({"task": dict(name="text", mode="continuation", chunk_tokens=32, target_tokens=16, files=files, tokenizer=tok.to_dict())})
     e = cont.make_split("valid", 2, seed=0)[0]
     assert len(e.context) == 32 and len(e.target) == 16 and e.query == e.context[-1:]
 

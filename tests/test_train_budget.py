@@ -27,14 +27,14 @@ def test_the_budget_stops_and_saves_and_a_resume_keeps_counting(tmp_path, monkey
         clock[0] += 6.0 if record["kind"] == "train" else 0.0
 
     spec = apply_overrides(SPEC, ["train.max_minutes=0.5"])  # 30 s: five steps
-    trainer = Trainer(build_model(spec), spec, tmp_path, on_log=tick)
+    trainer = Trainer.from_spec(build_model(spec), spec, tmp_path, on_log=tick)
     final = trainer.train()
     assert trainer.step == 5
     assert final["kind"] == "eval" and final["step"] == 5  # the budget's end is evaluated...
     assert load_trainer_state(tmp_path / "last")["step"] == 5  # ...and saved
 
     spec = apply_overrides(SPEC, ["train.max_minutes=1"])  # the same run given 30 s more
-    resumed = Trainer(build_model(spec), spec, tmp_path, on_log=tick)
+    resumed = Trainer.from_spec(build_model(spec), spec, tmp_path, on_log=tick)
     assert resumed.resume()
     resumed.train()
     assert resumed.step == 10
@@ -55,7 +55,7 @@ def test_last_stage_steps_ends_the_run_and_spreads_the_decay_over_the_last_stage
                                   "train.eval_every=2", "train.steps=100", "train.last_stage_steps=4",
                                   "train.schedule=cosine", "train.warmup_steps=1", "train.min_lr_ratio=0.1",
                                   "train.lr=0.01"])
-    trainer = Trainer(build_model(spec), spec, tmp_path)
+    trainer = Trainer.from_spec(build_model(spec), spec, tmp_path)
     trainer.train()
     assert trainer.step == 6 and trainer.last_stage_start == 2
     lrs = {r["step"]: r["lr"] for r in trainer.history if r["kind"] == "train"}

@@ -64,7 +64,7 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys, spec, overrides, says
 
 def test_a_non_finite_loss_stops_training_without_a_checkpoint_of_it(tmp_path, monkeypatch):
     spec = {**SPEC, "train": {**SPEC["train"], "checkpoint_every": 1}}
-    trainer = Trainer(build_model(spec), spec, tmp_path)
+    trainer = Trainer.from_spec(build_model(spec), spec, tmp_path)
     honest = trainer._gradients
 
     def poisoned(batch):

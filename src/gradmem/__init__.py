@@ -10,7 +10,7 @@ from gradmem.memory import Memory, WriteStats
 from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.methods import METHODS, GradMemConfig, MemoryMethod, build_method
 from gradmem.model import MemoryModel, ReadOutput
-from gradmem.tasks import TASKS, KVConfig, KVTask, make_task
+from gradmem.tasks import TASKS, KVConfig, KVTask
 from gradmem.write import WriteConfig, WriteOptions, write
 
 __version__ = "0.1.0"
@@ -21,5 +21,5 @@ __all__ = [
     "Batch", "Example", "TokenBatch", "collate", "pad_right", "evaluate",
     "InnerOptimConfig", "Memory", "WriteStats", "load_memory", "save_memory",
     "METHODS", "GradMemConfig", "MemoryMethod", "build_method", "MemoryModel", "ReadOutput",
-    "TASKS", "KVConfig", "KVTask", "make_task", "WriteConfig", "WriteOptions", "write",
+    "TASKS", "KVConfig", "KVTask", "WriteConfig", "WriteOptions", "write",
 ]

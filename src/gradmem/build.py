@@ -1,11 +1,13 @@
 """Build a task and a MemoryModel from a JSON-able run spec, and save / load them as checkpoints.
 
 A run spec is a plain dict with four parts, each the config of the code that uses it:
-    {"task": {"name": "kv", ...}, "backbone": {"type": "llama", ...},
+    {"task": {"name": "kv", ...}, "backbone": {"name": "llama", ...},
      "method": {"name": "gradmem", ...}, "train": {...}}
-and optionally `"reference_compat": true` (gradmem.reference_compat: the authors' code's choices).
-A checkpoint folder holds `model.safetensors` (all weights), `spec.json`, for training runs
-`trainer.pt` (optimiser, schedule, progress) so a run resumes exactly, and `manifest.json` with
+(`name` picks the registered kind in each section; backbone sections saved before that key was
+shared use `type`, still read) and optionally `"reference_compat": true` (gradmem.reference_compat:
+the authors' code's choices). A checkpoint folder holds `model.safetensors` (all weights, or for a
+frozen / LoRA backbone loaded from a folder only the trained tensors plus `backbone.json`, see
+gradmem.checkpoint_weights), `spec.json`, for training runs `trainer.pt` (optimiser, schedule, progress) so a run resumes exactly, and `manifest.json` with
 the SHA-256 of each; it is written as one atomic folder switch (gradmem.checkpoint). Specs are
 validated against the config dataclasses before anything is built (gradmem.spec_check).
 """
@@ -19,22 +21,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
 
 from gradmem.backbones import build_backbone
 from gradmem.checkpoint import recover, verify, write_folder
+from gradmem.checkpoint_weights import load_weights, save_weights
 from gradmem.errors import CheckpointError
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 from gradmem.reference_compat import reference_compat
 from gradmem.spec_check import validate_spec
-from gradmem.tasks import make_task
+from gradmem.tasks import TASKS
+
 
 def build_task(spec: dict[str, Any]) -> Any:
-    """The task named in spec["task"]."""
-    task_spec = dict(spec["task"])
-    return make_task(task_spec.pop("name"), **task_spec)
+    """The task spec["task"] names (its other keys are the task's config); an unknown name lists the
+    valid ones."""
+    settings = dict(spec["task"])
+    name = settings.pop("name", None)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name](**settings)
 
 
 def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
@@ -44,12 +50,7 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
     task = task or build_task(spec)
     if spec.get("reference_compat"):
         spec = reference_compat(spec, task.tokenizer.pad_id)
-    backbone_spec = dict(spec["backbone"])
-    if backbone_spec.get("type") == "llama":
-        backbone_spec.setdefault("vocab_size", task.tokenizer.vocab_size)
-        if backbone_spec["vocab_size"] < task.tokenizer.vocab_size:
-            raise ValueError(f"backbone vocab {backbone_spec['vocab_size']} < tokenizer vocab {task.tokenizer.vocab_size}")
-    backbone = build_backbone(backbone_spec)
+    backbone = build_backbone(spec["backbone"], vocab_size=task.tokenizer.vocab_size)
     method_spec = dict(spec["method"])
     method = build_method(method_spec.pop("name"), backbone, method_spec)
     return MemoryModel(backbone, method, read_loss=spec.get("train", {}).get("read_loss", "example"))
@@ -58,9 +59,10 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
 def save_checkpoint(directory: str | Path, model: MemoryModel, spec: dict[str, Any],
                     trainer_state: dict[str, Any] | None = None) -> Path:
     """Save weights + spec (+ trainer state) with their checksums as one atomic folder switch: a
-    crash at any point leaves either the previous checkpoint or this one, never a mix."""
+    crash at any point leaves either the previous checkpoint or this one, never a mix. A frozen or
+    LoRA backbone loaded from a folder is saved as a reference (gradmem.checkpoint_weights)."""
     def write(folder: Path) -> None:
-        save_model(model, str(folder / "model.safetensors"))
+        save_weights(model, folder, spec["backbone"])
         if trainer_state is not None:
             torch.save(trainer_state, folder / "trainer.pt")
         (folder / "spec.json").write_text(json.dumps(spec, indent=2))
@@ -78,17 +80,6 @@ def load_spec(directory: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {directory}: spec.json is unreadable ({err})") from err
-
-
-def load_weights(model: MemoryModel, directory: str | Path, device: str | torch.device = "cpu") -> None:
-    """Load `directory`/model.safetensors into `model`, refusing a damaged file or one that does not
-    match the model (the checksum is checked by `verify` before this)."""
-    try:
-        missing, unexpected = load_model(model, str(Path(directory) / "model.safetensors"), strict=False, device=str(device))
-    except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {directory}: model.safetensors is damaged or does not fit the spec ({err})") from err
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}")
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[MemoryModel, Any, dict[str, Any]]:

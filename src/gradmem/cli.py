@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.write(f"step {record['step']} stage {record['stage']}: EM {record['exact_match']:.3f} "
                       f"token acc {record['token_accuracy']:.3f} write loss [{curve}]", file=sys.stderr)
 
-    trainer = Trainer(model, spec, args.out, on_log)
+    trainer = Trainer.from_spec(model, spec, args.out, on_log)
     resumed = args.resume and trainer.resume()  # a partial or damaged last/ raises: never a silent restart
     bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
     if resumed:

@@ -24,6 +24,7 @@ TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number"
 
 def validate_spec(spec: Any) -> None:
     """ConfigError unless `spec` is a run spec whose every key and value type is known."""
+    from gradmem.backbones import backbone_name
     from gradmem.backbones.llama import LlamaConfig
     from gradmem.methods import METHODS
     from gradmem.tasks import TASKS
@@ -52,8 +53,11 @@ def validate_spec(spec: Any) -> None:
         raise ConfigError(f"unknown method {method_name!r}; valid: {sorted(METHODS)}")
     check_fields(METHODS[method_name][1], method, "method")
     backbone = dict(spec["backbone"])
-    if backbone.pop("type", None) == "llama":  # hf backbones take a transformers config: left to transformers
-        check_fields(LlamaConfig, backbone, "backbone")
+    kind = backbone_name(backbone)
+    if kind not in ("llama", "hf"):
+        raise ConfigError(f"unknown backbone {kind!r}; valid: ['hf', 'llama'] (section 'backbone', key 'name')")
+    if kind == "llama":  # hf backbones take a transformers config: left to transformers
+        check_fields(LlamaConfig, {k: v for k, v in backbone.items() if k not in ("name", "type")}, "backbone")
     train = spec.get("train", {})
     check_fields(TrainConfig, train, "train")
     for i, stage in enumerate(train.get("curriculum") or []):

@@ -1,6 +1,10 @@
 """Meta-training loop: AdamW, warmup + schedule, clipping, periodic evaluation, early stopping,
 an optional curriculum, checkpoints with exact resume and a JSONL metrics log.
 
+`Trainer(model, cfg, stages, out_dir, spec)` takes its settings as a TrainConfig and its curriculum
+as a list of `Stage`s (gradmem.train_config); the run spec is only what checkpoints record.
+`Trainer.from_spec` reads all three from a run spec.
+
 Training data for generator tasks is drawn fresh each step from a seed derived from (run seed,
 step), so a resumed run sees exactly the batches the uninterrupted run would have seen.
 """
@@ -10,121 +14,44 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from gradmem.build import build_task, load_trainer_state, load_weights, save_checkpoint
+from gradmem.build import build_task, load_trainer_state, save_checkpoint
+from gradmem.checkpoint_weights import load_weights
 from gradmem.compiled import CompiledStep
 from gradmem.data import Batch, collate
 from gradmem.distributed import DataParallel
 from gradmem.errors import CheckpointError, TrainingDiverged
 from gradmem.evaluate import evaluate
-from gradmem.model import READ_LOSSES, MemoryModel
+from gradmem.model import MemoryModel
+from gradmem.train_config import SCHEDULES, Stage, TrainConfig, curriculum, lr_factor
 
-SCHEDULES = ("constant", "cosine", "linear")
-
-
-@dataclass
-class TrainConfig:
-    """How the outer (meta) optimisation runs."""
-
-    steps: int = 2000  # optimiser steps in total (all curriculum stages together)
-    batch_size: int = 32  # examples per step
-    lr: float = 1e-3  # AdamW peak learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2); a lower beta2 (0.95) damps gradient spikes
-    warmup_steps: int = 100  # linear warmup from 0 to lr
-    schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear" decay to min_lr_ratio * lr
-    min_lr_ratio: float = 0.1  # floor of the decaying schedules
-    grad_clip: float | None = 1.0  # max global gradient norm; None = off
-    eval_every: int = 200  # steps between evaluations
-    eval_examples: int = 500  # held-out examples per evaluation
-    eval_batch_size: int = 100  # batch size of evaluation
-    early_stop_patience: int | None = None  # stop after this many evaluations without improvement
-    target_exact_match: float | None = None  # stop once the last curriculum stage reaches this EM
-    checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
-    max_minutes: float | None = None  # stop (and save) after this much training time, counted across resumes
-    log_every: int = 10  # steps between training-loss log lines
-    seed: int = 0  # seeds model init, data and the held-out set
-    curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
-    advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
-    stage_steps: list[int] | None = None  # fixed schedule: steps spent in each stage but the last; EM then moves nothing
-    last_stage_steps: int | None = None  # train the last stage this many steps, the decay schedule spread over them
-    read_loss: str = "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
-    compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
-    compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
-    compile_after: int = 0  # with compile: run a batch shape eagerly this many steps first, so shapes that
-    #                         never last that long (short curriculum stages) are never compiled
-
-    def __post_init__(self) -> None:
-        if self.compile_after < 0:
-            raise ValueError(f"compile_after must be >= 0, got {self.compile_after}")
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
-        floats = (self.lr, self.weight_decay, self.min_lr_ratio, self.advance_exact_match, self.grad_clip or 1.0)
-        if not all(math.isfinite(x) for x in floats):  # an infinite lr trains straight to NaN weights
-            raise ValueError(f"lr, weight_decay, min_lr_ratio, advance_exact_match and grad_clip must be finite, got {floats}")
-        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
-        self.adam_betas = tuple(self.adam_betas)  # a JSON spec gives a list
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
-        if self.max_minutes is not None and not 0 < self.max_minutes < math.inf:
-            raise ValueError(f"max_minutes must be a positive number of minutes or None, got {self.max_minutes}")
-        if self.read_loss not in READ_LOSSES:
-            raise ValueError(f"unknown read_loss {self.read_loss!r}; valid: {list(READ_LOSSES)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {list(SCHEDULES)}")
-        if self.stage_steps is not None and (len(self.stage_steps) != max(len(self.curriculum) - 1, 0)
-                                             or min(self.stage_steps, default=1) < 1):
-            raise ValueError(f"stage_steps needs one positive step count per curriculum stage but the last "
-                             f"({max(len(self.curriculum) - 1, 0)}), got {self.stage_steps}")
-        if self.last_stage_steps is not None and self.last_stage_steps < 1:
-            raise ValueError(f"last_stage_steps must be >= 1 or None, got {self.last_stage_steps}")
-
-
-def lr_factor(step: int, cfg: TrainConfig, decay: tuple[int, int] | None = None) -> float:
-    """Multiplier of the peak lr at `step`: linear warmup, then the chosen decay over the steps
-    `decay` = (first, end); by default from the end of warmup to `cfg.steps`."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    first, end = decay or (cfg.warmup_steps, cfg.steps)
-    first = max(first, cfg.warmup_steps)
-    progress = max(0, step - first) / max(1, end - first)
-    floor = cfg.min_lr_ratio
-    if cfg.schedule == "cosine":
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    if cfg.schedule == "linear":
-        return 1 - (1 - floor) * min(progress, 1.0)
-    return 1.0
-
-
-def stage_spec(spec: dict[str, Any], cfg: TrainConfig, stage: int) -> dict[str, Any]:
-    """The spec's task with curriculum stage `stage`'s overrides applied (the last stage = target)."""
-    if not cfg.curriculum:
-        return spec["task"]
-    return {**spec["task"], **cfg.curriculum[stage]}
+__all__ = ["SCHEDULES", "Stage", "TrainConfig", "Trainer", "curriculum", "lr_factor"]
 
 
 class Trainer:
     """Runs (and resumes) one training run in `out_dir`."""
 
-    def __init__(self, model: MemoryModel, spec: dict[str, Any], out_dir: str | Path,
-                 on_log: Callable[[dict[str, Any]], None] | None = None, parallel: DataParallel | None = None) -> None:
+    def __init__(self, model: MemoryModel, cfg: TrainConfig, stages: list[Stage], out_dir: str | Path,
+                 spec: dict[str, Any], on_log: Callable[[dict[str, Any]], None] | None = None,
+                 parallel: DataParallel | None = None) -> None:
+        if not stages:
+            raise ValueError("a run needs at least one stage")
         self.model = model
         self.parallel = parallel or DataParallel()  # data-parallel rank; only rank 0 logs and saves
         self.forward_model = self.parallel.wrap(model)  # DDP around the model when data-parallel
-        self.spec = spec
-        self.cfg = TrainConfig(**spec.get("train", {}))
+        self.cfg = cfg
+        self.stages = stages
+        self.spec = spec  # what checkpoints record, so that load_checkpoint rebuilds this model
         self.out_dir = Path(out_dir)
         self.on_log = on_log or (lambda record: None)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                            betas=self.cfg.adam_betas)
         self.step = 0
-        self.last_stage_start: int | None = 0 if len(self.cfg.curriculum) <= 1 else None  # step the last stage began
+        self.last_stage_start: int | None = 0 if len(stages) == 1 else None  # step the last stage began
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self._started = time.time()
         self.stage = 0
@@ -136,10 +63,18 @@ class Trainer:
         self._compiled = CompiledStep(model, backend=self.cfg.compile_backend,
                                       compile_after=self.cfg.compile_after) if self.cfg.compile else None
 
+    @classmethod
+    def from_spec(cls, model: MemoryModel, spec: dict[str, Any], out_dir: str | Path,
+                  on_log: Callable[[dict[str, Any]], None] | None = None,
+                  parallel: DataParallel | None = None) -> "Trainer":
+        """The trainer of a run spec: its `train` section, its task and curriculum; checkpoints save `spec`."""
+        cfg = TrainConfig(**spec.get("train", {}))
+        return cls(model, cfg, curriculum(spec["task"], cfg), out_dir, spec, on_log, parallel)
+
     # -- data -----------------------------------------------------------------------------------
     def task(self, stage: int) -> Any:
         if stage not in self._tasks:
-            self._tasks[stage] = build_task({"task": stage_spec(self.spec, self.cfg, stage)})
+            self._tasks[stage] = build_task({"task": self.stages[stage].task})
         return self._tasks[stage]
 
     def valid_set(self, stage: int) -> list:
@@ -207,12 +142,12 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Train until `steps`, early stopping or the target; returns the last evaluation."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        last_stage = max(len(self.cfg.curriculum) - 1, 0)
+        last_stage = len(self.stages) - 1
         self.model.train()
         record: dict[str, Any] = {}
         self._started = time.time()
         while self.step < self.end_step():
-            if self.cfg.stage_steps and self.stage < last_stage and self.step >= sum(self.cfg.stage_steps[: self.stage + 1]):
+            if self.stage < last_stage and self.step >= self._stage_end():
                 self._next_stage()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg, self.decay_window())
@@ -274,16 +209,23 @@ class Trainer:
             return (self.cfg.steps, self.cfg.steps + 1)  # not started: no decay yet
         return (self.last_stage_start, self.end_step())
 
+    def _stage_end(self) -> float:
+        """The step a fixed-length stage ends at (the sum of its and earlier stages' steps); inf for
+        a stage that ends on exact match."""
+        if self.stages[self.stage].steps is None:
+            return math.inf
+        return sum(stage.steps or 0 for stage in self.stages[: self.stage + 1])
+
     def _next_stage(self) -> None:
         self.stage += 1
         self.best, self.bad_evals = -1.0, 0
-        if self.stage == len(self.cfg.curriculum) - 1:
+        if self.stage == len(self.stages) - 1:
             self.last_stage_start = self.step
 
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""
         if self.stage < last_stage:
-            if em >= self.cfg.advance_exact_match and not self.cfg.stage_steps:
+            if em >= self.cfg.advance_exact_match and self.stages[self.stage].steps is None:
                 self._next_stage()
             return False
         if em > self.best:

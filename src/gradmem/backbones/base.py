@@ -65,15 +65,20 @@ def tensor_sha256(tensor: Tensor) -> str:
     return hashlib.sha256(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def weights_hash(module: nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (name, shape, dtype, bytes): identifies the weights."""
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over (name, shape, dtype, bytes) of each tensor, in name order."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (name, shape, dtype, bytes): identifies the weights."""
+    return tensors_sha256(module.state_dict())
 
 
 def context_state_floats(backbone: Backbone, tokens: int) -> int:

@@ -1,0 +1,95 @@
+"""The weights file of a checkpoint: every tensor, or (peft-style) only the trained ones plus a
+reference to the backbone they were trained on.
+
+A model whose backbone is frozen or LoRA-adapted trains a few megabytes (M0, projection, WRITE
+head, adapters, top layers) on top of a backbone of hundreds of megabytes that it never changes.
+When that backbone is loaded from a folder (`"path"` or `"pretrained"` in its spec), a checkpoint
+saves the trained tensors in `model.safetensors` and writes `backbone.json`: where the backbone
+comes from and the SHA-256 of its frozen tensors. Loading rebuilds the model from the spec (which
+loads the backbone from that folder), refuses it if the frozen tensors' SHA-256 differs (another
+or changed model), and loads the trained tensors over it: the same model as a full checkpoint.
+A backbone built from a config (random weights) or trained in full is saved whole, as before, and
+a checkpoint without `backbone.json` is loaded whole, so older checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import Tensor, nn
+
+from gradmem.backbones.base import tensors_sha256
+from gradmem.errors import CheckpointError
+
+BACKBONE_REF = "backbone.json"
+SOURCE_KEYS = ("name", "type", "path", "pretrained", "cache_dir")  # where a backbone's weights come from
+
+
+def frozen_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the backbone's frozen parameters (tied aliases included), sorted."""
+    state = model.state_dict(keep_vars=True)
+    return sorted(k for k, t in state.items()
+                  if k.startswith("backbone.") and isinstance(t, nn.Parameter) and not t.requires_grad)
+
+
+def _frozen_sha256(model: nn.Module, keys: list[str]) -> str:
+    state = model.state_dict()
+    return tensors_sha256({k: state[k] for k in keys})
+
+
+def backbone_reference(model: nn.Module, backbone_spec: dict[str, Any]) -> dict[str, Any] | None:
+    """What `backbone.json` records for this model, or None when the checkpoint must hold every
+    tensor (nothing frozen, or a backbone that no folder can give back)."""
+    keys = frozen_keys(model)
+    if not keys or not ("path" in backbone_spec or "pretrained" in backbone_spec):
+        return None
+    return {"format": 1, "backbone": {k: backbone_spec[k] for k in SOURCE_KEYS if k in backbone_spec},
+            "frozen_tensors": len(keys), "weights_sha256": _frozen_sha256(model, keys)}
+
+
+def save_weights(model: nn.Module, folder: Path, backbone_spec: dict[str, Any]) -> None:
+    """Write `model.safetensors` (and `backbone.json` for a frozen backbone loaded from a folder)."""
+    reference = backbone_reference(model, backbone_spec)
+    if reference is None:
+        save_model(model, str(folder / "model.safetensors"))
+        return
+    frozen = set(frozen_keys(model))
+    # clone: a trained tensor tied to another would make safetensors refuse the shared storage
+    trained = {k: t.detach().clone().contiguous() for k, t in model.state_dict().items() if k not in frozen}
+    save_file(trained, str(folder / "model.safetensors"))
+    (folder / BACKBONE_REF).write_text(json.dumps(reference, indent=2))
+
+
+def load_weights(model: nn.Module, directory: str | Path, device: str | torch.device = "cpu") -> None:
+    """Load `directory`/model.safetensors into `model`, refusing a damaged file, one that does not
+    match the model, or (with `backbone.json`) a backbone whose frozen tensors are not the ones the
+    checkpoint was trained on. The files' checksums are checked by `verify` before this."""
+    directory = Path(directory)
+    path = directory / "model.safetensors"
+    ref_path = directory / BACKBONE_REF
+    try:
+        if not ref_path.exists():
+            missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
+        else:
+            missing, unexpected = model.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint {directory}: model.safetensors is damaged or does not fit the spec ({err})") from err
+    if ref_path.exists():
+        missing = _check_reference(model, directory, json.loads(ref_path.read_text()), missing)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}")
+
+
+def _check_reference(model: nn.Module, directory: Path, reference: dict[str, Any], missing: list[str]) -> list[str]:
+    """The keys still missing once the frozen ones are accounted for; CheckpointError if the frozen
+    tensors the spec's backbone gave are not those the checkpoint was trained on."""
+    keys = frozen_keys(model)
+    if len(keys) != reference.get("frozen_tensors") or _frozen_sha256(model, keys) != reference.get("weights_sha256"):
+        raise CheckpointError(f"checkpoint {directory} was trained on another backbone than {reference.get('backbone')} "
+                              f"gives now (the SHA-256 of its {len(keys)} frozen tensors differs from {BACKBONE_REF})")
+    return sorted(set(missing) - set(keys))
