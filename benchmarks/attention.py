@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -27,24 +28,31 @@ from gradmem.attention import get_attention  # noqa: E402
 KERNELS = ("math", "sdpa_explicit", "sdpa_hvp")  # the first is the reference
 
 
-def second_order(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+def second_order(
+    fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor
+) -> Callable[[], None]:
     def run() -> None:
         out = fn(q, k, v)
         grads = torch.autograd.grad((out * w).sum(), (q, k, v), create_graph=True)
         sum((g * g).sum() for g in grads).backward()
+
     return run
 
 
 def first_order(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         (fn(q, k, v) * w).sum().backward()
+
     return run
 
 
-def forward_only(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> Callable[[], None]:
+def forward_only(
+    fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor
+) -> Callable[[], None]:
     def run() -> None:
         with torch.no_grad():
             fn(q, k, v)
+
     return run
 
 
@@ -61,8 +69,10 @@ def main() -> None:
     args = p.parse_args()
     apply_threads(args)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    report: dict[str, Any] = {"setting": {**vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__},
-                              "results": []}
+    report: dict[str, Any] = {
+        "setting": {**vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "results": [],
+    }
     gen = torch.Generator(device="cpu").manual_seed(0)
     for length in (int(x) for x in args.lengths.split(",")):
         shape = (args.batch, args.heads, length, args.head_dim)
@@ -80,25 +90,41 @@ def main() -> None:
             for name in KERNELS[1:]:
                 row[f"{name}_speedup"] = ratios(times, KERNELS[0], name)
             report["results"].append(row)
-            print(f"T={length:5d} {mode:12s} " + ", ".join(
-                f"{name} {row[name + '_seconds']['median'] * 1e3:.1f} ms {row[name + '_peak_bytes'] / 2**20:.0f} MiB"
-                + (f" ({row[name + '_speedup']['median']:.2f}x)" if name != KERNELS[0] else "") for name in KERNELS), flush=True)
+            print(
+                f"T={length:5d} {mode:12s} "
+                + ", ".join(
+                    f"{name} {row[name + '_seconds']['median'] * 1e3:.1f} ms {row[name + '_peak_bytes'] / 2**20:.0f} MiB"
+                    + (f" ({row[name + '_speedup']['median']:.2f}x)" if name != KERNELS[0] else "")
+                    for name in KERNELS
+                ),
+                flush=True,
+            )
             q.grad = k.grad = v.grad = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "attention" + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     s = report["setting"]
-    lines = [f"Batch {s['batch']}, {s['heads']} heads, head dim {s['head_dim']}, {s['dtype']}, {s['device']}, "
-             f"{s['threads']} threads, {s['rounds']} interleaved rounds; speed-up = {KERNELS[0]} time / kernel time, "
-             "per round (median, min-max).", "",
-             "| T | mode | " + " | ".join(f"{n} ms" for n in KERNELS) + " | "
-             + " | ".join(f"{n} speed-up" for n in KERNELS[1:]) + " | " + " | ".join(f"{n} peak MiB" for n in KERNELS) + " |",
-             "|---|---|" + "---|" * (3 * len(KERNELS) - 1)]
+    lines = [
+        f"Batch {s['batch']}, {s['heads']} heads, head dim {s['head_dim']}, {s['dtype']}, {s['device']}, "
+        f"{s['threads']} threads, {s['rounds']} interleaved rounds; speed-up = {KERNELS[0]} time / kernel time, "
+        "per round (median, min-max).",
+        "",
+        "| T | mode | "
+        + " | ".join(f"{n} ms" for n in KERNELS)
+        + " | "
+        + " | ".join(f"{n} speed-up" for n in KERNELS[1:])
+        + " | "
+        + " | ".join(f"{n} peak MiB" for n in KERNELS)
+        + " |",
+        "|---|---|" + "---|" * (3 * len(KERNELS) - 1),
+    ]
     for r in report["results"]:
         cells = [f"{r[n + '_seconds']['median'] * 1e3:.1f}" for n in KERNELS]
-        cells += [f"{r[n + '_speedup']['median']:.2f}x ({r[n + '_speedup']['min']:.2f}-{r[n + '_speedup']['max']:.2f})"
-                  for n in KERNELS[1:]]
+        cells += [
+            f"{r[n + '_speedup']['median']:.2f}x ({r[n + '_speedup']['min']:.2f}-{r[n + '_speedup']['max']:.2f})"
+            for n in KERNELS[1:]
+        ]
         cells += [f"{r[n + '_peak_bytes'] / 2**20:.0f}" for n in KERNELS]
         lines.append(f"| {r['length']} | {r['mode']} | " + " | ".join(cells) + " |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")

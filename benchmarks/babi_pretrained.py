@@ -35,8 +35,22 @@ from gradmem.train import Trainer
 from gradmem.training_free import mean_embedding
 
 METHODS = ("gradmem", "rmt", "full_context", "no_context")
-SHARED = ("model", "task", "questions_per_story", "statements_per_question", "train_top_layers", "single_fact_steps",
-          "two_fact_steps", "steps", "batch_size", "lr", "adam_beta2", "eval_examples", "test_examples", "seed")
+SHARED = (
+    "model",
+    "task",
+    "questions_per_story",
+    "statements_per_question",
+    "train_top_layers",
+    "single_fact_steps",
+    "two_fact_steps",
+    "steps",
+    "batch_size",
+    "lr",
+    "adam_beta2",
+    "eval_examples",
+    "test_examples",
+    "seed",
+)
 # Shared settings added after the first runs, with the value those runs used: a record without one still
 # lands in the table of a run that leaves it at this value.
 SHARED_DEFAULTS = {"adam_beta2": 0.999, "two_fact_steps": 0}
@@ -45,8 +59,12 @@ SHARED_DEFAULTS = {"adam_beta2": 0.999, "two_fact_steps": 0}
 def method_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
     if name == "gradmem":
         optim = {"name": args.inner_optim, "lr": args.inner_lr, "clip_norm": args.inner_clip_norm}
-        return {"name": name, "num_memory": args.memory, "inner_loss_weight": args.inner_loss_weight,
-                "write": {"steps": args.write_steps, "optim": optim}}
+        return {
+            "name": name,
+            "num_memory": args.memory,
+            "inner_loss_weight": args.inner_loss_weight,
+            "write": {"steps": args.write_steps, "optim": optim},
+        }
     if name == "rmt":
         return {"name": name, "num_memory": args.memory, "steps": 1}
     return {"name": name}
@@ -54,18 +72,35 @@ def method_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 def make_spec(args: argparse.Namespace, name: str) -> dict[str, Any]:
     tokenizer = {"type": "hf", "pretrained": args.model}
-    task = {"name": "babi", "task": args.task, "questions_per_story": args.questions_per_story,
-            "statements_per_question": args.statements_per_question, "tokenizer": tokenizer}
+    task = {
+        "name": "babi",
+        "task": args.task,
+        "questions_per_story": args.questions_per_story,
+        "statements_per_question": args.statements_per_question,
+        "tokenizer": tokenizer,
+    }
     backbone = {"type": "hf", "pretrained": args.model, "freeze": True, "train_top_layers": args.train_top_layers}
-    train = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "adam_betas": [0.9, args.adam_beta2],
-             "warmup_steps": 20,
-             "eval_every": args.eval_every, "eval_examples": args.eval_examples, "eval_batch_size": 8,
-             "checkpoint_every": args.steps, "log_every": 10, "seed": args.seed}
+    train = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "adam_betas": [0.9, args.adam_beta2],
+        "warmup_steps": 20,
+        "eval_every": args.eval_every,
+        "eval_examples": args.eval_examples,
+        "eval_batch_size": 8,
+        "checkpoint_every": args.steps,
+        "log_every": 10,
+        "seed": args.seed,
+    }
     # Warm-up stages, each for a fixed number of steps (the same for every method, whatever its EM), then
     # the task itself for the rest of `steps`: one-statement stories, then (optionally) two-statement ones,
     # all with one question per story.
-    warmups = [({"statements_per_question": n, "questions_per_story": 1}, steps)
-               for n, steps in ((1, args.single_fact_steps), (2, args.two_fact_steps)) if steps]
+    warmups = [
+        ({"statements_per_question": n, "questions_per_story": 1}, steps)
+        for n, steps in ((1, args.single_fact_steps), (2, args.two_fact_steps))
+        if steps
+    ]
     if warmups:
         train |= {"curriculum": [stage for stage, _ in warmups] + [{}], "stage_steps": [steps for _, steps in warmups]}
     return {"task": task, "backbone": backbone, "method": method_spec(args, name), "train": train}
@@ -82,8 +117,10 @@ def mean_embedding_init(model: MemoryModel) -> None:
 
 def count_trainable(model: MemoryModel) -> dict[str, int]:
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return {"backbone": sum(p.numel() for n, p in params if n.startswith("backbone.")),
-            "method": sum(p.numel() for n, p in params if n.startswith("method."))}
+    return {
+        "backbone": sum(p.numel() for n, p in params if n.startswith("backbone.")),
+        "method": sum(p.numel() for n, p in params if n.startswith("method.")),
+    }
 
 
 def write_curve(model: MemoryModel, examples: list, pad_id: int) -> dict[str, float]:
@@ -106,8 +143,11 @@ def swapped_memory_loss(model: MemoryModel, examples: list, pad_id: int, steps: 
     with torch.no_grad():
         for batch in iterate_batches(examples, 8, pad_id):
             memory = model.write(batch.context, steps=steps)
-            swapped = replace(memory, prefix=memory.prefix.roll(1, 0),
-                              lengths=None if memory.lengths is None else memory.lengths.roll(1, 0))
+            swapped = replace(
+                memory,
+                prefix=memory.prefix.roll(1, 0),
+                lengths=None if memory.lengths is None else memory.lengths.roll(1, 0),
+            )
             total += model.read(swapped, batch.query, batch.target).per_example_loss.sum().item()
     return total / len(examples)
 
@@ -158,12 +198,23 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
     add_swap_check(name, best, rows, test, pad)
     for key, row in rows.items():
         print(key, json.dumps(row), flush=True)
-    record = {"method": name, "settings": {k: getattr(args, k) for k in SHARED}, "spec": spec,
-              "trainable_params": count_trainable(model), "train_seconds": round(train_s, 1),
-              "best_valid_step": best_valid_step(trainer.history),
-              "train_history": trainer.history, "test_examples": len(test), "results": rows,
-              "command": "python benchmarks/babi_pretrained.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, "") and not isinstance(v, bool))}
+    record = {
+        "method": name,
+        "settings": {k: getattr(args, k) for k in SHARED},
+        "spec": spec,
+        "trainable_params": count_trainable(model),
+        "train_seconds": round(train_s, 1),
+        "best_valid_step": best_valid_step(trainer.history),
+        "train_history": trainer.history,
+        "test_examples": len(test),
+        "results": rows,
+        "command": "python benchmarks/babi_pretrained.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v not in (None, "") and not isinstance(v, bool)
+        ),
+    }
     tmp = out / "result.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, out / "result.json")
@@ -175,8 +226,10 @@ def curve(record: dict[str, Any]) -> str:
     evals = [h for h in record["train_history"] if h["kind"] == "eval"]
     stages = record["spec"]["train"].get("curriculum", [])[:-1]
     marks = [f" ({stage['statements_per_question']}f)" for stage in stages]
-    return ", ".join(f"{h['step']}{marks[h['stage']] if h['stage'] < len(marks) else ''}: {100 * h['exact_match']:.0f}"
-                     for h in evals)
+    return ", ".join(
+        f"{h['step']}{marks[h['stage']] if h['stage'] < len(marks) else ''}: {100 * h['exact_match']:.0f}"
+        for h in evals
+    )
 
 
 def swapped_cell(row: dict[str, Any]) -> str:
@@ -212,42 +265,65 @@ def report(args: argparse.Namespace) -> None:
         return
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(
-        {"data": "GENERATED bAbI-style QA (not the bAbI benchmark)", "settings": settings, "records": records}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"data": "GENERATED bAbI-style QA (not the bAbI benchmark)", "settings": settings, "records": records},
+            indent=2,
+        )
+    )
     s = settings
     valid_answer, valid_share = constant_answer_em(args, "valid", s["eval_examples"])
     test_answer, test_share = constant_answer_em(args, "test", s["test_examples"])
-    warmup = (f", the first {s['single_fact_steps']} of them on one-statement, one-question stories (warm-up "
-              "stage, marked (1f) below)") if s["single_fact_steps"] else ""
+    warmup = (
+        (
+            f", the first {s['single_fact_steps']} of them on one-statement, one-question stories (warm-up "
+            "stage, marked (1f) below)"
+        )
+        if s["single_fact_steps"]
+        else ""
+    )
     if s["two_fact_steps"]:
         warmup += f", then {s['two_fact_steps']} on two-statement, one-question stories (marked (2f))"
-    lines = [f"# bAbI QA{s['task']} (GENERATED bAbI-style data) with {s['model']}: same budget for every method", "",
-             f"Every method trains the top {s['train_top_layers']} decoder layers + final norm of {s['model']} "
-             f"(embeddings and any lower layers frozen) for {s['steps']} steps x batch {s['batch_size']}{warmup} "
-             f"(AdamW lr {s['lr']}, betas (0.9, {s['adam_beta2']}), 1 thread); "
-             f"the checkpoint scored is the best on {s['eval_examples']} validation questions; "
-             f"{s['test_examples']} held-out test questions. EM = teacher-forced exact match on the answer "
-             "tokens; gen EM = greedy generation; 'with another story's memory' = READ loss (mean answer-token "
-             "cross-entropy) when each test question reads the memory of the next story in its batch "
-             "(GradMem / RMT; no higher than the READ loss = the memory is not used). Train min = wall time of training incl. validation, on a shared "
-             f"2-core CPU. Constant-answer floor: always answering '{test_answer}' scores {100 * test_share:.1f}% "
-             f"on test ('{valid_answer}': {100 * valid_share:.1f}% on validation).", "",
-             "| method | trainable backbone / method params | train min | EM % | gen EM % | READ loss | with another story's memory | valid EM % by step |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# bAbI QA{s['task']} (GENERATED bAbI-style data) with {s['model']}: same budget for every method",
+        "",
+        f"Every method trains the top {s['train_top_layers']} decoder layers + final norm of {s['model']} "
+        f"(embeddings and any lower layers frozen) for {s['steps']} steps x batch {s['batch_size']}{warmup} "
+        f"(AdamW lr {s['lr']}, betas (0.9, {s['adam_beta2']}), 1 thread); "
+        f"the checkpoint scored is the best on {s['eval_examples']} validation questions; "
+        f"{s['test_examples']} held-out test questions. EM = teacher-forced exact match on the answer "
+        "tokens; gen EM = greedy generation; 'with another story's memory' = READ loss (mean answer-token "
+        "cross-entropy) when each test question reads the memory of the next story in its batch "
+        "(GradMem / RMT; no higher than the READ loss = the memory is not used). Train min = wall time of training incl. validation, on a shared "
+        f"2-core CPU. Constant-answer floor: always answering '{test_answer}' scores {100 * test_share:.1f}% "
+        f"on test ('{valid_answer}': {100 * valid_share:.1f}% on validation).",
+        "",
+        "| method | trainable backbone / method params | train min | EM % | gen EM % | READ loss | with another story's memory | valid EM % by step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in records:
         p = r["trainable_params"]
         for key, row in r["results"].items():
-            lines.append(f"| {key}{inner_settings(r)} | {p['backbone'] / 1e6:.1f}M / {p['method'] / 1e6:.2f}M | {r['train_seconds'] / 60:.1f} | "
-                         f"{100 * row['exact_match']:.1f} | {100 * row['generated_exact_match']:.1f} | "
-                         f"{row['loss']:.3f} | {swapped_cell(row)} | {curve(r)} |")
+            lines.append(
+                f"| {key}{inner_settings(r)} | {p['backbone'] / 1e6:.1f}M / {p['method'] / 1e6:.2f}M | {r['train_seconds'] / 60:.1f} | "
+                f"{100 * row['exact_match']:.1f} | {100 * row['generated_exact_match']:.1f} | "
+                f"{row['loss']:.3f} | {swapped_cell(row)} | {curve(r)} |"
+            )
     for r in records:
         if r["method"] == "gradmem":
-            wl = [(h["step"], h["write_loss"][0]) for h in r["train_history"] if h["kind"] == "train" and h["write_loss"]]
+            wl = [
+                (h["step"], h["write_loss"][0]) for h in r["train_history"] if h["kind"] == "train" and h["write_loss"]
+            ]
             row = r["results"][f"gradmem_K{r['spec']['method']['write']['steps']}"]
-            lines += ["", f"GradMem{inner_settings(r)} WRITE config: {json.dumps(r['spec']['method'])}.",
-                      f"Held-out reconstruction loss before / after the WRITE: {row['write_loss_before']:.3f} / "
-                      f"{row['write_loss_after']:.3f} nats per token.",
-                      "Training write loss (before the step) by step: " + ", ".join(f"{st}: {v:.2f}" for st, v in wl[::2]) + "."]
+            lines += [
+                "",
+                f"GradMem{inner_settings(r)} WRITE config: {json.dumps(r['spec']['method'])}.",
+                f"Held-out reconstruction loss before / after the WRITE: {row['write_loss_before']:.3f} / "
+                f"{row['write_loss_after']:.3f} nats per token.",
+                "Training write loss (before the step) by step: "
+                + ", ".join(f"{st}: {v:.2f}" for st, v in wl[::2])
+                + ".",
+            ]
     lines += ["", "Commands (one per method; each rewrites this file from all results under its --out):", ""]
     lines += [f"    {c}" for c in dict.fromkeys(r["command"] for r in records)]
     lines.append("")
@@ -261,10 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", type=int, default=1)
     parser.add_argument("--questions-per-story", type=int, default=2)
     parser.add_argument("--statements-per-question", type=int, default=None)
-    parser.add_argument("--train-top-layers", type=int, default=30, help="decoder layers trained (top k; 30 = all of SmolLM2)")
-    parser.add_argument("--single-fact-steps", type=int, default=150, help="warm-up steps on one-fact stories (0 = none)")
-    parser.add_argument("--two-fact-steps", type=int, default=SHARED_DEFAULTS["two_fact_steps"],
-                        help="then warm-up steps on two-statement, one-question stories (0 = none)")
+    parser.add_argument(
+        "--train-top-layers", type=int, default=30, help="decoder layers trained (top k; 30 = all of SmolLM2)"
+    )
+    parser.add_argument(
+        "--single-fact-steps", type=int, default=150, help="warm-up steps on one-fact stories (0 = none)"
+    )
+    parser.add_argument(
+        "--two-fact-steps",
+        type=int,
+        default=SHARED_DEFAULTS["two_fact_steps"],
+        help="then warm-up steps on two-statement, one-question stories (0 = none)",
+    )
     parser.add_argument("--memory", type=int, default=8)
     parser.add_argument("--write-steps", type=int, default=1)
     parser.add_argument("--inner-optim", default="sgd", choices=("sgd", "adam"))
@@ -274,8 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--adam-beta2", type=float, default=SHARED_DEFAULTS["adam_beta2"],
-                        help="AdamW beta2 of every method (0.95 damps the gradient spikes of second-order training)")
+    parser.add_argument(
+        "--adam-beta2",
+        type=float,
+        default=SHARED_DEFAULTS["adam_beta2"],
+        help="AdamW beta2 of every method (0.95 damps the gradient spikes of second-order training)",
+    )
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--test-examples", type=int, default=200)
@@ -284,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/babi_qa1_full")
     parser.add_argument("--results", default="results/pretrained/babi_qa1_full_cpu")
     parser.add_argument("--variant", default="", help="suffix of the run folder, to keep several runs of one method")
-    parser.add_argument("--swap-check", action="store_true",
-                        help="only add the swapped-memory READ loss to finished GradMem / RMT runs of --methods")
+    parser.add_argument(
+        "--swap-check",
+        action="store_true",
+        help="only add the swapped-memory READ loss to finished GradMem / RMT runs of --methods",
+    )
     parser.add_argument("--report-only", action="store_true", help="only rebuild the results files")
     return parser
 
@@ -303,8 +394,13 @@ def main(argv: list[str] | None = None) -> None:
             path = run_dir(args, name) / "result.json"
             record = json.loads(path.read_text())
             best, task, _ = load_checkpoint(path.parent / "best")
-            add_swap_check(name, best, record["results"], task.make_split("test", args.test_examples, args.seed),
-                           task.tokenizer.pad_id)
+            add_swap_check(
+                name,
+                best,
+                record["results"],
+                task.make_split("test", args.test_examples, args.seed),
+                task.tokenizer.pad_id,
+            )
             path.write_text(json.dumps(record, indent=2))
     elif not args.report_only:
         for name in names:

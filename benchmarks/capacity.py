@@ -58,7 +58,9 @@ def cell_name(method: str, pairs: int, seed: int) -> str:
     return f"{method}_N{pairs}_s{seed}"
 
 
-def cell_spec(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: int, start_after: int) -> dict[str, Any]:
+def cell_spec(
+    preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: int, start_after: int
+) -> dict[str, Any]:
     """The run spec of one cell: base, then the method's overrides, then pairs / seed / curriculum."""
     spec = deep_merge(preset["base"], {"train": method.get("train", {})})
     base_method, own = preset["base"].get("method", {}), method["method"]
@@ -75,7 +77,9 @@ def cell_spec(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: 
     return spec
 
 
-def init_source(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: int, runs: Path) -> tuple[Path | None, int]:
+def init_source(
+    preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: int, runs: Path
+) -> tuple[Path | None, int]:
     """Checkpoint a cell starts from, and the pairs it was trained on (0 = from scratch).
 
     `init_from` (e.g. K=2 from K=1, "then raise K") starts from another method's cell at the same N;
@@ -108,16 +112,35 @@ def state_floats(model: Any, examples: list) -> int:
     return int(model.method.state_floats(model.backbone, max(len(e.context) for e in examples)))
 
 
-def run_cell(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: int, out: Path, runs: Path,
-             test_sets: dict[int, list], device: str, dtype: str, log: Any) -> dict[str, Any]:
+def run_cell(
+    preset: dict[str, Any],
+    method: dict[str, Any],
+    pairs: int,
+    seed: int,
+    out: Path,
+    runs: Path,
+    test_sets: dict[int, list],
+    device: str,
+    dtype: str,
+    log: Any,
+) -> dict[str, Any]:
     """Train (or resume) one cell, score its checkpoint on the test set, return the cell record."""
     source, start_after = init_source(preset, method, pairs, seed, runs)
     spec = cell_spec(preset, method, pairs, seed, start_after)
     run_dir = runs / cell_name(method["key"], pairs, seed)
     torch.manual_seed(seed)
     model = build_model(spec).to(device)
-    trainer = Trainer.from_spec(model, spec, run_dir, on_log=lambda r: r["kind"] == "eval" and log(
-        f"  {cell_name(method['key'], pairs, seed)} step {r['step']} stage {r['stage']} EM {r['exact_match']:.3f}"))
+    trainer = Trainer.from_spec(
+        model,
+        spec,
+        run_dir,
+        on_log=lambda r: (
+            r["kind"] == "eval"
+            and log(
+                f"  {cell_name(method['key'], pairs, seed)} step {r['step']} stage {r['stage']} EM {r['exact_match']:.3f}"
+            )
+        ),
+    )
     resumed = trainer.resume()
     if not resumed and source is not None:
         if not (checkpoint_of(source) / "model.safetensors").exists():
@@ -135,12 +158,24 @@ def run_cell(preset: dict[str, Any], method: dict[str, Any], pairs: int, seed: i
         result = evaluate(model, test_sets[pairs], preset.get("eval_batch_size", 250), pad_id=task.tokenizer.pad_id)
     last_stage = len(trainer.stages) - 1
     return {
-        "method": method["key"], "label": method.get("label", method["key"]), "pairs": pairs, "seed": seed,
-        "exact_match": result["exact_match"], "token_accuracy": result["token_accuracy"], "test_loss": result["loss"],
-        "test_examples": len(test_sets[pairs]), "state_floats": state_floats(model, test_sets[pairs]),
-        "train_steps": trainer.step, "reached_last_stage": trainer.stage == last_stage, "checkpoint": final.name,
-        "train_seconds": round(train_s, 1), "eval_seconds": round(time.time() - started, 1),
-        "init_from": None if source is None else source.name, "resumed": resumed, "device": device, "dtype": dtype,
+        "method": method["key"],
+        "label": method.get("label", method["key"]),
+        "pairs": pairs,
+        "seed": seed,
+        "exact_match": result["exact_match"],
+        "token_accuracy": result["token_accuracy"],
+        "test_loss": result["loss"],
+        "test_examples": len(test_sets[pairs]),
+        "state_floats": state_floats(model, test_sets[pairs]),
+        "train_steps": trainer.step,
+        "reached_last_stage": trainer.stage == last_stage,
+        "checkpoint": final.name,
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(time.time() - started, 1),
+        "init_from": None if source is None else source.name,
+        "resumed": resumed,
+        "device": device,
+        "dtype": dtype,
         "eval_history": [(r["step"], r["stage"], r["exact_match"]) for r in trainer.history if r["kind"] == "eval"],
         "spec": spec,
     }
@@ -165,16 +200,20 @@ def summarise(preset: dict[str, Any], out: Path) -> dict[str, Any]:
             ems = [c["exact_match"] for c in mine if c["pairs"] == n]
             flag = "" if all(c["reached_last_stage"] for c in mine if c["pairs"] == n) else "*"
             row.append(percent(ems) + flag if ems else "-")
-        row += [",".join(str(seed) for seed in sorted({c["seed"] for c in mine})),
-                sum(c["train_steps"] for c in mine), round(sum(c["train_seconds"] for c in mine) / 60, 1)]
+        row += [
+            ",".join(str(seed) for seed in sorted({c["seed"] for c in mine})),
+            sum(c["train_steps"] for c in mine),
+            round(sum(c["train_seconds"] for c in mine) / 60, 1),
+        ]
         rows.append(row)
     header = ["method", "state floats"] + [f"N={n}" for n in grid] + ["seeds", "train steps", "train min"]
     name = preset.get("name", out.name)
     test_n = cells[0]["test_examples"] if cells else 0
-    table = (f"Key-value retrieval, exact match % on {test_n} held-out examples per N ({name}).\n"
-             "Mean ± standard deviation over the seeds listed. `*` = in at least one seed the curriculum did not reach N\n"
-             "within the step budget (the last checkpoint is scored).\n\n"
-             + markdown_table(header, rows))
+    table = (
+        f"Key-value retrieval, exact match % on {test_n} held-out examples per N ({name}).\n"
+        "Mean ± standard deviation over the seeds listed. `*` = in at least one seed the curriculum did not reach N\n"
+        "within the step budget (the last checkpoint is scored).\n\n" + markdown_table(header, rows)
+    )
     (out / "table.md").write_text(table)
     summary = {"preset": preset, "cells": [{k: v for k, v in c.items() if k != "spec"} for c in cells]}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
@@ -185,8 +224,11 @@ def summarise(preset: dict[str, Any], out: Path) -> dict[str, Any]:
         for c in cells:  # one panel per N; a curriculum stage change shows as a drop (a harder stage)
             label = labels.get(c["method"], c["method"]) + (f" s{c['seed']}" if len(seeds_of[c["method"]]) > 1 else "")
             panels.setdefault(f"N={c['pairs']}", {})[label] = [(s, em) for s, _, em in c["eval_history"]]
-        plot_curves(out / "curves.png", dict(sorted(panels.items(), key=lambda kv: int(kv[0][2:]))),
-                    f"held-out EM during training: {name}")
+        plot_curves(
+            out / "curves.png",
+            dict(sorted(panels.items(), key=lambda kv: int(kv[0][2:]))),
+            f"held-out EM during training: {name}",
+        )
     return summary
 
 

@@ -80,9 +80,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
     ks = [int(x) for x in args.steps.split(",")]
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.width, intermediate_size=4 * args.width,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-                      max_position_embeddings=max(lengths) + 64)
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.width,
+        intermediate_size=4 * args.width,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=max(lengths) + 64,
+    )
     backbone = HFBackbone.from_config(cfg, attn_implementation="sdpa")  # no second order at test time
     model = MemoryModel(backbone, build_method("gradmem", backbone, {"num_memory": args.memory})).to(args.device).eval()
     lm = backbone.model
@@ -93,14 +99,18 @@ def main() -> int:
             ids = torch.randint(4, args.vocab, (1, n), device=args.device)
             context = pad_right([ids[0].tolist()]).to(args.device)
             query = torch.randint(4, args.vocab, (1, args.query_tokens), device=args.device)
-            times: dict[str, list[float]] = {k: [] for k in ["prefill", "read_full", "read_mem"] + [f"write_{k}" for k in ks]}
+            times: dict[str, list[float]] = {
+                k: [] for k in ["prefill", "read_full", "read_mem"] + [f"write_{k}" for k in ks]
+            }
             for rep in range(args.repeats + 1):  # repetition 0 warms up and is dropped
                 sample: dict[str, float] = {}
                 for k in ks:
+
                     def run_write(k: int = k) -> None:
                         memory = model.write(context, steps=k)
                         lm(inputs_embeds=memory.prefix, use_cache=True)  # the memory's KV cache, once per memory
                         sync()
+
                     sample[f"write_{k}"] = timed(run_write)
                 cache_c = DynamicCache()
                 sample["prefill"] = timed(lambda: (lm(input_ids=ids, past_key_values=cache_c, use_cache=True), sync()))
@@ -122,24 +132,43 @@ def main() -> int:
                 flops_write = 3 * k * forward_flops(cfg, m + n, 0) + forward_flops(cfg, m, 0)  # fwd + bwd per step
                 gain = med["read_full"] - med["read_mem"]
                 extra = med[f"write_{k}"] - med["prefill"]
-                rows.append({
-                    "context_tokens": n, "write_steps": k,
-                    "write_ms": 1000 * med[f"write_{k}"], "prefill_ms": 1000 * med["prefill"],
-                    "read_mem_ms": 1000 * med["read_mem"], "read_full_ms": 1000 * med["read_full"],
-                    "break_even_queries": extra / gain if gain > 0 else math.inf,
-                    "break_even_queries_flops": (flops_write - forward_flops(cfg, n, 0)) / (flops_read_full - flops_read_mem),
-                    # when the full-context KV cache is not kept, every query re-reads the context
-                    "break_even_queries_reread": med[f"write_{k}"] / (med["prefill"] + gain),
-                    "memory_floats": m * args.width, "kv_cache_floats": context_state_floats(backbone, n),
-                })
-                print(json.dumps({k2: (round(v, 2) if isinstance(v, float) else v) for k2, v in rows[-1].items()}), flush=True)
+                rows.append(
+                    {
+                        "context_tokens": n,
+                        "write_steps": k,
+                        "write_ms": 1000 * med[f"write_{k}"],
+                        "prefill_ms": 1000 * med["prefill"],
+                        "read_mem_ms": 1000 * med["read_mem"],
+                        "read_full_ms": 1000 * med["read_full"],
+                        "break_even_queries": extra / gain if gain > 0 else math.inf,
+                        "break_even_queries_flops": (flops_write - forward_flops(cfg, n, 0))
+                        / (flops_read_full - flops_read_mem),
+                        # when the full-context KV cache is not kept, every query re-reads the context
+                        "break_even_queries_reread": med[f"write_{k}"] / (med["prefill"] + gain),
+                        "memory_floats": m * args.width,
+                        "kv_cache_floats": context_state_floats(backbone, n),
+                    }
+                )
+                print(
+                    json.dumps({k2: (round(v, 2) if isinstance(v, float) else v) for k2, v in rows[-1].items()}),
+                    flush=True,
+                )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    setup = {"model": f"HF Llama {args.layers} layers x width {args.width}, {args.heads} heads, vocab {args.vocab}, random weights",
-             "memory_vectors": args.memory, "query_tokens": args.query_tokens, "answer_tokens": args.answer_tokens,
-             "repeats": args.repeats, "queries_per_repeat": args.queries, "device": args.device, "threads": args.threads,
-             "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-             "command": "python benchmarks/cost.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())}
+    setup = {
+        "model": f"HF Llama {args.layers} layers x width {args.width}, {args.heads} heads, vocab {args.vocab}, random weights",
+        "memory_vectors": args.memory,
+        "query_tokens": args.query_tokens,
+        "answer_tokens": args.answer_tokens,
+        "repeats": args.repeats,
+        "queries_per_repeat": args.queries,
+        "device": args.device,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "command": "python benchmarks/cost.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+    }
     (out / "cost.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=2))
     write_table(out, setup, rows)
     plot(out, rows, ks)
@@ -147,18 +176,22 @@ def main() -> int:
 
 
 def write_table(out: Path, setup: dict, rows: list[dict]) -> None:
-    lines = [f"# Cost: GradMem WRITE/READ vs full-context prefill/decoding ({setup['device']})\n",
-             f"{setup['model']}; m = {setup['memory_vectors']}; a query = {setup['query_tokens']} tokens + "
-             f"{setup['answer_tokens']} greedy answer tokens; medians of {setup['repeats']} interleaved repetitions.\n",
-             f"Command: `{setup['command']}`\n",
-             "| N tokens | K | write ms | prefill ms | read (memory) ms | read (full context) ms | break-even queries | "
-             "break-even (FLOPs) | break-even, context re-read per query | memory / KV floats |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Cost: GradMem WRITE/READ vs full-context prefill/decoding ({setup['device']})\n",
+        f"{setup['model']}; m = {setup['memory_vectors']}; a query = {setup['query_tokens']} tokens + "
+        f"{setup['answer_tokens']} greedy answer tokens; medians of {setup['repeats']} interleaved repetitions.\n",
+        f"Command: `{setup['command']}`\n",
+        "| N tokens | K | write ms | prefill ms | read (memory) ms | read (full context) ms | break-even queries | "
+        "break-even (FLOPs) | break-even, context re-read per query | memory / KV floats |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         be = "never" if math.isinf(r["break_even_queries"]) else f"{r['break_even_queries']:.0f}"
-        lines.append(f"| {r['context_tokens']} | {r['write_steps']} | {r['write_ms']:.1f} | {r['prefill_ms']:.1f} | "
-                     f"{r['read_mem_ms']:.2f} | {r['read_full_ms']:.2f} | {be} | {r['break_even_queries_flops']:.0f} | "
-                     f"{r['break_even_queries_reread']:.1f} | {r['memory_floats']} / {r['kv_cache_floats']} |")
+        lines.append(
+            f"| {r['context_tokens']} | {r['write_steps']} | {r['write_ms']:.1f} | {r['prefill_ms']:.1f} | "
+            f"{r['read_mem_ms']:.2f} | {r['read_full_ms']:.2f} | {be} | {r['break_even_queries_flops']:.0f} | "
+            f"{r['break_even_queries_reread']:.1f} | {r['memory_floats']} / {r['kv_cache_floats']} |"
+        )
     (out / "cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -183,8 +216,13 @@ def plot(out: Path, rows: list[dict], ks: list[int]) -> None:
         sel = [r for r in rows if r["write_steps"] == k]
         right.plot(lengths, [r["break_even_queries"] for r in sel], "o-", label=f"measured, K={k}")
         right.plot(lengths, [r["break_even_queries_flops"] for r in sel], "x:", label=f"FLOPs, K={k}")
-    right.set(xscale="log", yscale="log", xlabel="context tokens N", ylabel="queries per context",
-              title="queries after which memory is cheaper")
+    right.set(
+        xscale="log",
+        yscale="log",
+        xlabel="context tokens N",
+        ylabel="queries per context",
+        title="queries after which memory is cheaper",
+    )
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "cost.png", dpi=120)

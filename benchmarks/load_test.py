@@ -38,9 +38,27 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, store: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-m", "gradmem.cli", "serve", args.checkpoint, "--store", store, "--port", str(port),
-           "--stop", "|", "--rate", "100000", "--burst", "100000", "--max-batch", str(args.max_batch),
-           "--batch-wait-ms", str(args.batch_wait_ms)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gradmem.cli",
+        "serve",
+        args.checkpoint,
+        "--store",
+        store,
+        "--port",
+        str(port),
+        "--stop",
+        "|",
+        "--rate",
+        "100000",
+        "--burst",
+        "100000",
+        "--max-batch",
+        str(args.max_batch),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -96,7 +114,9 @@ async def run_load(base: str, args: argparse.Namespace, kv: KVConfig) -> dict:
         if r.status_code == 200:
             answers = [a["answer"] for a in r.json()["answers"]]
             correct = sum(a[: kv.value_len] == t[: kv.value_len] for a, (_, t) in zip(answers, qa))
-        records.append({"kind": "ask", "status": r.status_code, "seconds": seconds, "questions": len(qa), "correct": correct})
+        records.append(
+            {"kind": "ask", "status": r.status_code, "seconds": seconds, "questions": len(qa), "correct": correct}
+        )
 
     async def client_loop() -> None:
         async with httpx.AsyncClient(base_url=base, timeout=120) as client:
@@ -124,15 +144,23 @@ def check_memories(base: str, written: dict) -> list[str]:
             problems.append(f"{memory_id} not listed")
         elif httpx.get(f"{base}/v1/memories/{memory_id}", timeout=60).status_code != 200:
             problems.append(f"{memory_id} not readable")
-        elif httpx.post(f"{base}/v1/memories/{memory_id}/ask", json={"questions": [qa[0][0]]}, timeout=60).status_code != 200:
+        elif (
+            httpx.post(f"{base}/v1/memories/{memory_id}/ask", json={"questions": [qa[0][0]]}, timeout=60).status_code
+            != 200
+        ):
             problems.append(f"{memory_id} not answerable")
     return problems
 
 
 def summarise(kind: str, records: list[dict]) -> dict:
     seconds = [r["seconds"] * 1000 for r in records]
-    return {"kind": kind, "requests": len(records), "p50_ms": round(statistics.median(seconds), 2),
-            "p95_ms": round(percentile(seconds, 0.95), 2), "max_ms": round(max(seconds), 2)}
+    return {
+        "kind": kind,
+        "requests": len(records),
+        "p50_ms": round(statistics.median(seconds), 2),
+        "p95_ms": round(percentile(seconds, 0.95), 2),
+        "max_ms": round(max(seconds), 2),
+    }
 
 
 def main() -> int:
@@ -172,38 +200,62 @@ def main() -> int:
     asks = [r for r in records if r["kind"] == "ask" and r["status"] == 200]
     questions = sum(r["questions"] for r in asks)
     summary = {
-        "checkpoint": args.checkpoint, "clients": args.clients, "requests": len(records),
-        "seconds": round(result["seconds"], 2), "requests_per_second": round(len(records) / result["seconds"], 1),
+        "checkpoint": args.checkpoint,
+        "clients": args.clients,
+        "requests": len(records),
+        "seconds": round(result["seconds"], 2),
+        "requests_per_second": round(len(records) / result["seconds"], 1),
         "questions_per_second": round(questions / result["seconds"], 1),
-        "latency": [summarise("all", records)] + [summarise(k, [r for r in records if r["kind"] == k])
-                                                   for k in ("write", "ask") if any(r["kind"] == k for r in records)],
-        "failed_requests": len(failed), "memories_written": len(result["written"]),
-        "memories_lost": lost, "memories_lost_after_restart": lost_after_restart,
+        "latency": [summarise("all", records)]
+        + [
+            summarise(k, [r for r in records if r["kind"] == k])
+            for k in ("write", "ask")
+            if any(r["kind"] == k for r in records)
+        ],
+        "failed_requests": len(failed),
+        "memories_written": len(result["written"]),
+        "memories_lost": lost,
+        "memories_lost_after_restart": lost_after_restart,
         "served_answer_accuracy": round(sum(r["correct"] for r in asks) / max(questions, 1), 4),
-        "batches": health["batches"], "jobs": health["jobs"], "largest_batch": health["largest_batch"],
+        "batches": health["batches"],
+        "jobs": health["jobs"],
+        "largest_batch": health["largest_batch"],
         "mean_batch": round(health["jobs"] / max(health["batches"], 1), 2),
-        "server_torch_threads": args.threads, "cpu_count": os.cpu_count(),
-        "timed_out": health.get("timed_out"), "refused_busy": health.get("refused_busy"), "limits": limits,
+        "server_torch_threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "timed_out": health.get("timed_out"),
+        "refused_busy": health.get("refused_busy"),
+        "limits": limits,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "load_test.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"# Load test: {args.clients} clients, {len(records)} requests, loopback\n",
-             f"Command: `python benchmarks/load_test.py --checkpoint {args.checkpoint} --clients {args.clients} "
-             f"--requests {args.requests}`\n",
-             f"- throughput: {summary['requests_per_second']} requests/s ({summary['questions_per_second']} questions/s) "
-             f"over {summary['seconds']} s",
-             f"- failed requests: {len(failed)}; memories written {len(result['written'])}, lost {len(lost)}, "
-             f"lost after restart {len(lost_after_restart)}",
-             f"- batching: {health['jobs']} jobs in {health['batches']} model batches (mean {summary['mean_batch']}, "
-             f"largest {health['largest_batch']})",
-             f"- served answers correct (value exact match): {summary['served_answer_accuracy']:.3f}\n",
-             "| requests | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
-    lines += [f"| {s['kind']} | {s['requests']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |" for s in summary["latency"]]
+    lines = [
+        f"# Load test: {args.clients} clients, {len(records)} requests, loopback\n",
+        f"Command: `python benchmarks/load_test.py --checkpoint {args.checkpoint} --clients {args.clients} "
+        f"--requests {args.requests}`\n",
+        f"- throughput: {summary['requests_per_second']} requests/s ({summary['questions_per_second']} questions/s) "
+        f"over {summary['seconds']} s",
+        f"- failed requests: {len(failed)}; memories written {len(result['written'])}, lost {len(lost)}, "
+        f"lost after restart {len(lost_after_restart)}",
+        f"- batching: {health['jobs']} jobs in {health['batches']} model batches (mean {summary['mean_batch']}, "
+        f"largest {health['largest_batch']})",
+        f"- served answers correct (value exact match): {summary['served_answer_accuracy']:.3f}\n",
+        "| requests | n | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['kind']} | {s['requests']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |" for s in summary["latency"]
+    ]
     (out / "load_test.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     ok = not failed and not lost and not lost_after_restart
-    print("PASS" if ok else "FAIL: " + json.dumps({"failed": failed[:5], "lost": lost[:5], "lost_after_restart": lost_after_restart[:5]}))
+    print(
+        "PASS"
+        if ok
+        else "FAIL: "
+        + json.dumps({"failed": failed[:5], "lost": lost[:5], "lost_after_restart": lost_after_restart[:5]})
+    )
     return 0 if ok else 1
 
 

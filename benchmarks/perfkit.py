@@ -11,8 +11,9 @@ import argparse
 import statistics
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -113,8 +114,13 @@ def matmul_gflops(size: tuple[int, int, int], dtype: torch.dtype, device: torch.
 def summary(values: list[float]) -> dict[str, float]:
     """Median, min, max and relative spread ((max - min) / median) of repeated measurements."""
     med = statistics.median(values)
-    return {"median": med, "min": min(values), "max": max(values),
-            "spread": (max(values) - min(values)) / med if med else 0.0, "n": len(values)}
+    return {
+        "median": med,
+        "min": min(values),
+        "max": max(values),
+        "spread": (max(values) - min(values)) / med if med else 0.0,
+        "n": len(values),
+    }
 
 
 def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, list[float]]:
@@ -122,7 +128,7 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, device: tor
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             times[name].append(timed(variants[name], device))
     return times

@@ -38,14 +38,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.variants.split(",")
-    setting = argparse.Namespace(pretrained="", seed=0, width=128, layers=4, heads=4, intermediate=512, memory=8, steps=2,
-                                 grad_mode="second")
+    setting = argparse.Namespace(
+        pretrained="", seed=0, width=128, layers=4, heads=4, intermediate=512, memory=8, steps=2, grad_mode="second"
+    )
     models = build_models(setting, names, torch.device("cpu"), torch.float32)
     batch = collate(KVTask(num_pairs=16).make_split("train", args.batch, seed=0))
-    lines = [f"Profile of one second-order training step (paper KV setting, batch {args.batch}, "
-             f"{torch.get_num_threads()} threads, CPU fp32). Command: `python benchmarks/profile_step.py "
-             f"--variants {args.variants} --batch {args.batch} --threads {args.threads} --out {args.out}`. "
-             "In compiled variants the fused element-wise kernels run inside the `CompiledFxGraph` rows.", ""]
+    lines = [
+        f"Profile of one second-order training step (paper KV setting, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads, CPU fp32). Command: `python benchmarks/profile_step.py "
+        f"--variants {args.variants} --batch {args.batch} --threads {args.threads} --out {args.out}`. "
+        "In compiled variants the fused element-wise kernels run inside the `CompiledFxGraph` rows.",
+        "",
+    ]
     for name in names:
         step = calls(models[name], batch, VARIANTS[name][2])["train"]
         step()
@@ -54,9 +58,16 @@ def main() -> None:
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM)
-        lines += [f"## {name} ({VARIANTS[name][0]}, attention {VARIANTS[name][1]})", "",
-                  f"Self CPU total {total / 1e6:.2f} s; GEMMs {gemm / total:.0%}, everything else {1 - gemm / total:.0%}.",
-                  "", "```", events.table(sort_by="self_cpu_time_total", row_limit=args.rows), "```", ""]
+        lines += [
+            f"## {name} ({VARIANTS[name][0]}, attention {VARIANTS[name][1]})",
+            "",
+            f"Self CPU total {total / 1e6:.2f} s; GEMMs {gemm / total:.0%}, everything else {1 - gemm / total:.0%}.",
+            "",
+            "```",
+            events.table(sort_by="self_cpu_time_total", row_limit=args.rows),
+            "```",
+            "",
+        ]
         print("\n".join(lines[-6:]), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

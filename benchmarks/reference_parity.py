@@ -35,8 +35,10 @@ def main() -> None:
             worst = max(diffs, key=diffs.get)
             row[label] = {"max_abs_diff": diffs[worst], "where": worst}
         rows.append(row)
-        print(f"{case_id:>5} | default {row['default']['max_abs_diff']:.1e} ({row['default']['where']}) | "
-              f"reference_compat {row['reference_compat']['max_abs_diff']:.1e}")
+        print(
+            f"{case_id:>5} | default {row['default']['max_abs_diff']:.1e} ({row['default']['where']}) | "
+            f"reference_compat {row['reference_compat']['max_abs_diff']:.1e}"
+        )
     out = ROOT / "results" / "reference" / "parity.json"
     out.write_text(json.dumps({"torch": torch.__version__, "cases": rows}, indent=1) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

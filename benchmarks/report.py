@@ -6,8 +6,9 @@ Plots use matplotlib's Agg backend (no display needed); matplotlib comes with th
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -37,14 +38,18 @@ def _pyplot():
     return plt
 
 
-def plot_lines(path: Path, series: dict[str, dict[int, list[float]]], title: str, xlabel: str = "key-value pairs") -> None:
+def plot_lines(
+    path: Path, series: dict[str, dict[int, list[float]]], title: str, xlabel: str = "key-value pairs"
+) -> None:
     """One line per series: x -> exact-match values (mean plotted, std as error bars), in percent."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, points in series.items():
         xs = sorted(points)
         stats = [mean_std(points[x]) for x in xs]
-        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], marker="o", capsize=3, label=label)
+        ax.errorbar(
+            xs, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], marker="o", capsize=3, label=label
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({x for points in series.values() for x in points}))
     ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
@@ -69,7 +74,13 @@ def plot_curves(path: Path, panels: dict[str, dict[str, list[tuple[int, float]]]
     for ax, (panel, runs) in zip(axes[0], panels.items()):
         for label, points in runs.items():
             if points:
-                ax.plot([s for s, _ in points], [100 * e for _, e in points], color=colours[label], linewidth=1.2, label=label)
+                ax.plot(
+                    [s for s, _ in points],
+                    [100 * e for _, e in points],
+                    color=colours[label],
+                    linewidth=1.2,
+                    label=label,
+                )
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylim(-2, 102)
@@ -83,8 +94,9 @@ def plot_curves(path: Path, panels: dict[str, dict[str, list[tuple[int, float]]]
     plt.close(fig)
 
 
-def plot_heatmap(path: Path, rows: list[str], cols: list[str], values: list[list[float]], title: str,
-                 xlabel: str, ylabel: str) -> None:
+def plot_heatmap(
+    path: Path, rows: list[str], cols: list[str], values: list[list[float]], title: str, xlabel: str, ylabel: str
+) -> None:
     """A rows x cols grid of exact-match fractions, annotated in percent."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 3.0 + 0.55 * len(cols)), max(2.8, 1.6 + 0.45 * len(rows))))

@@ -20,14 +20,23 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import (  # noqa: E402
-    DTYPES, add_run_options, apply_threads, count_flops, interleaved, matmul_gflops, peak_bytes, ratios, summary,
+    DTYPES,
+    add_run_options,
+    apply_threads,
+    count_flops,
+    interleaved,
+    matmul_gflops,
+    peak_bytes,
+    ratios,
+    summary,
 )
 
 from gradmem.attention import HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME  # noqa: E402
@@ -66,8 +75,12 @@ def parse_args() -> argparse.Namespace:
     add_run_options(p)
     p.add_argument("--variants", default="builtin,hf_eager", help=f"comma list of {sorted(VARIANTS)}")
     p.add_argument("--baseline", default="hf_eager", help="variant the others are compared with")
-    p.add_argument("--pretrained", default="", help="a packaged or local HF model (e.g. smollm2-135m): only hf_* "
-                   "variants, sizes from the model; the long-context setting uses --pairs 73 (512-token context)")
+    p.add_argument(
+        "--pretrained",
+        default="",
+        help="a packaged or local HF model (e.g. smollm2-135m): only hf_* "
+        "variants, sizes from the model; the long-context setting uses --pairs 73 (512-token context)",
+    )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--pairs", type=int, default=16, help="key-value pairs (context 7N+1 tokens)")
     p.add_argument("--memory", type=int, default=8, help="m, memory vectors")
@@ -81,13 +94,22 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def build_models(args: argparse.Namespace, names: list[str], device: torch.device, dtype: torch.dtype) -> dict[str, MemoryModel]:
+def build_models(
+    args: argparse.Namespace, names: list[str], device: torch.device, dtype: torch.dtype
+) -> dict[str, MemoryModel]:
     """One MemoryModel per variant, all with the same backbone weights and the same GradMem parts."""
     torch.manual_seed(args.seed)
     if args.pretrained:
         return build_pretrained_models(args, names, device, dtype)
-    base = LlamaBackbone(LlamaConfig(vocab_size=70, hidden_size=args.width, num_layers=args.layers,
-                                     num_heads=args.heads, intermediate_size=args.intermediate))
+    base = LlamaBackbone(
+        LlamaConfig(
+            vocab_size=70,
+            hidden_size=args.width,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            intermediate_size=args.intermediate,
+        )
+    )
     method_cfg = {"num_memory": args.memory, "write": {"steps": args.steps, "grad_mode": args.grad_mode}}
     reference = build_method("gradmem", base, method_cfg)
     models = {}
@@ -106,8 +128,9 @@ def build_models(args: argparse.Namespace, names: list[str], device: torch.devic
     return models
 
 
-def build_pretrained_models(args: argparse.Namespace, names: list[str], device: torch.device,
-                            dtype: torch.dtype) -> dict[str, MemoryModel]:
+def build_pretrained_models(
+    args: argparse.Namespace, names: list[str], device: torch.device, dtype: torch.dtype
+) -> dict[str, MemoryModel]:
     """The same pretrained checkpoint loaded once per variant's attention kernel, same GradMem parts."""
     if any(VARIANTS[n][0] != "hf" for n in names):
         raise SystemExit("--pretrained compares Hugging Face variants only (hf_*)")
@@ -176,11 +199,24 @@ def main() -> None:
     ops = {name: calls(model, batch, VARIANTS[name][2]) for name, model in models.items()}
 
     # the machine's matmul peak: a large square product and the model's widest projection
-    shapes = [(2048, 2048, 2048), (args.batch * (args.memory + batch.context.ids.shape[1]), args.width, 2 * args.intermediate)]
-    report: dict[str, Any] = {"setting": {**vars(args), "context_tokens": int(batch.context.ids.shape[1]),
-                                          "threads": torch.get_num_threads()},
-                              "machine": {"device": device.type, "name": device_name(device), "python": platform.python_version(),
-                                          "torch": torch.__version__}, "variants": {}}
+    shapes = [
+        (2048, 2048, 2048),
+        (args.batch * (args.memory + batch.context.ids.shape[1]), args.width, 2 * args.intermediate),
+    ]
+    report: dict[str, Any] = {
+        "setting": {
+            **vars(args),
+            "context_tokens": int(batch.context.ids.shape[1]),
+            "threads": torch.get_num_threads(),
+        },
+        "machine": {
+            "device": device.type,
+            "name": device_name(device),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "variants": {},
+    }
     for name in names:  # untimed warm-up (first calls allocate and pick kernels), FLOPs and peak memory
         entry: dict[str, Any] = {}
         eager_train = ops[name].pop("_train_eager", None)
@@ -193,8 +229,11 @@ def main() -> None:
             else:
                 entry[op] = {"flops": count_flops(fn), "peak_bytes": peak_bytes(fn, device)}
         report["variants"][name] = entry
-        print(f"{name}: " + ", ".join(f"{op} {e['flops'] / 1e9:.1f} GFLOP, {mib(e['peak_bytes'])} MiB"
-                                    for op, e in entry.items()), flush=True)
+        print(
+            f"{name}: "
+            + ", ".join(f"{op} {e['flops'] / 1e9:.1f} GFLOP, {mib(e['peak_bytes'])} MiB" for op, e in entry.items()),
+            flush=True,
+        )
 
     peaks: list[float] = []
     for op in ("train", "write", "read"):
@@ -207,12 +246,18 @@ def main() -> None:
         for name in names:
             stats = summary(times[name])
             entry = report["variants"][name][op]
-            entry.update(seconds=stats, examples_per_s=args.batch / stats["median"],
-                         gflops_per_s=entry["flops"] / stats["median"] / 1e9)
+            entry.update(
+                seconds=stats,
+                examples_per_s=args.batch / stats["median"],
+                gflops_per_s=entry["flops"] / stats["median"] / 1e9,
+            )
             entry["ratio_vs_baseline"] = ratios(times, args.baseline, name)
-            print(f"{op:5s} {name:22s} {stats['median']:.3f} s (spread {stats['spread']:.0%}), "
-                  f"{args.batch / stats['median']:.3g} ex/s, speed-up vs {args.baseline}: "
-                  f"{entry['ratio_vs_baseline']['median']:.2f}x", flush=True)
+            print(
+                f"{op:5s} {name:22s} {stats['median']:.3f} s (spread {stats['spread']:.0%}), "
+                f"{args.batch / stats['median']:.3g} ex/s, speed-up vs {args.baseline}: "
+                f"{entry['ratio_vs_baseline']['median']:.2f}x",
+                flush=True,
+            )
     peak = summary(peaks)
     report["matmul_peak_gflops"] = peak
     for name in names:
@@ -245,17 +290,20 @@ def write_outputs(report: dict[str, Any], args: argparse.Namespace) -> None:
         f"{s['threads']} threads, {s['rounds']} interleaved rounds. Matmul peak (best of the run): "
         f"{report['matmul_peak_gflops']['max']:.0f} GFLOP/s (median {report['matmul_peak_gflops']['median']:.0f}).",
         "",
-        "| variant | op | median s | spread | examples/s | speed-up vs " + args.baseline
+        "| variant | op | median s | spread | examples/s | speed-up vs "
+        + args.baseline
         + " (median, min-max) | GFLOP | GFLOP/s | of peak | peak MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, ops in report["variants"].items():
         for op, e in ops.items():
             r = e["ratio_vs_baseline"]
-            lines.append(f"| {name} | {op} | {e['seconds']['median']:.3f} | {e['seconds']['spread']:.0%} | "
-                         f"{e['examples_per_s']:.3g} | {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
-                         f"{e['flops'] / 1e9:.1f} | {e['gflops_per_s']:.1f} | {e['fraction_of_peak']:.0%} | "
-                         f"{mib(e['peak_bytes'])} |")
+            lines.append(
+                f"| {name} | {op} | {e['seconds']['median']:.3f} | {e['seconds']['spread']:.0%} | "
+                f"{e['examples_per_s']:.3g} | {r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
+                f"{e['flops'] / 1e9:.1f} | {e['gflops_per_s']:.1f} | {e['fraction_of_peak']:.0%} | "
+                f"{mib(e['peak_bytes'])} |"
+            )
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -51,21 +51,37 @@ def main() -> None:
             for k in [int(x) for x in args.steps.split(",")]:
                 started = time.time()
                 result = evaluate(model, examples, args.batch_size, steps=k, pad_id=task.tokenizer.pad_id)
-                row = {"chunk_tokens": n, "inner_lr": lr, "write_steps": k, "token_accuracy": result["token_accuracy"],
-                       "read_loss": result["loss"], "write_loss_curve": result["write_loss"],
-                       "seconds": round(time.time() - started, 1)}
+                row = {
+                    "chunk_tokens": n,
+                    "inner_lr": lr,
+                    "write_steps": k,
+                    "token_accuracy": result["token_accuracy"],
+                    "read_loss": result["loss"],
+                    "write_loss_curve": result["write_loss"],
+                    "seconds": round(time.time() - started, 1),
+                }
                 rows.append(row)
                 print(json.dumps({k2: v for k2, v in row.items() if k2 != "write_loss_curve"}), flush=True)
-    command = "python benchmarks/training_free.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    command = "python benchmarks/training_free.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "model": args.model, "memory": args.memory,
-                                                     "examples": args.examples, "rows": rows}, indent=2))
-    lines = [f"# Training-free GradMem, {args.model} frozen, m = {args.memory}, inner Adam, M0 = mean embedding", "",
-             f"Token accuracy (%) of reconstructing {args.examples} held-out Shakespeare chunks from memory "
-             "(teacher forced; the first token is given). K = 0: memory holds nothing about the chunk.", "",
-             "| N tokens | inner lr | " + " | ".join(f"K={k}" for k in args.steps.split(",")) + " |",
-             "|---|---|" + "---|" * len(args.steps.split(","))]
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"command": command, "model": args.model, "memory": args.memory, "examples": args.examples, "rows": rows},
+            indent=2,
+        )
+    )
+    lines = [
+        f"# Training-free GradMem, {args.model} frozen, m = {args.memory}, inner Adam, M0 = mean embedding",
+        "",
+        f"Token accuracy (%) of reconstructing {args.examples} held-out Shakespeare chunks from memory "
+        "(teacher forced; the first token is given). K = 0: memory holds nothing about the chunk.",
+        "",
+        "| N tokens | inner lr | " + " | ".join(f"K={k}" for k in args.steps.split(",")) + " |",
+        "|---|---|" + "---|" * len(args.steps.split(",")),
+    ]
     for n in sorted({r["chunk_tokens"] for r in rows}):
         for lr in sorted({r["inner_lr"] for r in rows}):
             cells = [f"{100 * r['token_accuracy']:.1f}" for r in rows if r["chunk_tokens"] == n and r["inner_lr"] == lr]
@@ -84,7 +100,11 @@ def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for n in sorted({r["chunk_tokens"] for r in rows}):
         for lr in sorted({r["inner_lr"] for r in rows}):
-            pts = [(r["write_steps"], 100 * r["token_accuracy"]) for r in rows if r["chunk_tokens"] == n and r["inner_lr"] == lr]
+            pts = [
+                (r["write_steps"], 100 * r["token_accuracy"])
+                for r in rows
+                if r["chunk_tokens"] == n and r["inner_lr"] == lr
+            ]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"N={n}, Adam lr {lr}")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("write steps K")

@@ -1,6 +1,6 @@
 """Screenshot of the web page after a real write and ask, for the docs (headless Debian chromium).
 
-    python benchmarks/web_screenshot.py --checkpoint runs/demo/gradmem/best --out results/service/web_page.png
+python benchmarks/web_screenshot.py --checkpoint runs/demo/gradmem/best --out results/service/web_page.png
 """
 
 from __future__ import annotations
@@ -20,8 +20,15 @@ from gradmem.serve.engine import Engine, EngineConfig
 from gradmem.serve.service import create_app
 from gradmem.serve.store import MemoryStore
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def main() -> int:
@@ -33,12 +40,15 @@ def main() -> int:
     parser.add_argument("--out", default="results/service/web_page.png")
     args = parser.parse_args()
     model, task, _ = load_checkpoint(args.checkpoint)
-    engine = Engine(model, task.tokenizer, MemoryStore(tempfile.mkdtemp(prefix="gradmem-shot-")), EngineConfig(stop="|"))
+    engine = Engine(
+        model, task.tokenizer, MemoryStore(tempfile.mkdtemp(prefix="gradmem-shot-")), EngineConfig(stop="|")
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, checkpoint=args.checkpoint), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine, checkpoint=args.checkpoint), host="127.0.0.1", port=port, log_level="warning")
+    )
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)

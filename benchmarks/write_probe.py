@@ -49,10 +49,17 @@ def probe_accuracy(features: Tensor, labels: Tensor, fit: int, steps: int = 300)
 def collect(args: argparse.Namespace) -> tuple[dict[str, list[Tensor]], list[str]]:
     """Features of every story (by name) and the answers, in story order."""
     tokenizer = {"type": "hf", "pretrained": args.model}
-    spec = {"task": {"name": "babi", "task": args.task, "questions_per_story": 1,
-                     "statements_per_question": args.statements_per_question, "tokenizer": tokenizer},
-            "backbone": {"type": "hf", "pretrained": args.model, "freeze": True},
-            "method": {"name": "gradmem", "num_memory": args.memory, "projection": "none", "write_head": False}}
+    spec = {
+        "task": {
+            "name": "babi",
+            "task": args.task,
+            "questions_per_story": 1,
+            "statements_per_question": args.statements_per_question,
+            "tokenizer": tokenizer,
+        },
+        "backbone": {"type": "hf", "pretrained": args.model, "freeze": True},
+        "method": {"name": "gradmem", "num_memory": args.memory, "projection": "none", "write_head": False},
+    }
     task = build_task(spec)
     model = build_model(spec, task)
     backbone, method = model.backbone, model.method
@@ -60,8 +67,13 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[Tensor]], list[str
     examples = task.make_split("train", args.stories, args.seed)
     layers = backbone.decoder_layers()
     captured: dict[int, Tensor] = {}
-    hooks = [layers[i - 1].register_forward_hook(lambda mod, inp, out, i=i: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out))
-             for i in args.layers if i > 0]
+    hooks = [
+        layers[i - 1].register_forward_hook(
+            lambda mod, inp, out, i=i: captured.__setitem__(i, out[0] if isinstance(out, tuple) else out)
+        )
+        for i in args.layers
+        if i > 0
+    ]
     memory0 = mean_embedding(backbone)  # (D,)
     features: dict[str, list[Tensor]] = {}
     m = args.memory
@@ -112,28 +124,49 @@ def main() -> None:
     features, answers = collect(args)
     names = sorted(set(answers))
     labels = torch.tensor([names.index(a) for a in answers])
-    chance = torch.bincount(labels[args.fit:]).max().item() / (len(labels) - args.fit)
-    rows: dict[str, Any] = {name: probe_accuracy(torch.cat(parts).detach(), labels, args.fit) for name, parts in features.items()}
+    chance = torch.bincount(labels[args.fit :]).max().item() / (len(labels) - args.fit)
+    rows: dict[str, Any] = {
+        name: probe_accuracy(torch.cat(parts).detach(), labels, args.fit) for name, parts in features.items()
+    }
     for name, acc in rows.items():
         print(f"{name}: {100 * acc:.1f} %", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    out.with_suffix(".json").write_text(json.dumps({"settings": settings, "chance": chance, "accuracy": rows}, indent=2))
-    lines = [f"# Linear probe of one WRITE step, {args.model} frozen (GENERATED bAbI-style QA{args.task}, "
-             f"{args.statements_per_question} statement(s) per question)", "",
-             f"Answer accuracy (%) of a linear probe fitted on {args.fit} stories, scored on {args.stories - args.fit}; "
-             f"chance (most frequent answer) {100 * chance:.1f} %. M0 = mean token embedding, m = {args.memory}; "
-             "the step M1 - M0 has norm `lr`.", "",
-             f"gradient g: **{100 * rows['gradient']:.1f}**", "",
-             "| step norm | " + " | ".join(f"memory@{i}" for i in args.layers) + " | "
-             + " | ".join(f"query@{i}" for i in args.layers) + " |",
-             "|---|" + "---|" * (2 * len(args.layers))]
+    out.with_suffix(".json").write_text(
+        json.dumps({"settings": settings, "chance": chance, "accuracy": rows}, indent=2)
+    )
+    lines = [
+        f"# Linear probe of one WRITE step, {args.model} frozen (GENERATED bAbI-style QA{args.task}, "
+        f"{args.statements_per_question} statement(s) per question)",
+        "",
+        f"Answer accuracy (%) of a linear probe fitted on {args.fit} stories, scored on {args.stories - args.fit}; "
+        f"chance (most frequent answer) {100 * chance:.1f} %. M0 = mean token embedding, m = {args.memory}; "
+        "the step M1 - M0 has norm `lr`.",
+        "",
+        f"gradient g: **{100 * rows['gradient']:.1f}**",
+        "",
+        "| step norm | "
+        + " | ".join(f"memory@{i}" for i in args.layers)
+        + " | "
+        + " | ".join(f"query@{i}" for i in args.layers)
+        + " |",
+        "|---|" + "---|" * (2 * len(args.layers)),
+    ]
     for lr in args.lrs:
         cells = [f"{100 * rows[f'lr {lr}: {kind}@{i}']:.1f}" for kind in ("memory", "query") for i in args.layers]
         lines.append(f"| {lr} | " + " | ".join(cells) + " |")
-    lines += ["", "Command:", "", "    python benchmarks/write_probe.py " + " ".join(
-        f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in settings.items()), ""]
+    lines += [
+        "",
+        "Command:",
+        "",
+        "    python benchmarks/write_probe.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in settings.items()
+        ),
+        "",
+    ]
     out.with_suffix(".md").write_text("\n".join(lines))
 
 

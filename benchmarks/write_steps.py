@@ -38,8 +38,9 @@ def parse_checkpoint(arg: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
-def sweep(checkpoint: Path, k_eval: list[int], examples: int, test_seed: int, device: str,
-          batch_size: int, lr: float | None) -> dict:
+def sweep(
+    checkpoint: Path, k_eval: list[int], examples: int, test_seed: int, device: str, batch_size: int, lr: float | None
+) -> dict:
     """Exact match of one checkpoint at each K_eval."""
     model, task, spec = load_checkpoint(checkpoint, device)
     trained_k = spec["method"].get("write", {}).get("steps", spec["method"].get("steps"))
@@ -50,11 +51,26 @@ def sweep(checkpoint: Path, k_eval: list[int], examples: int, test_seed: int, de
     for k in k_eval:
         started = time.time()
         result = evaluate(model, test, batch_size, steps=k, lr=lr, pad_id=task.tokenizer.pad_id)
-        rows.append({"k_eval": k, "exact_match": result["exact_match"], "token_accuracy": result["token_accuracy"],
-                     "write_loss": result["write_loss"], "seconds": round(time.time() - started, 2)})
+        rows.append(
+            {
+                "k_eval": k,
+                "exact_match": result["exact_match"],
+                "token_accuracy": result["token_accuracy"],
+                "write_loss": result["write_loss"],
+                "seconds": round(time.time() - started, 2),
+            }
+        )
         print(f"{checkpoint}: K_eval={k} EM {result['exact_match']:.3f}", file=sys.stderr, flush=True)
-    return {"checkpoint": str(checkpoint), "method": spec["method"]["name"], "trained_k": trained_k,
-            "pairs": task.config.num_pairs, "test_examples": examples, "test_seed": test_seed, "lr": lr, "results": rows}
+    return {
+        "checkpoint": str(checkpoint),
+        "method": spec["method"]["name"],
+        "trained_k": trained_k,
+        "pairs": task.config.num_pairs,
+        "test_examples": examples,
+        "test_seed": test_seed,
+        "lr": lr,
+        "results": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, optionally label=path")
     parser.add_argument("--k-eval", default=DEFAULT_K, help="comma-separated WRITE steps at evaluation")
     parser.add_argument("--examples", type=int, default=1000, help="held-out test examples")
-    parser.add_argument("--test-seed", type=int, default=1000, help="seed of the test split (the capacity presets' test_seed)")
+    parser.add_argument(
+        "--test-seed", type=int, default=1000, help="seed of the test split (the capacity presets' test_seed)"
+    )
     parser.add_argument("--lr", type=float, default=None, help="inner lr at evaluation (default: trained)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--device", default="cpu")
@@ -79,15 +97,24 @@ def main(argv: list[str] | None = None) -> int:
         label, path = parse_checkpoint(arg)
         runs[label] = sweep(path, k_eval, args.examples, args.test_seed, args.device, args.batch_size, args.lr)
     header = ["checkpoint", "trained K", "pairs"] + [f"K={k}" for k in k_eval]
-    rows = [[label, r["trained_k"], r["pairs"]] + [f"{100 * x['exact_match']:.1f}" for x in r["results"]]
-            for label, r in runs.items()]
-    (out / "table.md").write_text(f"Exact match % at K_eval write steps ({args.examples} held-out examples, "
-                                  f"test seed {args.test_seed}); models trained with `trained K`.\n\n"
-                                  + markdown_table(header, rows))
+    rows = [
+        [label, r["trained_k"], r["pairs"]] + [f"{100 * x['exact_match']:.1f}" for x in r["results"]]
+        for label, r in runs.items()
+    ]
+    (out / "table.md").write_text(
+        f"Exact match % at K_eval write steps ({args.examples} held-out examples, "
+        f"test seed {args.test_seed}); models trained with `trained K`.\n\n" + markdown_table(header, rows)
+    )
     (out / "results.json").write_text(json.dumps({"k_eval": k_eval, "runs": runs}, indent=2))
-    plot_heatmap(out / "heatmap.png", list(runs), [str(k) for k in k_eval],
-                 [[x["exact_match"] for x in r["results"]] for r in runs.values()],
-                 "test-time write steps", "K_eval (write steps at evaluation)", "checkpoint")
+    plot_heatmap(
+        out / "heatmap.png",
+        list(runs),
+        [str(k) for k in k_eval],
+        [[x["exact_match"] for x in r["results"]] for r in runs.values()],
+        "test-time write steps",
+        "K_eval (write steps at evaluation)",
+        "checkpoint",
+    )
     print((out / "table.md").read_text())
     return 0
 

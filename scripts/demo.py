@@ -42,9 +42,18 @@ def main() -> None:
 
     # The same backbone and training budget in steps, but READ sees only the query.
     started = time.time()
-    gradmem("train", "--config", args.config, "--out", f"{args.out}/no_context",
-            "--set", 'method={"name": "no_context"}', "train.curriculum=[]", "train.target_exact_match=null",
-            f"train.steps={args.baseline_steps}")
+    gradmem(
+        "train",
+        "--config",
+        args.config,
+        "--out",
+        f"{args.out}/no_context",
+        "--set",
+        'method={"name": "no_context"}',
+        "train.curriculum=[]",
+        "train.target_exact_match=null",
+        f"train.steps={args.baseline_steps}",
+    )
     train_s = time.time() - started
     test = gradmem("eval", f"{args.out}/no_context/best", "--examples", str(args.test_examples), "--generate")[-1]
     rows.append({"method": "no_context", "train_s": round(train_s, 1), **test})
@@ -75,8 +84,12 @@ def plot_curve(metrics: Path, png: Path) -> None:
     for prev, cur in zip(evals, evals[1:]):
         if cur["stage"] != prev["stage"]:
             ax_em.axvline(cur["step"], color="grey", ls=":", lw=1)
-    ax_em.set(xlabel="training step", ylabel="held-out exact match", ylim=(0, 1.02),
-              title="EM on the current curriculum stage (dotted: next stage)")
+    ax_em.set(
+        xlabel="training step",
+        ylabel="held-out exact match",
+        ylim=(0, 1.02),
+        title="EM on the current curriculum stage (dotted: next stage)",
+    )
     for k in range(len(evals[0]["write_loss"])):
         ax_loss.plot(steps, [r["write_loss"][k] for r in evals], label=f"before write step {k + 1}")
     ax_loss.set(xlabel="training step", ylabel="reconstruction loss", title="WRITE loss")

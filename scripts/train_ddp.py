@@ -48,8 +48,17 @@ def main() -> None:
         started = time.time()
         final = trainer.train()
         if parallel.is_main:
-            print(json.dumps({"step": trainer.step, "exact_match": final.get("exact_match"), "processes": parallel.world_size,
-                              "seconds": round(time.time() - started, 1), "out": args.out}))
+            print(
+                json.dumps(
+                    {
+                        "step": trainer.step,
+                        "exact_match": final.get("exact_match"),
+                        "processes": parallel.world_size,
+                        "seconds": round(time.time() - started, 1),
+                        "out": args.out,
+                    }
+                )
+            )
     finally:
         dist.destroy_process_group()
 

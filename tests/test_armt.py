@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import kv_batch, tiny_model
 from torch import nn
 from torch.func import functional_call
 
-from conftest import kv_batch, tiny_model
 from gradmem.backbones import HFBackbone
 from gradmem.data import pad_right
 from gradmem.memory import Memory
@@ -58,9 +58,14 @@ def test_delta_update_matches_float64_reference(correction):
     batch, tokens, f, d = 2, 3, 5, 4
     g = torch.Generator().manual_seed(0)
     # a state that already holds something: one earlier write from zero
-    a, z = delta_update(torch.zeros(batch, f, d, dtype=torch.float64), torch.zeros(batch, f, dtype=torch.float64),
-                        unit_features(batch, 2, f, seed=1), torch.randn(batch, 2, d, generator=g, dtype=torch.float64),
-                        torch.rand(batch, 2, generator=g, dtype=torch.float64), correction)
+    a, z = delta_update(
+        torch.zeros(batch, f, d, dtype=torch.float64),
+        torch.zeros(batch, f, dtype=torch.float64),
+        unit_features(batch, 2, f, seed=1),
+        torch.randn(batch, 2, d, generator=g, dtype=torch.float64),
+        torch.rand(batch, 2, generator=g, dtype=torch.float64),
+        correction,
+    )
     keys = unit_features(batch, tokens, f, seed=2)
     values = torch.randn(batch, tokens, d, generator=g, dtype=torch.float64)
     beta = torch.rand(batch, tokens, generator=g, dtype=torch.float64)
@@ -85,7 +90,7 @@ def test_store_then_retrieve():
         assert torch.allclose(retrieve(*again, key), expected, rtol=0, atol=1e-4)
     # keys with disjoint support do not interfere: each returns its own value
     keys = torch.zeros(1, 2, f, dtype=torch.float64)
-    keys[0, 0, :3], keys[0, 1, 3:] = 3 ** -0.5, 3 ** -0.5
+    keys[0, 0, :3], keys[0, 1, 3:] = 3**-0.5, 3**-0.5
     values = torch.randn(1, 2, d, dtype=torch.float64)
     state = delta_update(*zero, keys, values, torch.ones(1, 2, dtype=torch.float64))
     assert torch.allclose(retrieve(*state, keys), values, rtol=1e-4)
@@ -126,7 +131,10 @@ def test_read_hook_takes_positional_or_keyword_hidden_states():
 def test_gradients_reach_every_map_and_m0():
     model = tiny_model("armt", num_memory=3, key_size=4).train()
     model(kv_batch(n=3)).loss.backward()
-    for name in ("memory0", *(f"layer_memories.{i}.{p}.weight" for i in range(2) for p in ("key", "value", "query", "beta"))):
+    for name in (
+        "memory0",
+        *(f"layer_memories.{i}.{p}.weight" for i in range(2) for p in ("key", "value", "query", "beta")),
+    ):
         grad = model.method.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
 

@@ -6,11 +6,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY, kv_batch
 from transformers import LlamaConfig as HFLlamaConfig
 
-from conftest import TINY, kv_batch
-from gradmem.attention import (DOUBLE_BACKWARD, HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME, get_attention,
-                               math_attention, sdpa_explicit_attention, sdpa_hvp_attention)
+from gradmem.attention import (
+    DOUBLE_BACKWARD,
+    HF_ATTENTION_NAME,
+    HF_HVP_ATTENTION_NAME,
+    get_attention,
+    math_attention,
+    sdpa_explicit_attention,
+    sdpa_hvp_attention,
+)
 from gradmem.backbones import HFBackbone, LlamaBackbone, LlamaConfig
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
@@ -87,8 +94,15 @@ def test_builtin_backbone_second_order_matches_math():
 
 def hf_llama(attn: str, kv_heads: int) -> MemoryModel:
     torch.manual_seed(0)
-    config = HFLlamaConfig(vocab_size=70, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128)
+    config = HFLlamaConfig(
+        vocab_size=70,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+    )
     backbone = HFBackbone.from_config(config, attn_implementation=attn)
     return MemoryModel(backbone, build_method("gradmem", backbone, {"num_memory": 2})).double()
 

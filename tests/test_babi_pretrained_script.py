@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 
 import pytest
-
 from conftest import benchmarks_on_path
 
 
@@ -18,8 +17,11 @@ def script():
 def test_warmup_stages_are_durations_in_order(script):
     args = script.build_parser().parse_args(["--single-fact-steps", "150", "--two-fact-steps", "100", "--steps", "400"])
     train = script.make_spec(args, "gradmem")["train"]
-    assert train["curriculum"] == [{"statements_per_question": 1, "questions_per_story": 1},
-                                   {"statements_per_question": 2, "questions_per_story": 1}, {}]
+    assert train["curriculum"] == [
+        {"statements_per_question": 1, "questions_per_story": 1},
+        {"statements_per_question": 2, "questions_per_story": 1},
+        {},
+    ]
     assert train["stage_steps"] == [150, 100]  # the trainer reads durations, not end steps
 
 
@@ -45,8 +47,10 @@ def test_defaults_of_later_shared_settings_are_the_parser_defaults(script):
 
 
 def test_best_valid_step_ignores_the_warmup_stages(script):
-    history = [{"kind": "eval", "stage": 0, "step": 150, "exact_match": 0.6},
-               {"kind": "train", "stage": 1, "step": 160},
-               {"kind": "eval", "stage": 1, "step": 200, "exact_match": 0.2},
-               {"kind": "eval", "stage": 1, "step": 250, "exact_match": 0.4}]
+    history = [
+        {"kind": "eval", "stage": 0, "step": 150, "exact_match": 0.6},
+        {"kind": "train", "stage": 1, "step": 160},
+        {"kind": "eval", "stage": 1, "step": 200, "exact_match": 0.2},
+        {"kind": "eval", "stage": 1, "step": 250, "exact_match": 0.4},
+    ]
     assert script.best_valid_step(history) == 250

@@ -8,8 +8,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import TINY
+
 from gradmem.backbones import LlamaBackbone, LlamaConfig
 
 

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, benchmarks_on_path
 
 
@@ -24,8 +23,15 @@ PRESET = {
         "task": {"name": "kv", "num_pairs": 1},
         "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "eval_examples": 8,
-                  "checkpoint_every": 2, "log_every": 1},
+        "train": {
+            "steps": 3,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "eval_examples": 8,
+            "checkpoint_every": 2,
+            "log_every": 1,
+        },
     },
     "methods": [
         {"key": "gm_k1", "label": "GradMem K=1", "method": {}},
@@ -73,8 +79,12 @@ def test_capacity_end_to_end_resumable(scripts, tmp_path, capsys):
 
     # test-time write steps on one trained checkpoint
     ws_out = tmp_path / "ws"
-    assert write_steps.main([f"K2={runs / 'gm_k2_N2_s0' / 'last'}", "--k-eval", "0,1,3", "--examples", "10",
-                             "--out", str(ws_out)]) == 0
+    assert (
+        write_steps.main(
+            [f"K2={runs / 'gm_k2_N2_s0' / 'last'}", "--k-eval", "0,1,3", "--examples", "10", "--out", str(ws_out)]
+        )
+        == 0
+    )
     result = json.loads((ws_out / "results.json").read_text())
     assert [r["k_eval"] for r in result["runs"]["K2"]["results"]] == [0, 1, 3]
     assert result["runs"]["K2"]["trained_k"] == 2 and (ws_out / "heatmap.png").stat().st_size > 0

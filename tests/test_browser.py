@@ -15,16 +15,23 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not
 pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright pip package (dev extra)")
 uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
 
+from conftest import tiny_model  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from conftest import tiny_model  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tokenizers import CharTokenizer  # noqa: E402
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -33,7 +40,9 @@ def server(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, ServiceConfig()), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(engine, ServiceConfig()), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

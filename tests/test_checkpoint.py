@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, kv_batch, tiny_model
+
 from gradmem.build import apply_overrides, build_model, load_checkpoint, save_checkpoint
 from gradmem.data import pad_right
 from gradmem.serve.memory_io import load_memory, save_memory
@@ -17,8 +17,17 @@ SPEC = {
     "task": {"name": "kv", "num_pairs": 2},
     "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
     "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-    "train": {"steps": 6, "batch_size": 4, "warmup_steps": 2, "schedule": "cosine", "eval_every": 3,
-              "eval_examples": 8, "checkpoint_every": 3, "log_every": 1, "seed": 3},
+    "train": {
+        "steps": 6,
+        "batch_size": 4,
+        "warmup_steps": 2,
+        "schedule": "cosine",
+        "eval_every": 3,
+        "eval_examples": 8,
+        "checkpoint_every": 3,
+        "log_every": 1,
+        "seed": 3,
+    },
 }
 
 

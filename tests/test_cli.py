@@ -8,13 +8,13 @@ import json
 
 import pytest
 import torch
+from test_checkpoint import SPEC
 
 from gradmem.build import load_checkpoint
 from gradmem.cli import main
 from gradmem.data import load_jsonl, pad_right
 from gradmem.evaluate import evaluate
 from gradmem.serve.memory_io import load_memory
-from test_checkpoint import SPEC
 
 # Recorded from `gradmem train` on this spec (torch 2.13 CPU, float32); a change here means the
 # method's numerics changed and must be explained.
@@ -30,7 +30,9 @@ def config(tmp_path):
 
 def test_two_step_training_matches_recorded_losses(config, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=2", "train.eval_every=2"]) == 0
+    assert (
+        main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=2", "train.eval_every=2"]) == 0
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert losses == pytest.approx(GOLDEN_LOSSES, abs=1e-4)
@@ -50,7 +52,9 @@ def test_write_then_ask_without_the_context(config, tmp_path, capsys, monkeypatc
     written = json.loads(captured.out.strip().splitlines()[-1])
     assert written["context_tokens"] == 15 and len(written["write_loss"]) == 1 and written["created"]
     assert "step 0/1" in captured.err and "final" in captured.err  # progress: each step's loss
-    assert main(["ask", str(out / "last"), "--memory", str(tmp_path / "mem"), "-q", "?!ab:", "-q", "?!ef:", *store]) == 0
+    assert (
+        main(["ask", str(out / "last"), "--memory", str(tmp_path / "mem"), "-q", "?!ab:", "-q", "?!ef:", *store]) == 0
+    )
     answers = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [a["query"] for a in answers] == ["?!ab:", "?!ef:"]
     model, task, _ = load_checkpoint(out / "last")
@@ -64,7 +68,9 @@ def test_write_then_ask_without_the_context(config, tmp_path, capsys, monkeypatc
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["id"] == written["id"] and not again["created"]
     assert main(["ask", str(out / "last"), written["id"], "-q", "?!ab:", *store]) == 0
-    assert [json.loads(line)["answer"] for line in capsys.readouterr().out.strip().splitlines()] == [answers[0]["answer"]]
+    assert [json.loads(line)["answer"] for line in capsys.readouterr().out.strip().splitlines()] == [
+        answers[0]["answer"]
+    ]
     assert main(["inspect", str(out / "last"), written["id"], "--json", *store]) == 0
     report = json.loads(capsys.readouterr().out)
     decoded, context = report["reconstruction"], "!ab:cd!!ef:gh!|"
@@ -82,8 +88,22 @@ def test_eval_sweeps_write_steps(config, tmp_path, capsys):
     out = tmp_path / "run"
     main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=1"])
     capsys.readouterr()
-    assert main(["eval", str(out / "last"), "--examples", "10", "--steps", "0,2", "--generate",
-                 "--out", str(tmp_path / "eval.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(out / "last"),
+                "--examples",
+                "10",
+                "--steps",
+                "0,2",
+                "--generate",
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["write_steps"] for r in rows] == [0, 2]
     assert len(rows[0]["write_loss"]) == 0 and len(rows[1]["write_loss"]) == 2

@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import TINY, kv_batch, tiny_model
+
 from gradmem.build import build_model
 from gradmem.compiled import CompiledStep
 from gradmem.train import Trainer
@@ -23,16 +23,20 @@ def eager_gradients(model, batch):
     model.zero_grad(set_to_none=True)
     loss = model(batch).loss
     loss.backward()
-    return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                           for p in model.parameters() if p.requires_grad]
+    return loss.detach(), [
+        p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters() if p.requires_grad
+    ]
 
 
-@pytest.mark.parametrize("method, cfg", [
-    ("gradmem", {"write": {"steps": 2, "grad_mode": "second"}}),
-    ("gradmem", {"projection": "fast", "write": {"steps": 1, "grad_mode": "first"}}),
-    ("rmt", {"num_memory": 2, "steps": 2}),
-    ("full_context", {}),
-])
+@pytest.mark.parametrize(
+    "method, cfg",
+    [
+        ("gradmem", {"write": {"steps": 2, "grad_mode": "second"}}),
+        ("gradmem", {"projection": "fast", "write": {"steps": 1, "grad_mode": "first"}}),
+        ("rmt", {"num_memory": 2, "steps": 2}),
+        ("full_context", {}),
+    ],
+)
 def test_compiled_step_equals_eager_autograd_in_float64(method, cfg):
     model = tiny_model(method, dtype=torch.float64, **cfg)
     batch = kv_batch()
@@ -91,8 +95,15 @@ def test_trainer_with_compile_matches_eager_training(tmp_path):
         "task": {"name": "kv", "num_pairs": 2},
         "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_every": 4, "eval_examples": 8,
-                  "log_every": 1, "seed": 1},
+        "train": {
+            "steps": 3,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 4,
+            "eval_examples": 8,
+            "log_every": 1,
+            "seed": 1,
+        },
     }
     runs = {}
     for compiled in (False, True):
@@ -103,7 +114,8 @@ def test_trainer_with_compile_matches_eager_training(tmp_path):
         runs[compiled] = trainer
     eager, fast = runs[False], runs[True]
     assert [r["loss"] for r in fast.history if r["kind"] == "train"] == pytest.approx(
-        [r["loss"] for r in eager.history if r["kind"] == "train"], rel=1e-5)
+        [r["loss"] for r in eager.history if r["kind"] == "train"], rel=1e-5
+    )
     assert len(fast.history[0]["write_loss"]) == 1
     for a, b in zip(eager.model.parameters(), fast.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
@@ -126,14 +138,23 @@ def test_trainer_with_compile_after_matches_eager_training(tmp_path):
         "task": {"name": "kv", "num_pairs": 2},
         "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 4, "eval_examples": 8,
-                  "log_every": 1, "seed": 1},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 4,
+            "eval_examples": 8,
+            "log_every": 1,
+            "seed": 1,
+        },
     }
     losses = {}
     for after in (None, 2):
         torch.manual_seed(0)
         train = {**spec["train"], "compile": after is not None, "compile_backend": "eager", "compile_after": after or 0}
-        trainer = Trainer.from_spec(build_model({**spec, "train": train}), {**spec, "train": train}, tmp_path / str(after))
+        trainer = Trainer.from_spec(
+            build_model({**spec, "train": train}), {**spec, "train": train}, tmp_path / str(after)
+        )
         trainer.train()
         losses[after] = [r["loss"] for r in trainer.history if r["kind"] == "train"]
         if after:

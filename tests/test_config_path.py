@@ -18,8 +18,16 @@ from gradmem.spec_check import validate_spec
 from gradmem.train import Stage, TrainConfig, Trainer, curriculum
 
 TINY_LLAMA = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32}
-TINY_HF = {"model_type": "llama", "vocab_size": 70, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TINY_HF = {
+    "model_type": "llama",
+    "vocab_size": 70,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 METHOD = {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}}
 
 
@@ -58,8 +66,11 @@ def test_vocab_size_comes_from_the_tokenizer_in_the_backbone_builder() -> None:
 def test_typed_curriculum_and_trainer_from_train_config(tmp_path) -> None:
     task = {"name": "kv", "num_pairs": 3}
     cfg = TrainConfig(steps=6, curriculum=[{"num_pairs": 1}, {"num_pairs": 2}, {}], stage_steps=[2, 2])
-    assert curriculum(task, cfg) == [Stage({"name": "kv", "num_pairs": 1}, 2), Stage({"name": "kv", "num_pairs": 2}, 2),
-                                     Stage({"name": "kv", "num_pairs": 3}, None)]
+    assert curriculum(task, cfg) == [
+        Stage({"name": "kv", "num_pairs": 1}, 2),
+        Stage({"name": "kv", "num_pairs": 2}, 2),
+        Stage({"name": "kv", "num_pairs": 3}, None),
+    ]
     assert curriculum(task, TrainConfig()) == [Stage(task)]
     spec = {**spec_with({"name": "llama", **TINY_LLAMA}), "task": task}
     trainer = Trainer(build_model(spec), cfg, curriculum(task, cfg), tmp_path, spec)
@@ -71,7 +82,9 @@ def _tiny_folder(path) -> None:
 
     torch.manual_seed(0)
     config = dict(TINY_HF)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(str(path))
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(
+        str(path)
+    )
 
 
 @pytest.mark.parametrize("options", [{"lora": {"r": 2}}, {"freeze": True, "train_top_layers": 1}])

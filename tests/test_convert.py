@@ -4,8 +4,8 @@ hidden states, logits and GradMem's second-order meta-gradients agree in float64
 from __future__ import annotations
 
 import torch
-
 from conftest import TINY, kv_batch
+
 from gradmem.backbones import LlamaBackbone, LlamaConfig
 from gradmem.backbones.convert import hf_state_dict, to_hf
 from gradmem.methods import build_method

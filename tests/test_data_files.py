@@ -7,8 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_model
+
 from gradmem.data import save_jsonl
 from gradmem.data_files import load_examples
 from gradmem.evaluate import evaluate
@@ -48,18 +48,21 @@ def test_strings_and_token_ids_score_the_same(tmp_path: Path) -> None:
     assert by_text == by_ids
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "Expecting property name"),
-    ('["a", "b"]', "expected a JSON object"),
-    ({"context": "!ab:cd!|", "query": "?!ab:"}, "missing field(s) ['target']"),
-    ({"context": "!ab:cd!|", "query": "?!ab:", "target": "cd!|", "extra": 1}, "unknown field(s) ['extra']"),
-    ({"context": "!ab:cé!|", "query": "?!ab:", "target": "cd!|"}, "U+00E9 'é'"),
-    ({"context": "   ", "query": "?!ab:", "target": "cd!|"}, "context is empty"),
-    ({"context": "!ab:cd!|", "query": "?!ab:", "target": "c"}, "shorter than the task's 2-character value"),
-    ({"context": "!ab:cd!|" * 40, "query": "?!ab:", "target": "cd!|"}, "the model writes at most 100"),
-    ({"context": [5, 6], "query": [7], "target": [9999, 2], "answer_len": 1}, "outside the vocabulary"),
-    ({"context": "!ab:cd!|", "query": [7], "target": "cd!|"}, "must all be strings or all be lists"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "Expecting property name"),
+        ('["a", "b"]', "expected a JSON object"),
+        ({"context": "!ab:cd!|", "query": "?!ab:"}, "missing field(s) ['target']"),
+        ({"context": "!ab:cd!|", "query": "?!ab:", "target": "cd!|", "extra": 1}, "unknown field(s) ['extra']"),
+        ({"context": "!ab:cé!|", "query": "?!ab:", "target": "cd!|"}, "U+00E9 'é'"),
+        ({"context": "   ", "query": "?!ab:", "target": "cd!|"}, "context is empty"),
+        ({"context": "!ab:cd!|", "query": "?!ab:", "target": "c"}, "shorter than the task's 2-character value"),
+        ({"context": "!ab:cd!|" * 40, "query": "?!ab:", "target": "cd!|"}, "the model writes at most 100"),
+        ({"context": [5, 6], "query": [7], "target": [9999, 2], "answer_len": 1}, "outside the vocabulary"),
+        ({"context": "!ab:cd!|", "query": [7], "target": "cd!|"}, "must all be strings or all be lists"),
+    ],
+)
 def test_a_bad_line_is_named(tmp_path: Path, line, message: str) -> None:
     good = {"context": "!ab:cd!|", "query": "?!ab:", "target": "cd!|"}
     path = write_lines(tmp_path / "bad.jsonl", [good, line])

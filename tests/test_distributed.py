@@ -10,19 +10,35 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import kv_batch
+
 from gradmem.build import build_model
 from gradmem.distributed import DataParallel
 from gradmem.train import Trainer
 
 SPEC = {
     "task": {"name": "kv", "num_pairs": 2},
-    "backbone": {"type": "llama", "hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32,
-                 "max_positions": 64},
+    "backbone": {
+        "type": "llama",
+        "hidden_size": 16,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 32,
+        "max_positions": 64,
+    },
     "method": {"name": "gradmem", "num_memory": 3, "write": {"steps": 2, "grad_mode": "second"}},
-    "train": {"steps": 3, "batch_size": 6, "lr": 0.01, "warmup_steps": 0, "eval_every": 100, "eval_examples": 6,
-              "eval_batch_size": 6, "checkpoint_every": 100, "log_every": 1, "grad_clip": 0.5},
+    "train": {
+        "steps": 3,
+        "batch_size": 6,
+        "lr": 0.01,
+        "warmup_steps": 0,
+        "eval_every": 100,
+        "eval_examples": 6,
+        "eval_batch_size": 6,
+        "checkpoint_every": 100,
+        "log_every": 1,
+        "grad_clip": 0.5,
+    },
 }
 
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_model
-from gradmem.data import pad_right
+
 from gradmem.backbones.base import context_state_floats
+from gradmem.data import pad_right
 from gradmem.serve.engine import Engine, EngineConfig
 from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.serve.store import MemoryStore
@@ -36,11 +36,11 @@ def test_engine_write_equals_model_write(tmp_path):
 def test_same_text_is_written_once_and_progress_is_reported(tmp_path):
     e = engine(tmp_path)
     seen = []
-    first = e.write_texts([TEXT, "!xy:zz!|", TEXT], on_step=lambda i, s, l: seen.append((i, s)))
+    first = e.write_texts([TEXT, "!xy:zz!|", TEXT], on_step=lambda i, s, loss: seen.append((i, s)))
     assert [r.created for r in first] == [True, True, False] and first[0].id == first[2].id
     assert sorted(seen) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]  # K=2 steps + final, per text
     seen.clear()
-    again = engine(tmp_path).write_texts([TEXT], on_step=lambda i, s, l: seen.append(s))  # a new process
+    again = engine(tmp_path).write_texts([TEXT], on_step=lambda i, s, loss: seen.append(s))  # a new process
     assert not again[0].created and again[0].id == first[0].id and seen == []
     assert e.write_texts([TEXT], steps=3)[0].id != first[0].id  # other settings, other memory
 
@@ -101,10 +101,12 @@ def test_memory_files_refuse_other_backbones_dtypes_and_versions(tmp_path):
     assert len(meta["backbone"]["weights_sha256"]) == 64 and meta["dtype"] == "float32"
     with pytest.raises(ValueError, match="different weights"):
         load_memory(path, tiny_model(seed=1))
+    from conftest import TINY
+
     from gradmem.backbones import LlamaBackbone, LlamaConfig
     from gradmem.methods import build_method
     from gradmem.model import MemoryModel
-    from conftest import TINY
+
     wider = LlamaBackbone(LlamaConfig(**{**TINY, "num_layers": 3}))
     with pytest.raises(ValueError, match="another backbone architecture"):
         load_memory(path, MemoryModel(wider, build_method("gradmem", wider, {"num_memory": 3})))

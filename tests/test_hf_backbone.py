@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, LlamaConfig as HFLlamaConfig
-
 from conftest import kv_batch
+from transformers import GPT2Config
+from transformers import LlamaConfig as HFLlamaConfig
+
 from gradmem.backbones import HFBackbone, build_backbone
 from gradmem.data import collate
 from gradmem.methods import build_method
@@ -14,8 +15,15 @@ from gradmem.model import MemoryModel
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 CONFIGS = {
-    "llama": lambda: HFLlamaConfig(vocab_size=70, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128),
+    "llama": lambda: HFLlamaConfig(
+        vocab_size=70,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    ),
     "gpt2": lambda: GPT2Config(vocab_size=70, n_embd=16, n_layer=2, n_head=2, n_positions=128),
 }
 

@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
 import httpx  # noqa: E402
 import uvicorn  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import tiny_model  # noqa: E402
 from gradmem.serve.batcher import Batcher  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app, server_config  # noqa: E402
@@ -28,7 +28,9 @@ TEXT = "!ab:cd!!ef:gh!|"
 
 
 def make_engine(root) -> Engine:
-    return Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root), EngineConfig(chunk_tokens=15, max_blocks=2))
+    return Engine(
+        tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root), EngineConfig(chunk_tokens=15, max_blocks=2)
+    )
 
 
 @contextmanager
@@ -71,13 +73,17 @@ def test_writes_and_deletes_need_the_key(tmp_path):
 def test_rate_limit_is_keyed_on_the_socket_peer_unless_a_proxy_is_trusted(tmp_path):
     app = create_app(make_engine(tmp_path), ServiceConfig(rate_per_second=0.5, rate_burst=3))
     with served(app) as port:
-        codes = [httpx.get(f"http://127.0.0.1:{port}/v1/memories", headers={"x-forwarded-for": f"10.0.0.{i}"}).status_code
-                 for i in range(6)]
+        codes = [
+            httpx.get(f"http://127.0.0.1:{port}/v1/memories", headers={"x-forwarded-for": f"10.0.0.{i}"}).status_code
+            for i in range(6)
+        ]
     assert codes[:3] == [200] * 3 and codes[3:] == [429] * 3  # a new forwarded address per request changes nothing
     app = create_app(make_engine(tmp_path), ServiceConfig(rate_per_second=0.5, rate_burst=3))
     with served(app, trust_proxy="127.0.0.1") as port:  # behind a proxy on loopback: its header names the client
-        codes = [httpx.get(f"http://127.0.0.1:{port}/v1/memories", headers={"x-forwarded-for": f"10.0.0.{i}"}).status_code
-                 for i in range(6)]
+        codes = [
+            httpx.get(f"http://127.0.0.1:{port}/v1/memories", headers={"x-forwarded-for": f"10.0.0.{i}"}).status_code
+            for i in range(6)
+        ]
     assert codes == [200] * 6
 
 
@@ -86,8 +92,10 @@ def test_a_slow_body_gets_408_instead_of_holding_the_connection(tmp_path):
     with served(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             started = time.perf_counter()
-            conn.sendall(b"POST /v1/memories HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                         b"content-length: 100\r\n\r\n{\"text\": ")  # 10 of the 100 declared bytes, then nothing
+            conn.sendall(
+                b"POST /v1/memories HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b'content-length: 100\r\n\r\n{"text": '
+            )  # 10 of the 100 declared bytes, then nothing
             answer = conn.recv(4096).decode()
             seconds = time.perf_counter() - started
         assert answer.startswith("HTTP/1.1 408") and "not received within 0.5 s" in answer and seconds < 5

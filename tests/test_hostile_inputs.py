@@ -10,11 +10,10 @@ import time
 import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
+from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import tiny_model  # noqa: E402
 from gradmem.serve import memory_io  # noqa: E402
-from gradmem.serve.budget import Budget  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
@@ -25,8 +24,12 @@ JSON = {"content-type": "application/json"}
 
 
 def make_client(root, engine_cfg=None, **limits) -> TestClient:
-    engine = Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root),
-                    engine_cfg or EngineConfig(chunk_tokens=100, max_blocks=700))
+    engine = Engine(
+        tiny_model(),
+        CharTokenizer.for_kv(62),
+        MemoryStore(root),
+        engine_cfg or EngineConfig(chunk_tokens=100, max_blocks=700),
+    )
     return TestClient(create_app(engine, ServiceConfig(**limits), checkpoint="tiny"))
 
 
@@ -59,8 +62,12 @@ def test_oversized_work_is_refused_before_any_tensor(tmp_path):
 
 def test_non_finite_numbers_and_bad_text_get_a_readable_422(tmp_path):
     with make_client(tmp_path) as c:
-        for raw in ('{"text": "%s", "lr": NaN}' % TEXT, '{"text": "%s", "lr": Infinity}' % TEXT,
-                    '{"text": "%s", "target_loss": -Infinity}' % TEXT, '{"text": "%s", "target_loss": NaN}' % TEXT):
+        for raw in (
+            f'{{"text": "{TEXT}", "lr": NaN}}',
+            f'{{"text": "{TEXT}", "lr": Infinity}}',
+            f'{{"text": "{TEXT}", "target_loss": -Infinity}}',
+            f'{{"text": "{TEXT}", "target_loss": NaN}}',
+        ):
             r = c.post("/v1/memories", content=raw, headers=JSON)
             assert r.status_code == 422 and "finite" in r.json()["detail"], raw
         # a lone surrogate: the default handler echoed it and failed to encode its own answer
@@ -70,7 +77,10 @@ def test_non_finite_numbers_and_bad_text_get_a_readable_422(tmp_path):
         assert r.status_code == 422 and "whitespace" in r.json()["detail"]
         mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
         r = c.post(f"/v1/memories/{mid}/ask", content=b'{"questions": ["?!ab:", "\\udfff"]}', headers=JSON)
-        assert r.status_code == 422 and r.json()["detail"] == "questions: question 1 contains a lone surrogate (U+DFFF) at character 0"
+        assert (
+            r.status_code == 422
+            and r.json()["detail"] == "questions: question 1 contains a lone surrogate (U+DFFF) at character 0"
+        )
         assert c.post(f"/v1/memories/{mid}/ask", json={"questions": ["  "]}).status_code == 422
         r = c.post("/v1/memories", content=b'{"text": 12, "steps": "x"}', headers=JSON)
         assert r.status_code == 422 and "text:" in r.json()["detail"] and "steps:" in r.json()["detail"]
@@ -79,7 +89,11 @@ def test_non_finite_numbers_and_bad_text_get_a_readable_422(tmp_path):
 
 def test_characters_outside_the_vocabulary_are_named(tmp_path):
     with make_client(tmp_path) as c:
-        for text, named in (("!ab:c\U0001F600!|", "U+1F600"), ("!ab:\u4e2d\u6587!|", "U+4E2D"), ("!ab:\x07d!|", "U+0007 '\\x07'")):
+        for text, named in (
+            ("!ab:c\U0001f600!|", "U+1F600"),
+            ("!ab:\u4e2d\u6587!|", "U+4E2D"),
+            ("!ab:\x07d!|", "U+0007 '\\x07'"),
+        ):
             r = c.post("/v1/memories", json={"text": text})
             assert r.status_code == 422 and "outside the model's vocabulary" in r.json()["detail"], text
             assert named in r.json()["detail"]
@@ -111,6 +125,7 @@ def test_a_damaged_memory_is_skipped_and_reported(tmp_path):
 @pytest.mark.parametrize("code, status", [(errno.ENOSPC, 507), (errno.EROFS, 503), (errno.EACCES, 503)])
 def test_store_errors_become_507_or_503_and_leave_nothing_behind(tmp_path, monkeypatch, code, status):
     with make_client(tmp_path) as c:
+
         def fails(tensors, path):
             raise OSError(code, "simulated", str(path))
 
@@ -127,8 +142,18 @@ def test_store_errors_become_507_or_503_and_leave_nothing_behind(tmp_path, monke
 def test_no_file_system_path_in_any_response(tmp_path):
     with make_client(tmp_path) as c:
         mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
-        bodies = [c.get(path).text for path in ("/version", "/health", "/v1/memories", f"/v1/memories/{mid}",
-                                                 "/v1/memories/" + "0" * 32, "/v1/memories/nope", "/docs")]
+        bodies = [
+            c.get(path).text
+            for path in (
+                "/version",
+                "/health",
+                "/v1/memories",
+                f"/v1/memories/{mid}",
+                "/v1/memories/" + "0" * 32,
+                "/v1/memories/nope",
+                "/docs",
+            )
+        ]
         bodies.append(c.delete("/v1/memories/" + "f" * 32).text)
         bodies.append(c.post("/v1/memories/" + "e" * 32 + "/ask", json={"questions": ["?"]}).text)
         assert all(str(tmp_path) not in body for body in bodies)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import kv_batch, tiny_model
 
 WEIGHT = 0.5
@@ -21,8 +20,9 @@ MODES = {  # name -> write config
 
 
 def training_step(write: dict, weight: float, steps: str = "all"):
-    model = tiny_model(dtype=torch.float64, inner_loss_weight=weight, inner_loss_steps=steps,
-                       write={**write, "optim": {"lr": 1.0}})
+    model = tiny_model(
+        dtype=torch.float64, inner_loss_weight=weight, inner_loss_steps=steps, write={**write, "optim": {"lr": 1.0}}
+    )
     out = model(kv_batch())
     out.loss.backward()
     return model, out
@@ -56,8 +56,9 @@ def test_last_step_variant_uses_the_last_pre_update_loss() -> None:
 
 def test_inner_loss_gradient_matches_finite_differences() -> None:
     """d(w * mean WRITE loss)/d(M0) through a second-order write is the exact derivative."""
-    model = tiny_model(dtype=torch.float64, inner_loss_weight=WEIGHT, write={"steps": 2, "grad_mode": "second",
-                                                                            "optim": {"lr": 1.0}})
+    model = tiny_model(
+        dtype=torch.float64, inner_loss_weight=WEIGHT, write={"steps": 2, "grad_mode": "second", "optim": {"lr": 1.0}}
+    )
     batch = kv_batch()
 
     def aux() -> torch.Tensor:

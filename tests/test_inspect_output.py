@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
-from gradmem.cli import main
 from test_checkpoint import SPEC
+
+from gradmem.cli import main
 
 
 def test_inspect_labels_the_reconstruction(tmp_path, capsys):
@@ -21,12 +22,14 @@ def test_inspect_labels_the_reconstruction(tmp_path, capsys):
     assert main(["inspect", str(out / "last"), memory_id, *store]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert not any(line.startswith("decoded from memory") for line in lines)  # the old, misleading heading
-    note = lines.index("greedy reconstruction: the WRITE head decoding the memory alone, token by token; "
-                       "a fidelity probe, not the stored context:")
+    note = lines.index(
+        "greedy reconstruction: the WRITE head decoding the memory alone, token by token; "
+        "a fidelity probe, not the stored context:"
+    )
     assert lines[note + 1].startswith("  greedy token accuracy ") and "(against the context below)" in lines[note + 1]
     decoded = lines[note + 2]
     assert decoded.startswith("  [") and decoded.endswith("]") and len(decoded) == len("  []") + 15
-    assert lines[note + 3:] == ["the context that was written:", "  [!ab:cd!!ef:gh!|]"]
+    assert lines[note + 3 :] == ["the context that was written:", "  [!ab:cd!!ef:gh!|]"]
     assert main(["inspect", str(out / "last"), memory_id, "--json", *store]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["reconstruction_note"].startswith("greedy reconstruction") and 0 <= report["token_accuracy"] <= 1

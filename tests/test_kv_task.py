@@ -158,5 +158,7 @@ def test_values_of_varying_length_are_scored_whole():
     for e in examples:
         assert len(e.target) == e.answer_len + 2  # the value, then the closing "!|"
     fixed = KVTask(num_pairs=3)
-    assert fixed.make_split("train", 5, seed=0) == KVTask(num_pairs=3, value_len_max=None).make_split("train", 5, seed=0)
+    assert fixed.make_split("train", 5, seed=0) == KVTask(num_pairs=3, value_len_max=None).make_split(
+        "train", 5, seed=0
+    )
     assert {e.answer_len for e in fixed.make_split("train", 50, seed=0)} == {2}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import kv_batch, tiny_model
 
 
@@ -16,8 +15,10 @@ def read_loss(model, batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("optim", ["sgd", "adam"])
 def test_second_order_matches_finite_differences(optim):
-    model = tiny_model(dtype=torch.float64, write={"steps": 2, "grad_mode": "second",
-                                                   "optim": {"name": optim, "lr": 0.5 if optim == "sgd" else 0.05}})
+    model = tiny_model(
+        dtype=torch.float64,
+        write={"steps": 2, "grad_mode": "second", "optim": {"name": optim, "lr": 0.5 if optim == "sgd" else 0.05}},
+    )
     batch = kv_batch(n=2, pairs=1)
     weight = model.backbone.blocks[0].qkv.weight
     params = {"memory0": model.method.memory0, "qkv": weight, "write_head": model.method.write_head.weight}

@@ -7,29 +7,55 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY, kv_batch
+
 from gradmem.backbones.base import context_state_floats
 from gradmem.backbones.mamba import mamba_backbone, mamba_state_floats
 from gradmem.build import build_model, load_checkpoint, save_checkpoint
 from gradmem.data import collate, pad_right
-from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.methods import METHODS
+from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 LLAMA = {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}}
-MAMBA = {"type": "hf", "config": {"model_type": "mamba", "vocab_size": 70, "hidden_size": 16, "state_size": 4,
-                                  "num_hidden_layers": 2, "expand": 2, "conv_kernel": 4}}
-HF_LLAMA = {"type": "hf", "config": {"model_type": "llama", "vocab_size": 70, "hidden_size": 16, "intermediate_size": 32,
-                                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 128}}
+MAMBA = {
+    "type": "hf",
+    "config": {
+        "model_type": "mamba",
+        "vocab_size": 70,
+        "hidden_size": 16,
+        "state_size": 4,
+        "num_hidden_layers": 2,
+        "expand": 2,
+        "conv_kernel": 4,
+    },
+}
+HF_LLAMA = {
+    "type": "hf",
+    "config": {
+        "model_type": "llama",
+        "vocab_size": 70,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 128,
+    },
+}
 ADAM = {"optim": {"name": "adam", "lr": 0.1}}
 LAYER_STATE_METHODS = {"armt"}  # memories kept inside the layers: no prefix, no memory files
 
 # case -> (method spec, backbone spec); every registered method appears at least once
 CASES = {
-    "gradmem-none": ({"name": "gradmem", "num_memory": 3, "projection": "none", "control_tokens": True, "write": ADAM}, LLAMA),
+    "gradmem-none": (
+        {"name": "gradmem", "num_memory": 3, "projection": "none", "control_tokens": True, "write": ADAM},
+        LLAMA,
+    ),
     "gradmem-linear-control": ({"name": "gradmem", "num_memory": 3, "control_tokens": True, "write": ADAM}, LLAMA),
-    "gradmem-fast": ({"name": "gradmem", "num_memory": 2, "projection": "fast", "control_tokens": True, "write": ADAM}, LLAMA),
+    "gradmem-fast": (
+        {"name": "gradmem", "num_memory": 2, "projection": "fast", "control_tokens": True, "write": ADAM},
+        LLAMA,
+    ),
     "gradmem-first-order": ({"name": "gradmem", "num_memory": 3, "write": {"grad_mode": "first"}}, LLAMA),
     "rmt-x1": ({"name": "rmt", "num_memory": 3}, LLAMA),
     "rmt-x2-no-projection": ({"name": "rmt", "num_memory": 3, "projection": "none", "steps": 2}, LLAMA),
@@ -82,7 +108,9 @@ def test_write_read_generate(case):
     assert out.shape == (4, 3)
     assert torch.equal(out[:, 0], read.logits[:, 0].argmax(-1))  # greedy = teacher-forced first token
     # one memory serves many queries: row 0 repeated answers like row 0
-    again = model.generate(memory.select(0).repeat(2), pad_right([batch.query.ids[0, : batch.query.lengths[0]].tolist()] * 2), 3)
+    again = model.generate(
+        memory.select(0).repeat(2), pad_right([batch.query.ids[0, : batch.query.lengths[0]].tolist()] * 2), 3
+    )
     assert torch.equal(again[0], out[0]) and torch.equal(again[1], out[0])
 
 
@@ -151,7 +179,12 @@ def test_state_sizes():
     assert floats("armt") == 2 * (24 * d + 24)  # layers x (A: F x d, z: F), F = 2 * 3 * 4
     assert floats("full_context") == 2 * 2 * 15 * d  # its KV cache: 2 x layers x tokens x d
     # 2 layers x d_inner 32 x (d_state 4 + conv 4 - 1), whatever the context's length
-    assert floats("mamba-full_context", 15) == floats("mamba-full_context", 500) == mamba_state_floats(MAMBA["config"]) == 2 * 32 * 7
+    assert (
+        floats("mamba-full_context", 15)
+        == floats("mamba-full_context", 500)
+        == mamba_state_floats(MAMBA["config"])
+        == 2 * 32 * 7
+    )
     assert context_state_floats(mamba_backbone(vocab_size=70, hidden_size=8, num_hidden_layers=1), 9) == 16 * (16 + 3)
 
 
@@ -160,8 +193,14 @@ def test_kv_cache_counts_grouped_query_attention():
 
     from gradmem.backbones.hf import HFBackbone
 
-    config = HFLlamaConfig(vocab_size=70, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                           num_attention_heads=4, num_key_value_heads=2)
+    config = HFLlamaConfig(
+        vocab_size=70,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     # 2 x 3 layers x 10 tokens x 2 KV heads x head width 8: half the cache of full multi-head attention
     assert context_state_floats(HFBackbone.from_config(config), 10) == 2 * 3 * 10 * 2 * 8
 

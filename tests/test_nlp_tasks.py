@@ -3,7 +3,6 @@ chunks; and every NLP task end to end on a tiny random Hugging Face Llama with a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,7 @@ from gradmem.data import collate
 from gradmem.evaluate import evaluate
 from gradmem.tasks.babi import BabiConfig, BabiTask, generate_stories
 from gradmem.tasks.babi_format import format_babi, parse_babi, story_questions
-from gradmem.tasks.squad import (exact_match_score, f1_score, load_squad, normalize_answer, shorten,
-                                 squad_scores)
+from gradmem.tasks.squad import exact_match_score, f1_score, load_squad, normalize_answer, shorten, squad_scores
 from gradmem.text_eval import evaluate_squad
 from gradmem.tokenizers import build_tokenizer, word_tokenizer
 
@@ -25,6 +23,7 @@ BABI = FIXTURES / "babi_qa1_mini.txt"
 
 
 # -- bAbI -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", [1, 2, 3, 4, 5])
 def test_babi_generator_is_seeded_and_round_trips(task):
@@ -37,7 +36,9 @@ def test_babi_generator_is_seeded_and_round_trips(task):
         for number, line in enumerate(story, 1):
             if line.is_question:
                 # Supporting facts are earlier statements (never questions) of the same story.
-                assert line.supporting and all(1 <= s < number and not story[s - 1].is_question for s in line.supporting)
+                assert line.supporting and all(
+                    1 <= s < number and not story[s - 1].is_question for s in line.supporting
+                )
 
 
 @pytest.mark.parametrize("task", [1, 2, 4, 5])
@@ -59,9 +60,17 @@ def test_babi_parser_reads_the_official_format():
     stories = parse_babi(BABI.read_text())
     assert len(stories) == 2 and len(stories[0]) == 6
     questions = story_questions(stories[0])
-    assert questions[1].statements == ("Mary moved to the bathroom.", "John went to the hallway.",
-                                       "Daniel went back to the hallway.", "Sandra moved to the garden.")
-    assert (questions[1].question, questions[1].answer, questions[1].supporting) == ("Where is Daniel?", "hallway", (2,))
+    assert questions[1].statements == (
+        "Mary moved to the bathroom.",
+        "John went to the hallway.",
+        "Daniel went back to the hallway.",
+        "Sandra moved to the garden.",
+    )
+    assert (questions[1].question, questions[1].answer, questions[1].supporting) == (
+        "Where is Daniel?",
+        "hallway",
+        (2,),
+    )
     assert format_babi(stories) == BABI.read_text()
     with pytest.raises(ValueError, match="line 2"):
         parse_babi("1 Mary moved.\n3 John moved.\n")
@@ -82,6 +91,7 @@ def test_babi_task_reads_files(tmp_path):
 
 
 # -- SQuAD ------------------------------------------------------------------------------------------
+
 
 def test_squad_normalisation_and_scores():
     assert normalize_answer("The  Cat, sat!") == "cat sat"
@@ -106,6 +116,7 @@ def test_squad_loader_and_short_transform():
 
 # -- text -------------------------------------------------------------------------------------------
 
+
 def text_files(tmp_path) -> list[str]:
     paths = []
     for n in range(3):
@@ -118,20 +129,40 @@ def text_files(tmp_path) -> list[str]:
 def test_text_reconstruction_and_continuation_examples(tmp_path):
     files = text_files(tmp_path)
     tok = word_tokenizer([Path(f).read_text() for f in files])
-    rec = build_task({"task": dict(name="text", mode="reconstruction", chunk_tokens=16, files=files, tokenizer=tok.to_dict())})
+    rec = build_task(
+        {"task": dict(name="text", mode="reconstruction", chunk_tokens=16, files=files, tokenizer=tok.to_dict())}
+    )
     e = rec.make_split("train", 4, seed=0)[0]
     assert len(e.context) == 16 and e.query == e.context[:1] and e.target == e.context[1:] and e.answer_len == 15
     assert rec.make_split("train", 4, seed=0) == rec.make_split("train", 4, seed=0)
     assert {tuple(x.context) for x in rec.make_split("test", 30, 0)} <= {tuple(x) for x in rec.windows("test", 30, 0)}
-    cont = build_task({"task": dict(name="text", mode="continuation", chunk_tokens=32, target_tokens=16, files=files, tokenizer=tok.to_dict())})
+    cont = build_task(
+        {
+            "task": dict(
+                name="text",
+                mode="continuation",
+                chunk_tokens=32,
+                target_tokens=16,
+                files=files,
+                tokenizer=tok.to_dict(),
+            )
+        }
+    )
     e = cont.make_split("valid", 2, seed=0)[0]
     assert len(e.context) == 32 and len(e.target) == 16 and e.query == e.context[-1:]
 
 
 # -- end to end on a tiny random Llama ------------------------------------------------------------
 
-TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
 
 
 def tiny_task_specs(tmp_path) -> dict[str, dict]:
@@ -143,21 +174,36 @@ def tiny_task_specs(tmp_path) -> dict[str, dict]:
         "babi": {"name": "babi", "task": 2, "questions_per_story": 2, "tokenizer": tok},
         "squad": {"name": "squad", "data_path": str(SQUAD), "valid_fraction": 0.3, "tokenizer": tok},
         "text": {"name": "text", "chunk_tokens": 16, "files": files, "tokenizer": tok},
-        "continuation": {"name": "text", "mode": "continuation", "chunk_tokens": 24, "target_tokens": 8,
-                         "files": files, "tokenizer": tok},
+        "continuation": {
+            "name": "text",
+            "mode": "continuation",
+            "chunk_tokens": 24,
+            "target_tokens": 8,
+            "files": files,
+            "tokenizer": tok,
+        },
     }
 
 
-CASES = [("babi", "gradmem"), ("babi", "full_context"), ("babi", "no_context"), ("squad", "gradmem"),
-         ("text", "gradmem"), ("continuation", "gradmem")]
+CASES = [
+    ("babi", "gradmem"),
+    ("babi", "full_context"),
+    ("babi", "no_context"),
+    ("squad", "gradmem"),
+    ("text", "gradmem"),
+    ("continuation", "gradmem"),
+]
 
 
 @pytest.mark.parametrize("name,method", CASES)
 def test_every_nlp_task_runs_end_to_end(tmp_path, name, method):
     task_spec = tiny_task_specs(tmp_path)[name]
     vocab = build_tokenizer(task_spec["tokenizer"]).vocab_size
-    spec = {"task": task_spec, "backbone": {"type": "hf", "config": {**TINY, "vocab_size": vocab}, "freeze": True},
-            "method": {"name": method, **({"num_memory": 2, "write": {"steps": 1}} if method == "gradmem" else {})}}
+    spec = {
+        "task": task_spec,
+        "backbone": {"type": "hf", "config": {**TINY, "vocab_size": vocab}, "freeze": True},
+        "method": {"name": method, **({"num_memory": 2, "write": {"steps": 1}} if method == "gradmem" else {})},
+    }
     torch.manual_seed(0)
     task = build_task(spec)
     model = build_model(spec, task)
@@ -167,8 +213,14 @@ def test_every_nlp_task_runs_end_to_end(tmp_path, name, method):
     if method == "gradmem":
         out.loss.backward()
         assert model.method.memory0.grad is not None
-    result = evaluate(model, examples, 3, pad_id=task.tokenizer.pad_id, generate=name in ("babi", "squad"),
-                      eos_id=task.tokenizer.eos_id)
+    result = evaluate(
+        model,
+        examples,
+        3,
+        pad_id=task.tokenizer.pad_id,
+        generate=name in ("babi", "squad"),
+        eos_id=task.tokenizer.eos_id,
+    )
     model.eval()
     with torch.no_grad():  # the scores by hand from one READ: argmax against the target tokens
         batch = collate(examples, task.tokenizer.pad_id)

@@ -32,10 +32,35 @@ def test_count_flops_of_a_matmul():
 
 
 def test_throughput_and_attention_benchmarks_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["throughput.py", "--batch", "2", "--pairs", "1", "--memory", "2", "--layers", "1",
-                                      "--heads", "2", "--width", "16", "--intermediate", "32", "--rounds", "1",
-                                      "--variants", "builtin,hf_eager",
-                                      "--out", str(tmp_path), "--tag", "t"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "throughput.py",
+            "--batch",
+            "2",
+            "--pairs",
+            "1",
+            "--memory",
+            "2",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--width",
+            "16",
+            "--intermediate",
+            "32",
+            "--rounds",
+            "1",
+            "--variants",
+            "builtin,hf_eager",
+            "--out",
+            str(tmp_path),
+            "--tag",
+            "t",
+        ],
+    )
     throughput.main()
     report = json.loads((tmp_path / "throughput_t.json").read_text())
     assert set(report["variants"]) == {"builtin", "hf_eager"}
@@ -44,8 +69,27 @@ def test_throughput_and_attention_benchmarks_run(tmp_path, monkeypatch):
     assert report["variants"]["hf_eager"]["train"]["ratio_vs_baseline"]["median"] == 1.0
     assert (tmp_path / "throughput_t.md").read_text().count("| builtin") == 3
 
-    monkeypatch.setattr(sys, "argv", ["attention.py", "--lengths", "8,16", "--batch", "1", "--heads", "2",
-                                      "--head-dim", "4", "--rounds", "2", "--out", str(tmp_path), "--tag", "t"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "attention.py",
+            "--lengths",
+            "8,16",
+            "--batch",
+            "1",
+            "--heads",
+            "2",
+            "--head-dim",
+            "4",
+            "--rounds",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--tag",
+            "t",
+        ],
+    )
     attention.main()
     rows = json.loads((tmp_path / "attention_t.json").read_text())["results"]
     assert [(r["length"], r["mode"]) for r in rows][:3] == [(8, "second_order"), (8, "first_order"), (8, "forward")]

@@ -18,8 +18,16 @@ from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 from gradmem.tasks.kv import KVConfig, generate_kv
 
-TINY = {"model_type": "llama", "vocab_size": 70, "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TINY = {
+    "model_type": "llama",
+    "vocab_size": 70,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 
 
 def tiny_spec(**options) -> dict:
@@ -69,7 +77,10 @@ def test_gradient_checkpointing_gives_the_same_second_order_gradients():
     checkpointed = build_backbone(tiny_spec(gradient_checkpointing=True))
     checkpointed.load_state_dict({f"inner.{k}": v for k, v in plain.state_dict().items()})
     a, b = meta_grads(plain), meta_grads(checkpointed)
-    assert getattr(checkpointed.inner.model, "is_activation_checkpointing", None) or checkpointed.inner.model.is_gradient_checkpointing
+    assert (
+        getattr(checkpointed.inner.model, "is_activation_checkpointing", None)
+        or checkpointed.inner.model.is_gradient_checkpointing
+    )
     b = {k.replace("backbone.inner.", "backbone."): v for k, v in b.items()}
     assert a.keys() == b.keys()
     for name in a:
@@ -98,7 +109,14 @@ def test_write_only_lora_is_active_in_write_and_off_in_read():
     assert any(float(grads[n].abs().sum()) > 0 for n in backbone_grads)
 
 
-BUILTIN = {"type": "llama", "vocab_size": 70, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4}
+BUILTIN = {
+    "type": "llama",
+    "vocab_size": 70,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+}
 
 
 @pytest.mark.parametrize("spec", [tiny_spec(), BUILTIN], ids=["hf", "llama"])

@@ -48,8 +48,12 @@ def method_spec(settings: dict[str, Any]) -> dict[str, Any]:
             "steps": settings["K"],
             "grad_mode": settings["grad_mode"],
             "second_order_steps": second_k if settings["grad_mode"] == "second" and second_k < settings["K"] else None,
-            "optim": {"name": settings["optimizer"], "lr": settings["inner_lr"],
-                      "clip_value": settings["clip_value"], "clip_norm": settings["clip_norm"]},
+            "optim": {
+                "name": settings["optimizer"],
+                "lr": settings["inner_lr"],
+                "clip_value": settings["clip_value"],
+                "clip_norm": settings["clip_norm"],
+            },
         },
     }
 
@@ -62,14 +66,17 @@ def build(case: dict[str, Any], tensors: dict[str, torch.Tensor], compat: bool) 
     config = LlamaConfig(**{k: v for k, v in META["model_config"].items() if k not in skip})
     config._attn_implementation = "eager"
     llama = LlamaForCausalLM(config).double()
-    llama.load_state_dict({k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")})
+    llama.load_state_dict({k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")})
     spec = {"task": {"name": "kv"}, "train": {}, "method": method_spec(case["settings"])}
     if compat:
         spec = reference_compat(spec, pad_id=META["batches"]["batch"]["pad_id"])
     backbone = HFBackbone(llama)
     method = dict(spec["method"])
-    model = MemoryModel(backbone, build_method(method.pop("name"), backbone, method),
-                        read_loss=spec["train"].get("read_loss", "example")).double()
+    model = MemoryModel(
+        backbone,
+        build_method(method.pop("name"), backbone, method),
+        read_loss=spec["train"].get("read_loss", "example"),
+    ).double()
     with torch.no_grad():
         model.method.memory0.copy_(tensors["memory0"])
         if model.method.projection is not None:
@@ -88,8 +95,12 @@ def fixture_batch(tensors: dict[str, torch.Tensor], name: str) -> Batch:
 def gradients(model: MemoryModel) -> dict[str, torch.Tensor]:
     """Outer gradients under the fixture's names (a tensor without a gradient counts as zeros)."""
     method = model.method
-    named = {"memory0": method.memory0, "projection.weight": method.projection, "projection.bias": method.projection_bias,
-             "write_head.weight": None if method.write_head is None else method.write_head.weight}
+    named = {
+        "memory0": method.memory0,
+        "projection.weight": method.projection,
+        "projection.bias": method.projection_bias,
+        "write_head.weight": None if method.write_head is None else method.write_head.weight,
+    }
     named.update({f"backbone.{n}": p for n, p in model.backbone.model.named_parameters()})
     return {n: torch.zeros_like(p) if p.grad is None else p.grad for n, p in named.items() if p is not None}
 
@@ -100,15 +111,20 @@ def run_case(case: dict[str, Any], tensors: dict[str, torch.Tensor], compat: boo
     out = model(fixture_batch(tensors, case["batch"]))
     out.loss.backward()
     stats = out.memory.stats
-    got = {"write_losses": stats.losses, "inner_grad_norms": stats.grad_norms,
-           "prefix": out.memory.prefix.detach(), "read_loss": out.read.loss.detach(), "outer_loss": out.loss.detach()}
+    got = {
+        "write_losses": stats.losses,
+        "inner_grad_norms": stats.grad_norms,
+        "prefix": out.memory.prefix.detach(),
+        "read_loss": out.read.loss.detach(),
+        "outer_loss": out.loss.detach(),
+    }
     got.update({f"grad.{n}": g for n, g in gradients(model).items()})
     return got
 
 
 def expected(case: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     prefix = case["key_prefix"] + "."
-    want = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    want = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     # The fixture stores the memory before the projection; READ sees M W^T + b (b = 0 in the fixture).
     memory = want.pop("memory_k")
     want["prefix"] = memory @ tensors["projection.weight"].T if case["settings"]["projection"] else memory

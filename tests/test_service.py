@@ -8,9 +8,9 @@ import threading
 import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
+from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import tiny_model  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
@@ -20,7 +20,9 @@ TEXT = "!ab:cd!!ef:gh!|"
 
 
 def make_engine(root, **cfg):
-    return Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root), EngineConfig(chunk_tokens=15, max_blocks=2, **cfg))
+    return Engine(
+        tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root), EngineConfig(chunk_tokens=15, max_blocks=2, **cfg)
+    )
 
 
 def client(root, **limits):
@@ -52,8 +54,10 @@ def test_streamed_write_reports_every_step(tmp_path):
     with client(tmp_path) as c:
         r = c.post("/v1/memories?stream=true", json={"text": TEXT, "steps": 3})
         assert r.status_code == 201 and r.headers["content-type"].startswith("text/event-stream")
-        events = [(block.split("\n")[0][len("event: "):], json.loads(block.split("\n")[1][len("data: "):]))
-                  for block in r.text.strip().split("\n\n")]
+        events = [
+            (block.split("\n")[0][len("event: ") :], json.loads(block.split("\n")[1][len("data: ") :]))
+            for block in r.text.strip().split("\n\n")
+        ]
         assert [kind for kind, _ in events] == ["step"] * 4 + ["done"]  # before steps 0..2, then after the last
         done = events[-1][1]
         assert [d["loss"] for _, d in events[:3]] == pytest.approx(done["write_loss"])
@@ -62,7 +66,9 @@ def test_streamed_write_reports_every_step(tmp_path):
 
 def test_limits_give_clear_4xx(tmp_path):
     with client(tmp_path, max_body_bytes=600, max_questions=2, rate_per_second=1, rate_burst=8) as c:
-        r = c.post("/v1/memories", content=json.dumps({"text": "a" * 700}), headers={"content-type": "application/json"})
+        r = c.post(
+            "/v1/memories", content=json.dumps({"text": "a" * 700}), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413 and "600 bytes" in r.json()["detail"]
         chunks = iter([b'{"text": "'] + [b"a" * 100] * 9)  # chunked: no content-length to check up front
         r = c.post("/v1/memories", content=chunks, headers={"content-type": "application/json"})
@@ -110,8 +116,13 @@ def test_store_survives_a_restart_and_the_api_is_described(tmp_path):
         assert [m["id"] for m in c.get("/v1/memories").json()] == [mid]
         assert c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?!ab:"]}).json() == before
         schema = c.get("/openapi.json").json()
-        assert {"/v1/memories", "/v1/memories/{memory_id}", "/v1/memories/{memory_id}/ask", "/health",
-                "/version"} <= set(schema["paths"])
+        assert {
+            "/v1/memories",
+            "/v1/memories/{memory_id}",
+            "/v1/memories/{memory_id}/ask",
+            "/health",
+            "/version",
+        } <= set(schema["paths"])
         version = c.get("/version").json()
         assert version["memory_format"] == 2 and version["max_context_tokens"] == 30
         assert "<canvas" in c.get("/").text

@@ -11,24 +11,42 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gradmem.serve import memory_io
 from gradmem.backbones.base import tensor_sha256
+from gradmem.serve import memory_io
 from gradmem.serve.memory_io import memory_paths
 from gradmem.serve.store import MemoryStore, memory_key
 
 
 def fake_memory(seed: int) -> tuple[torch.Tensor, dict]:
     prefix = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(seed))
-    return prefix, {"tensor_sha256": tensor_sha256(prefix), "created": f"2026-01-01T00:00:{seed:02d}Z", "seed": seed,
-                    "num_vectors": 3, "hidden_size": 8, "blocks": 1, "dtype": "float32", "context_tokens": 2,
-                    "write": {}, "write_loss": []}
+    return prefix, {
+        "tensor_sha256": tensor_sha256(prefix),
+        "created": f"2026-01-01T00:00:{seed:02d}Z",
+        "seed": seed,
+        "num_vectors": 3,
+        "hidden_size": 8,
+        "blocks": 1,
+        "dtype": "float32",
+        "context_tokens": 2,
+        "write": {},
+        "write_loss": [],
+    }
 
 
 def test_key_depends_on_model_context_and_settings():
     key = memory_key("fp", [1, 2, 3], {"steps": 2})
     assert key == memory_key("fp", [1, 2, 3], {"steps": 2}) and len(key) == 32
-    assert len({key, memory_key("fp2", [1, 2, 3], {"steps": 2}), memory_key("fp", [1, 2], {"steps": 2}),
-                memory_key("fp", [1, 2, 3], {"steps": 3})}) == 4
+    assert (
+        len(
+            {
+                key,
+                memory_key("fp2", [1, 2, 3], {"steps": 2}),
+                memory_key("fp", [1, 2], {"steps": 2}),
+                memory_key("fp", [1, 2, 3], {"steps": 3}),
+            }
+        )
+        == 4
+    )
 
 
 def test_write_once_list_show_delete(tmp_path):
@@ -76,11 +94,13 @@ def test_a_crash_mid_write_leaves_no_half_file(tmp_path, monkeypatch):
 def _writer(root: str | MemoryStore, keys: list[str], log: str) -> None:
     store = root if isinstance(root, MemoryStore) else MemoryStore(root)
     for key in keys:
+
         def produce(key=key):
             with open(log, "a") as f:  # O_APPEND: one line per real write
                 f.write(key + "\n")
             time.sleep(0.05)  # widen the race window
             return fake_memory(int(key[:4], 16) % 50)
+
         store.get_or_write(key, produce)
 
 
@@ -114,8 +134,10 @@ def test_concurrent_threads_write_each_key_once(tmp_path):
     log = str(tmp_path / "log")
     store_dir = str(tmp_path / "store")
     shared_store = MemoryStore(store_dir)  # threads share one instance, half of them
-    threads = [threading.Thread(target=_writer, args=(shared_store if i % 2 else store_dir, k, log))
-               for i, k in enumerate(keys)]
+    threads = [
+        threading.Thread(target=_writer, args=(shared_store if i % 2 else store_dir, k, log))
+        for i, k in enumerate(keys)
+    ]
     for t in threads:
         t.start()
     for t in threads:

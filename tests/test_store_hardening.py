@@ -10,11 +10,11 @@ import threading
 import time
 
 import pytest
-
-from gradmem.serve import memory_io
-from gradmem.errors import DamagedMemory, StoreFull, StoreUnavailable
-from gradmem.serve.store import MemoryStore, memory_key
 from test_store import fake_memory
+
+from gradmem.errors import DamagedMemory, StoreFull, StoreUnavailable
+from gradmem.serve import memory_io
+from gradmem.serve.store import MemoryStore, memory_key
 
 
 def test_deleting_a_missing_id_makes_no_lock_file_and_locks_are_pruned(tmp_path):

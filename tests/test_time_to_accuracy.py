@@ -6,7 +6,6 @@ import importlib
 import json
 
 import pytest
-
 from conftest import TINY, benchmarks_on_path
 
 
@@ -18,7 +17,7 @@ def tta():
 
 def test_a_milestone_is_the_first_eval_at_target_on_its_stage(tta):
     records = [
-        {"kind": "eval", "stage": 0, "step": 10, "exact_match": 0.95, "elapsed_s": 60},   # 1 pair reached
+        {"kind": "eval", "stage": 0, "step": 10, "exact_match": 0.95, "elapsed_s": 60},  # 1 pair reached
         {"kind": "train", "stage": 1, "step": 15, "loss": 1.0, "elapsed_s": 80},
         {"kind": "eval", "stage": 1, "step": 20, "exact_match": 0.5, "elapsed_s": 120},
         {"kind": "eval", "stage": 1, "step": 30, "exact_match": 0.91, "elapsed_s": 180},  # 4 pairs reached
@@ -34,14 +33,38 @@ def test_end_to_end_trains_resumes_and_reports(tta, tmp_path, capsys):
         "task": {"name": "kv", "num_pairs": 2},
         "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_every": 2, "eval_examples": 8,
-                  "checkpoint_every": 2, "log_every": 1, "advance_exact_match": 0.0,
-                  "curriculum": [{"num_pairs": 1}, {"num_pairs": 2}]},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "eval_every": 2,
+            "eval_examples": 8,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "advance_exact_match": 0.0,
+            "curriculum": [{"num_pairs": 1}, {"num_pairs": 2}],
+        },
     }
     config = tmp_path / "spec.json"
     config.write_text(json.dumps(spec))
-    args = ["--config", str(config), "--seeds", "0,1", "--milestones", "1,2", "--target", "0.0",
-            "--test-examples", "10", "--eval-steps", "0,1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    args = [
+        "--config",
+        str(config),
+        "--seeds",
+        "0,1",
+        "--milestones",
+        "1,2",
+        "--target",
+        "0.0",
+        "--test-examples",
+        "10",
+        "--eval-steps",
+        "0,1",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert tta.main(args) == 0
     result = json.loads((tmp_path / "out" / "spec.json").read_text())
     assert [s["seed"] for s in result["seeds"]] == [0, 1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import TINY
+
 from gradmem.build import apply_overrides, build_model, load_trainer_state
 from gradmem.train import TrainConfig, Trainer
 
@@ -14,8 +14,15 @@ SPEC = {
     "task": {"name": "kv", "num_pairs": 2},
     "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
     "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-    "train": {"steps": 50, "batch_size": 4, "eval_every": 25, "eval_examples": 8, "checkpoint_every": 25,
-              "log_every": 1, "seed": 3},
+    "train": {
+        "steps": 50,
+        "batch_size": 4,
+        "eval_every": 25,
+        "eval_examples": 8,
+        "checkpoint_every": 25,
+        "log_every": 1,
+        "seed": 3,
+    },
 }
 
 
@@ -51,10 +58,20 @@ def test_a_budget_must_be_positive_and_finite(bad):
 def test_last_stage_steps_ends_the_run_and_spreads_the_decay_over_the_last_stage(tmp_path):
     # advance_exact_match 0: the first evaluation (step 2) moves to the last stage, which then
     # trains 4 steps whatever `steps` says, the cosine decay running over exactly those 4 steps.
-    spec = apply_overrides(SPEC, ['train.curriculum=[{"num_pairs": 1}, {"num_pairs": 2}]', "train.advance_exact_match=0",
-                                  "train.eval_every=2", "train.steps=100", "train.last_stage_steps=4",
-                                  "train.schedule=cosine", "train.warmup_steps=1", "train.min_lr_ratio=0.1",
-                                  "train.lr=0.01"])
+    spec = apply_overrides(
+        SPEC,
+        [
+            'train.curriculum=[{"num_pairs": 1}, {"num_pairs": 2}]',
+            "train.advance_exact_match=0",
+            "train.eval_every=2",
+            "train.steps=100",
+            "train.last_stage_steps=4",
+            "train.schedule=cosine",
+            "train.warmup_steps=1",
+            "train.min_lr_ratio=0.1",
+            "train.lr=0.01",
+        ],
+    )
     trainer = Trainer.from_spec(build_model(spec), spec, tmp_path)
     trainer.train()
     assert trainer.step == 6 and trainer.last_stage_start == 2

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from test_checkpoint import SPEC
 
 from gradmem.build import build_model
 from gradmem.train import TrainConfig, Trainer, lr_factor
-from test_checkpoint import SPEC
 
 
 def test_cosine_and_linear_schedules_have_known_values() -> None:

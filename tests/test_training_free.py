@@ -11,8 +11,15 @@ from gradmem.evaluate import evaluate
 from gradmem.tasks.kv import KVConfig, generate_kv
 from gradmem.training_free import mean_embedding, training_free_model
 
-TINY = {"model_type": "llama", "vocab_size": 70, "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 128}
+TINY = {
+    "model_type": "llama",
+    "vocab_size": 70,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 128,
+}
 
 
 def test_training_free_write_lowers_the_reconstruction_loss():

@@ -11,13 +11,13 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_checkpoint import SPEC
 
 from gradmem.build import build_model, load_checkpoint, save_checkpoint
 from gradmem.checkpoint import recover
 from gradmem.cli import main
 from gradmem.errors import CheckpointError, TrainingDiverged
 from gradmem.train import Trainer
-from test_checkpoint import SPEC
 
 
 def run(args: list[str], capsys) -> tuple[int, str]:
@@ -43,21 +43,26 @@ def config(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("spec, overrides, says", [
-    ([SPEC], [], "must be a JSON object"),
-    ({**SPEC, "train": {**SPEC["train"], "stepz": 3}}, [], "train: unknown key(s) 'stepz'; valid keys: adam_betas"),
-    ({**SPEC, "backbone": {**SPEC["backbone"], "hiden_size": 3}}, [], "backbone: unknown key(s) 'hiden_size'"),
-    ({**SPEC, "task": {**SPEC["task"], "pairs": 3}}, [], "task: unknown key(s) 'pairs'; valid keys: alphabet_size"),
-    ({**SPEC, "extra": {}}, [], "the run spec: unknown key(s) 'extra'"),
-    (SPEC, ["train.steps=abc"], "train.steps must be an integer, got 'abc' (str)"),
-    (SPEC, ["train.steps=1.5"], "train.steps must be an integer, got 1.5 (float)"),
-    (SPEC, ["train.lr=Infinity"], "train.lr must be a finite number, got inf"),
-    (SPEC, ["method.write.optim.lr=NaN"], "method.write.optim.lr must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "spec, overrides, says",
+    [
+        ([SPEC], [], "must be a JSON object"),
+        ({**SPEC, "train": {**SPEC["train"], "stepz": 3}}, [], "train: unknown key(s) 'stepz'; valid keys: adam_betas"),
+        ({**SPEC, "backbone": {**SPEC["backbone"], "hiden_size": 3}}, [], "backbone: unknown key(s) 'hiden_size'"),
+        ({**SPEC, "task": {**SPEC["task"], "pairs": 3}}, [], "task: unknown key(s) 'pairs'; valid keys: alphabet_size"),
+        ({**SPEC, "extra": {}}, [], "the run spec: unknown key(s) 'extra'"),
+        (SPEC, ["train.steps=abc"], "train.steps must be an integer, got 'abc' (str)"),
+        (SPEC, ["train.steps=1.5"], "train.steps must be an integer, got 1.5 (float)"),
+        (SPEC, ["train.lr=Infinity"], "train.lr must be a finite number, got inf"),
+        (SPEC, ["method.write.optim.lr=NaN"], "method.write.optim.lr must be a finite number"),
+    ],
+)
 def test_bad_configs_are_one_line_errors(tmp_path, capsys, spec, overrides, says):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(spec))
-    line = one_line_error(*run(["train", "--config", str(path), "--out", str(tmp_path / "r"), "--set", *overrides], capsys))
+    line = one_line_error(
+        *run(["train", "--config", str(path), "--out", str(tmp_path / "r"), "--set", *overrides], capsys)
+    )
     assert says in line
     assert not (tmp_path / "r").exists()
 
@@ -109,7 +114,9 @@ def test_a_flipped_bit_in_the_weights_is_caught(tmp_path, capsys):
         load_checkpoint(tmp_path / "ck")
     weights.write_bytes(bytes(data[:100]))
     (tmp_path / "ck" / "manifest.json").unlink()
-    line = one_line_error(*run(["ask", str(tmp_path / "ck"), "0" * 32, "-q", "?", "--store", str(tmp_path / "s")], capsys))
+    line = one_line_error(
+        *run(["ask", str(tmp_path / "ck"), "0" * 32, "-q", "?", "--store", str(tmp_path / "s")], capsys)
+    )
     assert "model.safetensors is damaged" in line
 
 
@@ -137,8 +144,10 @@ def test_a_save_switches_the_whole_folder_and_a_crash_between_renames_recovers(t
 
 def test_resume_continues_the_saved_spec(config, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=2",
-                 "method.write.steps=2"]) == 0
+    assert (
+        main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=2", "method.write.steps=2"])
+        == 0
+    )
     capsys.readouterr()
     assert main(["train", "--config", str(config), "--out", str(out), "--resume", "--set", "train.steps=3"]) == 0
     err = capsys.readouterr().err
@@ -163,8 +172,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
-    from gradmem.serve.store import MemoryStore, memory_key
     from test_store import fake_memory
+
+    from gradmem.serve.store import MemoryStore, memory_key
 
     store = MemoryStore(tmp_path)
     first = memory_key("fp", [0], {})
@@ -172,6 +182,11 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     for i in range(1, 1000):  # copies of its sidecar: more output than a pipe buffers
         key = memory_key("fp", [i], {})
         (store.objects / f"{key}.json").write_text(json.dumps({**meta, "id": key}))
-    proc = subprocess.run(f"{sys.executable} -m gradmem.cli store list --store {tmp_path} | head -1",
-                          shell=True, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        f"{sys.executable} -m gradmem.cli store list --store {tmp_path} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 1 and proc.stderr == ""

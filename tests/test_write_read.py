@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import kv_batch, tiny_model
+
 from gradmem.backbones import LlamaBackbone, LlamaConfig
 from gradmem.data import pad_right
 from gradmem.methods import build_method

@@ -13,7 +13,8 @@ generic double backward, second order only. Both are registered for Hugging Face
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,9 @@ def causal_bias(length: int, device: torch.device, dtype: torch.dtype) -> Tensor
 def _causal_probs(q: Tensor, k: Tensor, scale: float) -> Tensor:
     """(N, T, T) causal softmax of scale * q k^T, from differentiable ops. q, k: (N, T, Dh)."""
     t = q.shape[-2]
-    scores = torch.baddbmm(causal_bias(t, q.device, q.dtype).expand(q.shape[0], -1, -1), q, k.transpose(1, 2), alpha=scale)
+    scores = torch.baddbmm(
+        causal_bias(t, q.device, q.dtype).expand(q.shape[0], -1, -1), q, k.transpose(1, 2), alpha=scale
+    )
     return torch.softmax(scores, dim=-1)
 
 
@@ -86,13 +89,19 @@ class _AttentionGrad(torch.autograd.Function):
         dscores = probs * (dprobs - rowdot)
         ctx.save_for_backward(q, k, v, grad, probs, dprobs, dscores, rowdot)
         ctx.scale = scale
-        return torch.bmm(dscores, k * scale), torch.bmm(dscores.transpose(1, 2), q * scale), torch.bmm(probs.transpose(1, 2), grad)
+        return (
+            torch.bmm(dscores, k * scale),
+            torch.bmm(dscores.transpose(1, 2), q * scale),
+            torch.bmm(probs.transpose(1, 2), grad),
+        )
 
     @staticmethod
     def backward(ctx: Any, a_q: Tensor, a_k: Tensor, a_v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
         if torch.is_grad_enabled():  # create_graph: P, dP, dS are constants here, a graph would be wrong
-            raise RuntimeError("attention 'sdpa_hvp' has an explicit second derivative only; for a third "
-                               "derivative use 'sdpa_explicit' or 'math'")
+            raise RuntimeError(
+                "attention 'sdpa_hvp' has an explicit second derivative only; for a third "
+                "derivative use 'sdpa_explicit' or 'math'"
+            )
         q, k, v, grad, probs, dprobs, dscores, rowdot = ctx.saved_tensors
         s = ctx.scale
         # cotangent of dS from dq = s dS k and dk = s dS^T q
@@ -168,8 +177,16 @@ def _hf_kernel(kernel: Callable[..., Tensor], name: str) -> Callable[..., tuple[
     """A `transformers` attention-interface function around one of our causal kernels:
     (B, H, T, Dh) in, (B, T, H, Dh) out. gradmem right-pads and passes no mask, so none reaches here."""
 
-    def attention(module: Any, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                  scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, None]:
+    def attention(
+        module: Any,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[Tensor, None]:
         if attention_mask is not None:
             raise ValueError(f"{name} is causal-only and takes no attention mask")
         if dropout > 0 or kwargs.get("sliding_window") or kwargs.get("softcap"):

@@ -56,11 +56,13 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
     return MemoryModel(backbone, method, read_loss=spec.get("train", {}).get("read_loss", "example"))
 
 
-def save_checkpoint(directory: str | Path, model: MemoryModel, spec: dict[str, Any],
-                    trainer_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    directory: str | Path, model: MemoryModel, spec: dict[str, Any], trainer_state: dict[str, Any] | None = None
+) -> Path:
     """Save weights + spec (+ trainer state) with their checksums as one atomic folder switch: a
     crash at any point leaves either the previous checkpoint or this one, never a mix. A frozen or
     LoRA backbone loaded from a folder is saved as a reference (gradmem.checkpoint_weights)."""
+
     def write(folder: Path) -> None:
         save_weights(model, folder, spec["backbone"])
         if trainer_state is not None:
@@ -82,7 +84,9 @@ def load_spec(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {directory}: spec.json is unreadable ({err})") from err
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[MemoryModel, Any, dict[str, Any]]:
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[MemoryModel, Any, dict[str, Any]]:
     """Rebuild (model, task, spec) from a checkpoint folder, its files checked against their SHA-256."""
     spec = load_spec(directory)
     verify(directory, ("model.safetensors", "spec.json"))

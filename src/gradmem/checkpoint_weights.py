@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
-from torch import Tensor, nn
+from torch import nn
 
 from gradmem.backbones.base import tensors_sha256
 from gradmem.errors import CheckpointError
@@ -33,8 +33,9 @@ SOURCE_KEYS = ("name", "type", "path", "pretrained", "cache_dir")  # where a bac
 def frozen_keys(model: nn.Module) -> list[str]:
     """State-dict keys of the backbone's frozen parameters (tied aliases included), sorted."""
     state = model.state_dict(keep_vars=True)
-    return sorted(k for k, t in state.items()
-                  if k.startswith("backbone.") and isinstance(t, nn.Parameter) and not t.requires_grad)
+    return sorted(
+        k for k, t in state.items() if k.startswith("backbone.") and isinstance(t, nn.Parameter) and not t.requires_grad
+    )
 
 
 def _frozen_sha256(model: nn.Module, keys: list[str]) -> str:
@@ -48,8 +49,12 @@ def backbone_reference(model: nn.Module, backbone_spec: dict[str, Any]) -> dict[
     keys = frozen_keys(model)
     if not keys or not ("path" in backbone_spec or "pretrained" in backbone_spec):
         return None
-    return {"format": 1, "backbone": {k: backbone_spec[k] for k in SOURCE_KEYS if k in backbone_spec},
-            "frozen_tensors": len(keys), "weights_sha256": _frozen_sha256(model, keys)}
+    return {
+        "format": 1,
+        "backbone": {k: backbone_spec[k] for k in SOURCE_KEYS if k in backbone_spec},
+        "frozen_tensors": len(keys),
+        "weights_sha256": _frozen_sha256(model, keys),
+    }
 
 
 def save_weights(model: nn.Module, folder: Path, backbone_spec: dict[str, Any]) -> None:
@@ -78,11 +83,15 @@ def load_weights(model: nn.Module, directory: str | Path, device: str | torch.de
         else:
             missing, unexpected = model.load_state_dict(load_file(str(path), device=str(device)), strict=False)
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {directory}: model.safetensors is damaged or does not fit the spec ({err})") from err
+        raise CheckpointError(
+            f"checkpoint {directory}: model.safetensors is damaged or does not fit the spec ({err})"
+        ) from err
     if ref_path.exists():
         missing = _check_reference(model, directory, json.loads(ref_path.read_text()), missing)
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(
+            f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}"
+        )
 
 
 def _check_reference(model: nn.Module, directory: Path, reference: dict[str, Any], missing: list[str]) -> list[str]:
@@ -90,6 +99,8 @@ def _check_reference(model: nn.Module, directory: Path, reference: dict[str, Any
     tensors the spec's backbone gave are not those the checkpoint was trained on."""
     keys = frozen_keys(model)
     if len(keys) != reference.get("frozen_tensors") or _frozen_sha256(model, keys) != reference.get("weights_sha256"):
-        raise CheckpointError(f"checkpoint {directory} was trained on another backbone than {reference.get('backbone')} "
-                              f"gives now (the SHA-256 of its {len(keys)} frozen tensors differs from {BACKBONE_REF})")
+        raise CheckpointError(
+            f"checkpoint {directory} was trained on another backbone than {reference.get('backbone')} "
+            f"gives now (the SHA-256 of its {len(keys)} frozen tensors differs from {BACKBONE_REF})"
+        )
     return sorted(set(missing) - set(keys))

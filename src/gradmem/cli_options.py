@@ -13,7 +13,8 @@ import dataclasses
 import inspect
 import re
 import typing
-from typing import Any, Iterable, Mapping, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -40,13 +41,21 @@ def option_fields(cls: type, only: Iterable[str] | None = None, skip: Iterable[s
     """The fields of `cls` that become options: scalar ones, restricted to `only` and minus `skip`."""
     hints = typing.get_type_hints(cls)
     chosen = set(only) if only is not None else None
-    return [f for f in dataclasses.fields(cls)
-            if (chosen is None or f.name in chosen) and f.name not in set(skip) and _scalar_type(hints[f.name])]
+    return [
+        f
+        for f in dataclasses.fields(cls)
+        if (chosen is None or f.name in chosen) and f.name not in set(skip) and _scalar_type(hints[f.name])
+    ]
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, only: Iterable[str] | None = None,
-                skip: Iterable[str] = (), aliases: Mapping[str, str] | None = None,
-                help_extra: Mapping[str, str] | None = None) -> None:
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    aliases: Mapping[str, str] | None = None,
+    help_extra: Mapping[str, str] | None = None,
+) -> None:
     """Add one `--field-name` option per scalar field of the dataclass `cls` (its default, its comment
     as help). A bool field defaulting to False becomes a flag; `aliases` adds an older flag name;
     `help_extra` appends to a field's help."""

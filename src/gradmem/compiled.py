@@ -21,8 +21,9 @@ graph (e.g. a custom method whose Python control flow reads tensor values).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -50,8 +51,15 @@ class StepResult:
 class CompiledStep:
     """`step(batch) -> StepResult`: loss and gradients of `model(batch).loss`, compiled per batch signature."""
 
-    def __init__(self, model: MemoryModel, max_graphs: int = 4, mode: str | None = None,
-                 backend: str = "inductor", check_tolerance: float = 1e-3, compile_after: int = 0) -> None:
+    def __init__(
+        self,
+        model: MemoryModel,
+        max_graphs: int = 4,
+        mode: str | None = None,
+        backend: str = "inductor",
+        check_tolerance: float = 1e-3,
+        compile_after: int = 0,
+    ) -> None:
         """max_graphs: compiled graphs kept at once (oldest dropped); mode, backend: passed to
         torch.compile, except backend "eager", which runs the traced graph as is (no compile; tests);
         check_tolerance: relative tolerance of the first-call comparison with the eager step;
@@ -93,9 +101,14 @@ class CompiledStep:
     def _key(self, batch: Batch) -> tuple:
         tokens = (batch.context, batch.query, batch.target)
         method_config = self.model.method.export_config()
-        return (tuple(tuple(t.ids.shape) for t in tokens), tuple(tuple(t.lengths.tolist()) for t in tokens),
-                tuple(batch.answer_len.tolist()), batch.context.ids.device, self.model.training,
-                json.dumps(method_config, sort_keys=True, default=str))
+        return (
+            tuple(tuple(t.ids.shape) for t in tokens),
+            tuple(tuple(t.lengths.tolist()) for t in tokens),
+            tuple(batch.answer_len.tolist()),
+            batch.context.ids.device,
+            self.model.training,
+            json.dumps(method_config, sort_keys=True, default=str),
+        )
 
     def _state(self) -> dict[str, Tensor]:
         """Every parameter and buffer, detached: the graph's weight inputs."""
@@ -113,7 +126,12 @@ class CompiledStep:
         names = set(self._names)
 
         def step(state: dict[str, Tensor], context: Tensor, query: Tensor, target: Tensor) -> tuple:
-            b = Batch(TokenBatch(context, lengths[0]), TokenBatch(query, lengths[1]), TokenBatch(target, lengths[2]), lengths[3])
+            b = Batch(
+                TokenBatch(context, lengths[0]),
+                TokenBatch(query, lengths[1]),
+                TokenBatch(target, lengths[2]),
+                lengths[3],
+            )
             params = {n: (t.requires_grad_(True) if n in names else t) for n, t in state.items()}
             out = functional_call(self.model, params, (b,))
             grads = torch.autograd.grad(out.loss, [params[n] for n in self._names], allow_unused=True)
@@ -132,7 +150,11 @@ class CompiledStep:
         trace_state = {n: t.detach().clone() for n, t in self._state().items()}
         # Real-tensor tracing lets Python ints read from the closed-over lengths be baked in.
         graph = make_fx(step, _error_on_data_dependent_ops=False)(trace_state, *ids)
-        compiled = graph if self.backend == "eager" else torch.compile(graph, dynamic=False, mode=self.mode, backend=self.backend)
+        compiled = (
+            graph
+            if self.backend == "eager"
+            else torch.compile(graph, dynamic=False, mode=self.mode, backend=self.backend)
+        )
         self.compiles += 1
         self._check(compiled, step, ids)
         return compiled
@@ -148,7 +170,8 @@ class CompiledStep:
             if not torch.isfinite(b).all() or float((a - b).abs().max() / scale) > self.check_tolerance:
                 raise RuntimeError(
                     f"the compiled step disagrees with the eager step (output {i}): the method probably "
-                    "reads tensor values in Python control flow; train without compile")
+                    "reads tensor values in Python control flow; train without compile"
+                )
 
     def _unpack(self, out: tuple) -> StepResult:
         loss, read_loss, write_losses, grads = out

@@ -8,9 +8,10 @@ answer do not depend on the rest of the batch. Losses and metrics ignore pads th
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,7 +48,7 @@ class TokenBatch:
         positions = torch.arange(self.ids.shape[1], device=self.ids.device)
         return positions[None, :] < self.lengths[:, None]
 
-    def to(self, device: torch.device | str) -> "TokenBatch":
+    def to(self, device: torch.device | str) -> TokenBatch:
         return TokenBatch(self.ids.to(device), self.lengths.to(device))
 
     def __len__(self) -> int:
@@ -63,10 +64,8 @@ class Batch:
     target: TokenBatch
     answer_len: Tensor  # (B,) long
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return Batch(
-            self.context.to(device), self.query.to(device), self.target.to(device), self.answer_len.to(device)
-        )
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.context.to(device), self.query.to(device), self.target.to(device), self.answer_len.to(device))
 
     def __len__(self) -> int:
         return len(self.query)

@@ -35,7 +35,7 @@ class DataParallel:
         return self.rank == 0
 
     @classmethod
-    def from_process_group(cls, device: torch.device | None = None) -> "DataParallel":
+    def from_process_group(cls, device: torch.device | None = None) -> DataParallel:
         """Read rank and size from an initialised torch.distributed process group."""
         import torch.distributed as dist
 
@@ -50,11 +50,15 @@ class DataParallel:
             return batch
         total = len(batch)
         if total % self.world_size:
-            raise ValueError(f"global batch {total} does not split evenly over {self.world_size} processes; "
-                             "unequal slices would change the loss weighting")
+            raise ValueError(
+                f"global batch {total} does not split evenly over {self.world_size} processes; "
+                "unequal slices would change the loss weighting"
+            )
         size = total // self.world_size
         rows = slice(self.rank * size, (self.rank + 1) * size)
-        return Batch(_rows(batch.context, rows), _rows(batch.query, rows), _rows(batch.target, rows), batch.answer_len[rows])
+        return Batch(
+            _rows(batch.context, rows), _rows(batch.query, rows), _rows(batch.target, rows), batch.answer_len[rows]
+        )
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module to call for training forwards: DDP around `model` when there are several processes."""
@@ -64,8 +68,9 @@ class DataParallel:
 
         # Gradients reach every parameter only through the full meta-gradient; first-order / detached
         # WRITE modes leave the WRITE head without one, hence find_unused_parameters.
-        return DistributedDataParallel(model, device_ids=list(self.device_ids) if self.device_ids else None,
-                                       find_unused_parameters=True)
+        return DistributedDataParallel(
+            model, device_ids=list(self.device_ids) if self.device_ids else None, find_unused_parameters=True
+        )
 
     def average_gradients(self, parameters: list[nn.Parameter]) -> None:
         """Average `.grad` over the processes (for steps that bypass DDP, e.g. the compiled step)."""

@@ -15,8 +15,9 @@ v_hat >= 1e-8. It is there for parity checks; ``adam`` is the differentiable Ada
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -45,8 +46,10 @@ class InnerOptimConfig:
         if self.eps < 0 or self.clip_eps < 0:
             raise ValueError(f"eps and clip_eps must be >= 0, got {self.eps}, {self.clip_eps}")
         if not OPTIMIZERS[self.name].uses_clipping and (self.clip_value is not None or self.clip_norm is not None):
-            raise ValueError(f"{self.name!r} clamps its gradients itself (to +-{REFERENCE_ADAM_CLAMP}) and "
-                             "ignores clip_value / clip_norm, as the reference code does; leave them unset")
+            raise ValueError(
+                f"{self.name!r} clamps its gradients itself (to +-{REFERENCE_ADAM_CLAMP}) and "
+                "ignores clip_value / clip_norm, as the reference code does; leave them unset"
+            )
         for field in ("clip_value", "clip_norm"):
             value = getattr(self, field)
             if value is not None and not value > 0:
@@ -62,9 +65,7 @@ class InnerState(NamedTuple):
 
 
 InitFn = Callable[[Params, InnerOptimConfig], InnerState]
-UpdateFn = Callable[
-    [Params, Params, InnerState, InnerOptimConfig, float], tuple[Params, InnerState]
-]
+UpdateFn = Callable[[Params, Params, InnerState, InnerOptimConfig, float], tuple[Params, InnerState]]
 
 
 class InnerOptimizer(NamedTuple):

@@ -8,8 +8,8 @@ layer) stores it in `layer_states`, with an empty prefix, and applies it through
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -62,18 +62,20 @@ class Memory:
             return self.lengths
         return torch.full((len(self),), self.num_vectors, dtype=torch.long, device=self.prefix.device)
 
-    def detach(self) -> "Memory":
+    def detach(self) -> Memory:
         """A copy cut from the autograd graph (what a memory service stores)."""
-        return Memory(self.prefix.detach(), self.lengths, self.stats, None, _map_states(self.layer_states, Tensor.detach))
+        return Memory(
+            self.prefix.detach(), self.lengths, self.stats, None, _map_states(self.layer_states, Tensor.detach)
+        )
 
-    def select(self, index: int | slice | Tensor) -> "Memory":
+    def select(self, index: int | slice | Tensor) -> Memory:
         """Rows of this memory (e.g. one example's memory out of a batch write)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
         lengths = None if self.lengths is None else self.lengths[index]
         return Memory(self.prefix[index], lengths, None, None, _map_states(self.layer_states, lambda t: t[index]))
 
-    def repeat(self, times: int) -> "Memory":
+    def repeat(self, times: int) -> Memory:
         """A one-row memory repeated `times` times, to answer a batch of queries about one context."""
         if len(self) != 1:
             raise ValueError(f"repeat needs a single-row memory, this one has {len(self)} rows")

@@ -99,7 +99,9 @@ class MemoryModel(nn.Module):
         if len(memory) != len(query) or len(query) != len(target):
             raise ValueError(f"batch sizes differ: memory {len(memory)}, query {len(query)}, target {len(target)}")
         tokens, _ = concat_right(query.ids, query.lengths, target.ids, target.lengths)  # (B, Lq + Ly)
-        embeds, _ = concat_right(memory.prefix, memory.lengths, self.backbone.embed(tokens), query.lengths + target.lengths)
+        embeds, _ = concat_right(
+            memory.prefix, memory.lengths, self.backbone.embed(tokens), query.lengths + target.lengths
+        )
         with self.reading(memory):
             hidden = self.backbone.hidden(embeds)  # (B, T, D)
         # target token t is predicted at position prefix_len + query_len - 1 + t

@@ -24,10 +24,13 @@ def concat_right(a: Tensor, a_len: Tensor | None, b: Tensor, b_len: Tensor) -> t
     ib = (j[None, :] - a_len[:, None]).clamp(0, b.shape[1] - 1)
     rest = a.shape[2:]
     view = (batch, width) + (1,) * len(rest)
-    ga = torch.gather(a, 1, ia.reshape(view).expand((batch, width) + rest)) if ta else torch.zeros_like(b[:, :1]).expand((batch, width) + rest)
+    ga = (
+        torch.gather(a, 1, ia.reshape(view).expand((batch, width) + rest))
+        if ta
+        else torch.zeros_like(b[:, :1]).expand((batch, width) + rest)
+    )
     gb = torch.gather(b, 1, ib.reshape(view).expand((batch, width) + rest))
     return torch.where(from_a.reshape(view), ga, gb), total
-
 
 
 def append_after(a: Tensor, a_len: Tensor, extra: Tensor) -> tuple[Tensor, Tensor]:
@@ -39,6 +42,7 @@ def append_after(a: Tensor, a_len: Tensor, extra: Tensor) -> tuple[Tensor, Tenso
     m = extra.shape[1]
     joined, _ = concat_right(a, a_len, extra, torch.full_like(a_len, m))
     return joined, a_len[:, None] + torch.arange(m, device=a.device)
+
 
 def gather_positions(x: Tensor, positions: Tensor) -> Tensor:
     """x: (B, T, D), positions: (B, K) long -> (B, K, D), positions clamped into range."""

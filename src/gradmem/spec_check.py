@@ -18,8 +18,15 @@ from gradmem.errors import ConfigError
 
 SECTIONS = ("task", "backbone", "method", "train")  # task, backbone and method are required
 FLAGS = ("reference_compat",)  # top-level true/false switches (gradmem.reference_compat)
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
-              list: "a list", tuple: "a list", dict: "an object"}
+TYPE_NAMES = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    list: "a list",
+    tuple: "a list",
+    dict: "an object",
+}
 
 
 def validate_spec(spec: Any) -> None:
@@ -78,7 +85,9 @@ def check_fields(cls: type, values: Any, where: str) -> None:
 def _unknown(values: dict, valid: Any, where: str) -> None:
     unknown = sorted(str(k) for k in values if k not in valid)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(valid))}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(valid))}"
+        )
 
 
 def _check_type(value: Any, hint: Any, where: str) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 PUNCTUATION = ("!", "?", ":", "|")
@@ -104,14 +105,14 @@ class CharTokenizer:
         return {"type": "char", "alphabet": "".join(self.alphabet)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CharTokenizer":
+    def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:
         """Rebuild a tokenizer saved with `to_dict`."""
         if data.get("type") != "char":
             raise ValueError(f"not a char tokenizer description: type={data.get('type')!r}")
         return cls(list(data["alphabet"]))
 
     @classmethod
-    def for_kv(cls, size: int) -> "CharTokenizer":
+    def for_kv(cls, size: int) -> CharTokenizer:
         """The key-value task tokenizer for a 62- or 512-symbol alphabet."""
         return cls(kv_alphabet(size))
 
@@ -134,13 +135,13 @@ class HFTokenizer:
         self._fast = hasattr(tokenizer, "encode_batch") and not hasattr(tokenizer, "convert_ids_to_tokens")
 
     @classmethod
-    def from_folder(cls, path: str, source: dict[str, Any] | None = None) -> "HFTokenizer":
+    def from_folder(cls, path: str, source: dict[str, Any] | None = None) -> HFTokenizer:
         from transformers import AutoTokenizer
 
         return cls(AutoTokenizer.from_pretrained(str(path)), source or {"type": "hf", "path": str(path)})
 
     @classmethod
-    def from_tokenizers(cls, tokenizer: Any) -> "HFTokenizer":
+    def from_tokenizers(cls, tokenizer: Any) -> HFTokenizer:
         """Wrap a `tokenizers.Tokenizer` object; it is serialised inline in `to_dict`."""
         return cls(tokenizer, {"type": "hf", "json": tokenizer.to_str()})
 
@@ -220,7 +221,7 @@ def word_tokenizer(texts: Iterable[str]) -> HFTokenizer:
 def build_tokenizer(spec: dict[str, Any] | None) -> Any:
     """A tokenizer from its `to_dict` description: char, hf (path / pretrained / inline json)."""
     if spec is None:
-        raise ValueError("this task needs a tokenizer: e.g. {\"type\": \"hf\", \"pretrained\": \"smollm2-135m\"}")
+        raise ValueError('this task needs a tokenizer: e.g. {"type": "hf", "pretrained": "smollm2-135m"}')
     kind = spec.get("type")
     if kind == "char":
         return CharTokenizer.from_dict(spec)

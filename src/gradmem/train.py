@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,9 +36,16 @@ __all__ = ["SCHEDULES", "Stage", "TrainConfig", "Trainer", "curriculum", "lr_fac
 class Trainer:
     """Runs (and resumes) one training run in `out_dir`."""
 
-    def __init__(self, model: MemoryModel, cfg: TrainConfig, stages: list[Stage], out_dir: str | Path,
-                 spec: dict[str, Any], on_log: Callable[[dict[str, Any]], None] | None = None,
-                 parallel: DataParallel | None = None) -> None:
+    def __init__(
+        self,
+        model: MemoryModel,
+        cfg: TrainConfig,
+        stages: list[Stage],
+        out_dir: str | Path,
+        spec: dict[str, Any],
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        parallel: DataParallel | None = None,
+    ) -> None:
         if not stages:
             raise ValueError("a run needs at least one stage")
         self.model = model
@@ -48,8 +56,9 @@ class Trainer:
         self.spec = spec  # what checkpoints record, so that load_checkpoint rebuilds this model
         self.out_dir = Path(out_dir)
         self.on_log = on_log or (lambda record: None)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
-                                           betas=self.cfg.adam_betas)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=self.cfg.adam_betas
+        )
         self.step = 0
         self.last_stage_start: int | None = 0 if len(stages) == 1 else None  # step the last stage began
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
@@ -60,13 +69,21 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._tasks: dict[int, Any] = {}
         self._valid: dict[int, list] = {}
-        self._compiled = CompiledStep(model, backend=self.cfg.compile_backend,
-                                      compile_after=self.cfg.compile_after) if self.cfg.compile else None
+        self._compiled = (
+            CompiledStep(model, backend=self.cfg.compile_backend, compile_after=self.cfg.compile_after)
+            if self.cfg.compile
+            else None
+        )
 
     @classmethod
-    def from_spec(cls, model: MemoryModel, spec: dict[str, Any], out_dir: str | Path,
-                  on_log: Callable[[dict[str, Any]], None] | None = None,
-                  parallel: DataParallel | None = None) -> "Trainer":
+    def from_spec(
+        cls,
+        model: MemoryModel,
+        spec: dict[str, Any],
+        out_dir: str | Path,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+        parallel: DataParallel | None = None,
+    ) -> Trainer:
         """The trainer of a run spec: its `train` section, its task and curriculum; checkpoints save `spec`."""
         cfg = TrainConfig(**spec.get("train", {}))
         return cls(model, cfg, curriculum(spec["task"], cfg), out_dir, spec, on_log, parallel)
@@ -90,9 +107,16 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"step": self.step, "stage": self.stage, "best": self.best, "bad_evals": self.bad_evals,
-                "last_stage_start": self.last_stage_start,
-                "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "elapsed_s": self.elapsed()}
+        return {
+            "step": self.step,
+            "stage": self.stage,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "last_stage_start": self.last_stage_start,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "elapsed_s": self.elapsed(),
+        }
 
     def save(self) -> None:
         if not self.parallel.is_main:
@@ -110,8 +134,15 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
         except (ValueError, KeyError, RuntimeError, TypeError) as err:
-            raise CheckpointError(f"checkpoint {self.out_dir / 'last'}: its optimiser state does not fit this model ({err})") from err
-        self.step, self.stage, self.best, self.bad_evals = state["step"], state["stage"], state["best"], state["bad_evals"]
+            raise CheckpointError(
+                f"checkpoint {self.out_dir / 'last'}: its optimiser state does not fit this model ({err})"
+            ) from err
+        self.step, self.stage, self.best, self.bad_evals = (
+            state["step"],
+            state["stage"],
+            state["best"],
+            state["bad_evals"],
+        )
         self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
         self.last_stage_start = state.get("last_stage_start", self.last_stage_start)
         return True
@@ -133,8 +164,12 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------------
     def run_eval(self) -> dict[str, Any]:
-        result = evaluate(self.model, self.valid_set(self.stage), self.cfg.eval_batch_size,
-                          pad_id=self.task(self.stage).tokenizer.pad_id)
+        result = evaluate(
+            self.model,
+            self.valid_set(self.stage),
+            self.cfg.eval_batch_size,
+            pad_id=self.task(self.stage).tokenizer.pad_id,
+        )
         record = {"kind": "eval", "step": self.step, "stage": self.stage, **result, "elapsed_s": self.elapsed()}
         self.log(record)
         return record
@@ -151,16 +186,27 @@ class Trainer:
                 self._next_stage()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg, self.decay_window())
-            loss, read_loss, write_losses = self._gradients(self.train_batch(self.step).to(next(self.model.parameters()).device))
+            loss, read_loss, write_losses = self._gradients(
+                self.train_batch(self.step).to(next(self.model.parameters()).device)
+            )
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
             self._check_finite(loss, grad_norm)
             self.optimizer.step()
             self.step += 1
             if self.step % self.cfg.log_every == 0:
-                self.log({"kind": "train", "step": self.step, "stage": self.stage, "loss": loss.item(),
-                          "read_loss": read_loss.item(), "grad_norm": float(grad_norm),
-                          "write_loss": write_losses.mean(1).tolist() if write_losses is not None else [],
-                          "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": self.elapsed()})
+                self.log(
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "stage": self.stage,
+                        "loss": loss.item(),
+                        "read_loss": read_loss.item(),
+                        "grad_norm": float(grad_norm),
+                        "write_loss": write_losses.mean(1).tolist() if write_losses is not None else [],
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "elapsed_s": self.elapsed(),
+                    }
+                )
             done = out_of_time = self._out_of_time()
             if self.step % self.cfg.eval_every == 0 or self.step == self.end_step() or out_of_time:
                 record = self.run_eval()
@@ -190,9 +236,11 @@ class Trainer:
         if math.isfinite(float(loss)) and math.isfinite(float(grad_norm)):
             return
         lr = self.optimizer.param_groups[0]["lr"]
-        raise TrainingDiverged(f"step {self.step + 1}: loss {float(loss)}, gradient norm {float(grad_norm)} at lr {lr:g}; "
-                               f"stopped without saving (the last checkpoint, if any, is from before this step); "
-                               "lower train.lr or set train.grad_clip")
+        raise TrainingDiverged(
+            f"step {self.step + 1}: loss {float(loss)}, gradient norm {float(grad_norm)} at lr {lr:g}; "
+            f"stopped without saving (the last checkpoint, if any, is from before this step); "
+            "lower train.lr or set train.grad_clip"
+        )
 
     def end_step(self) -> int:
         """The step training ends at: `steps`, or sooner once the last stage has had `last_stage_steps`."""

@@ -34,11 +34,17 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (and save) after this much training time, counted across resumes
     log_every: int = 10  # steps between training-loss log lines
     seed: int = 0  # seeds model init, data and the held-out set
-    curriculum: list[dict[str, Any]] = field(default_factory=list)  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
+    curriculum: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
     advance_exact_match: float = 0.9  # held-out EM on the current stage that moves to the next stage
-    stage_steps: list[int] | None = None  # fixed schedule: steps spent in each stage but the last; EM then moves nothing
+    stage_steps: list[int] | None = (
+        None  # fixed schedule: steps spent in each stage but the last; EM then moves nothing
+    )
     last_stage_steps: int | None = None  # train the last stage this many steps, the decay schedule spread over them
-    read_loss: str = "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
+    read_loss: str = (
+        "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
+    )
     compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
     compile_after: int = 0  # with compile: run a batch shape eagerly this many steps first, so shapes that
@@ -51,7 +57,9 @@ class TrainConfig:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
         floats = (self.lr, self.weight_decay, self.min_lr_ratio, self.advance_exact_match, self.grad_clip or 1.0)
         if not all(math.isfinite(x) for x in floats):  # an infinite lr trains straight to NaN weights
-            raise ValueError(f"lr, weight_decay, min_lr_ratio, advance_exact_match and grad_clip must be finite, got {floats}")
+            raise ValueError(
+                f"lr, weight_decay, min_lr_ratio, advance_exact_match and grad_clip must be finite, got {floats}"
+            )
         if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("need lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
         self.adam_betas = tuple(self.adam_betas)  # a JSON spec gives a list
@@ -63,10 +71,13 @@ class TrainConfig:
             raise ValueError(f"unknown read_loss {self.read_loss!r}; valid: {list(READ_LOSSES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {list(SCHEDULES)}")
-        if self.stage_steps is not None and (len(self.stage_steps) != max(len(self.curriculum) - 1, 0)
-                                             or min(self.stage_steps, default=1) < 1):
-            raise ValueError(f"stage_steps needs one positive step count per curriculum stage but the last "
-                             f"({max(len(self.curriculum) - 1, 0)}), got {self.stage_steps}")
+        if self.stage_steps is not None and (
+            len(self.stage_steps) != max(len(self.curriculum) - 1, 0) or min(self.stage_steps, default=1) < 1
+        ):
+            raise ValueError(
+                f"stage_steps needs one positive step count per curriculum stage but the last "
+                f"({max(len(self.curriculum) - 1, 0)}), got {self.stage_steps}"
+            )
         if self.last_stage_steps is not None and self.last_stage_steps < 1:
             raise ValueError(f"last_stage_steps must be >= 1 or None, got {self.last_stage_steps}")
 
@@ -101,5 +112,7 @@ def curriculum(task: dict[str, Any], cfg: TrainConfig) -> list[Stage]:
     if not cfg.curriculum:
         return [Stage(dict(task))]
     lengths = list(cfg.stage_steps or []) + [None] * len(cfg.curriculum)
-    return [Stage({**task, **settings}, lengths[i] if i < len(cfg.curriculum) - 1 else None)
-            for i, settings in enumerate(cfg.curriculum)]
+    return [
+        Stage({**task, **settings}, lengths[i] if i < len(cfg.curriculum) - 1 else None)
+        for i, settings in enumerate(cfg.curriculum)
+    ]

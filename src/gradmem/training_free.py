@@ -26,8 +26,12 @@ def mean_embedding(backbone: Backbone) -> torch.Tensor:
 
 def training_free_model(backbone: Backbone, num_memory: int = 4, steps: int = 25, lr: float = 0.02) -> MemoryModel:
     """GradMem on `backbone` as is: M0 = mean embedding, inner Adam with `lr`, `steps` write steps."""
-    config = {"num_memory": num_memory, "projection": "none", "write_head": False,
-              "write": {"steps": steps, "grad_mode": "none", "optim": {"name": "adam", "lr": lr}}}
+    config = {
+        "num_memory": num_memory,
+        "projection": "none",
+        "write_head": False,
+        "write": {"steps": steps, "grad_mode": "none", "optim": {"name": "adam", "lr": lr}},
+    }
     model = MemoryModel(backbone, build_method("gradmem", backbone, config))
     with torch.no_grad():
         model.method.memory0.copy_(mean_embedding(backbone).expand_as(model.method.memory0))

@@ -7,8 +7,9 @@ decided in one place, `step_kind`, from the grad mode.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -91,9 +92,13 @@ class _Record:
 
     def stats(self, like: Tensor, final: Tensor | None, taken: Tensor) -> WriteStats:
         empty = like.new_zeros(0, like.shape[0])
-        return WriteStats(losses=torch.stack(self.losses) if self.losses else empty,
-                          grad_norms=torch.stack(self.norms) if self.norms else empty, final_loss=final,
-                          graph_losses=torch.stack(self.in_graph) if self.in_graph else None, steps_taken=taken)
+        return WriteStats(
+            losses=torch.stack(self.losses) if self.losses else empty,
+            grad_norms=torch.stack(self.norms) if self.norms else empty,
+            final_loss=final,
+            graph_losses=torch.stack(self.in_graph) if self.in_graph else None,
+            steps_taken=taken,
+        )
 
 
 class _AdaptiveStop:
@@ -124,8 +129,13 @@ def _enter_step(params: Params, kind: StepKind) -> Params:
     return tuple(p if p.requires_grad else p.requires_grad_() for p in params)
 
 
-def write(loss_fn: LossFn, init: Params, cfg: WriteConfig, options: WriteOptions = WriteOptions(),
-          keep_loss_graph: bool = False) -> tuple[Params, WriteStats]:
+def write(
+    loss_fn: LossFn,
+    init: Params,
+    cfg: WriteConfig,
+    options: WriteOptions = WriteOptions(),
+    keep_loss_graph: bool = False,
+) -> tuple[Params, WriteStats]:
     """Run the WRITE loop from `init` (tensors with a leading batch dim) and return the written tensors.
 
     The loss must be a sum-separable (B,) vector: its sum is differentiated, so each example's
@@ -154,8 +164,9 @@ def write(loss_fn: LossFn, init: Params, cfg: WriteConfig, options: WriteOptions
             if stop.all_done(loss):  # every example reached the target: this is their final loss
                 final = loss.detach()
                 break
-            grads = torch.autograd.grad(loss.sum(), params, create_graph=kind == "second",
-                                        retain_graph=record.keep_graph or None)
+            grads = torch.autograd.grad(
+                loss.sum(), params, create_graph=kind == "second", retain_graph=record.keep_graph or None
+            )
             new_params, state = step(params, grads, state, cfg.optim, lr=options.lr)
             params = stop.apply(new_params, params)
             record.add(loss, grads)

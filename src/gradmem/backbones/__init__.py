@@ -49,4 +49,13 @@ def build_backbone(spec: dict[str, Any], vocab_size: int | None = None) -> Backb
     raise ValueError(f"unknown backbone {kind!r}; valid: ['hf', 'llama']")
 
 
-__all__ = ["Backbone", "HFBackbone", "LlamaBackbone", "LlamaConfig", "backbone_name", "build_backbone", "fingerprint", "weights_hash"]
+__all__ = [
+    "Backbone",
+    "HFBackbone",
+    "LlamaBackbone",
+    "LlamaConfig",
+    "backbone_name",
+    "build_backbone",
+    "fingerprint",
+    "weights_hash",
+]

@@ -19,9 +19,10 @@ needs at small scale (all options for Hugging Face backbones; `bf16` for the bui
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -182,8 +183,13 @@ def _inject_lora(model: nn.Module, lora: LoraOptions) -> list[nn.Module]:
         from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError as err:
         raise ModuleNotFoundError("write-only LoRA needs peft: pip install -e '.[pretrained]'") from err
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), bias="none")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+    )
     inject_adapter_in_model(config, model)
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
@@ -197,5 +203,7 @@ def adapt(backbone: HFBackbone | LlamaBackbone, spec: dict[str, Any]) -> nn.Modu
     """Apply the option keys of a backbone spec; returns the backbone unchanged when none is set."""
     options = BackboneOptions(**{k: spec[k] for k in OPTION_KEYS if k in spec})
     if isinstance(backbone, LlamaBackbone) and (options.freeze or options.lora or options.gradient_checkpointing):
-        raise ValueError("the built-in llama backbone takes only the bf16 option (the others are for Hugging Face models)")
+        raise ValueError(
+            "the built-in llama backbone takes only the bf16 option (the others are for Hugging Face models)"
+        )
     return AdaptedBackbone(backbone, options) if options.any() else backbone

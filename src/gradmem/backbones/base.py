@@ -55,8 +55,10 @@ def decoder_layers(backbone: Backbone) -> nn.ModuleList:
     """The backbone's decoder blocks, or a TypeError naming what is missing."""
     accessor = getattr(backbone, "decoder_layers", None)
     if accessor is None:
-        raise TypeError(f"{type(backbone).__name__} does not expose decoder_layers(); this method acts inside "
-                        "the decoder layers and needs it (LlamaBackbone and HFBackbone have it)")
+        raise TypeError(
+            f"{type(backbone).__name__} does not expose decoder_layers(); this method acts inside "
+            "the decoder layers and needs it (LlamaBackbone and HFBackbone have it)"
+        )
     return accessor()
 
 

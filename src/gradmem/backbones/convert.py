@@ -58,17 +58,19 @@ def hf_state_dict(backbone: LlamaBackbone) -> dict[str, torch.Tensor]:
         prefix = f"model.layers.{i}."
         q, k, v = block.qkv.weight.split(d, dim=0)  # nn.Linear weight is (out, in): rows are outputs
         gate, up = block.gate_up.weight.split(inter, dim=0)
-        out.update({
-            prefix + "input_layernorm.weight": block.attn_norm.weight,
-            prefix + "self_attn.q_proj.weight": q,
-            prefix + "self_attn.k_proj.weight": k,
-            prefix + "self_attn.v_proj.weight": v,
-            prefix + "self_attn.o_proj.weight": block.out.weight,
-            prefix + "post_attention_layernorm.weight": block.mlp_norm.weight,
-            prefix + "mlp.gate_proj.weight": gate,
-            prefix + "mlp.up_proj.weight": up,
-            prefix + "mlp.down_proj.weight": block.down.weight,
-        })
+        out.update(
+            {
+                prefix + "input_layernorm.weight": block.attn_norm.weight,
+                prefix + "self_attn.q_proj.weight": q,
+                prefix + "self_attn.k_proj.weight": k,
+                prefix + "self_attn.v_proj.weight": v,
+                prefix + "self_attn.o_proj.weight": block.out.weight,
+                prefix + "post_attention_layernorm.weight": block.mlp_norm.weight,
+                prefix + "mlp.gate_proj.weight": gate,
+                prefix + "mlp.up_proj.weight": up,
+                prefix + "mlp.down_proj.weight": block.down.weight,
+            }
+        )
     return {name: tensor.detach().clone() for name, tensor in out.items()}
 
 
@@ -79,7 +81,9 @@ def to_hf(backbone: LlamaBackbone, attn_implementation: str = "eager") -> HFBack
     register_hf_attention()  # so attn_implementation="gradmem_sdpa_explicit" resolves
     weight = backbone.head.weight
     # Cast before loading: loading float64 weights into a float32 model would round them.
-    model = LlamaForCausalLM(hf_llama_config(backbone, attn_implementation)).to(device=weight.device, dtype=weight.dtype)
+    model = LlamaForCausalLM(hf_llama_config(backbone, attn_implementation)).to(
+        device=weight.device, dtype=weight.dtype
+    )
     missing, unexpected = model.load_state_dict(hf_state_dict(backbone), strict=False)
     # With tied embeddings the LM head is the embedding and may be reported either way.
     missing = [m for m in missing if not (backbone.config.tie_embeddings and m == "lm_head.weight")]

@@ -28,7 +28,7 @@ class HFBackbone(nn.Module):
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
 
     @classmethod
-    def from_config(cls, config: Any, attn_implementation: str = "eager") -> "HFBackbone":
+    def from_config(cls, config: Any, attn_implementation: str = "eager") -> HFBackbone:
         """Build a randomly initialised model from a `transformers` config."""
         from transformers import AutoModelForCausalLM
 
@@ -36,7 +36,7 @@ class HFBackbone(nn.Module):
         return cls(AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation))
 
     @classmethod
-    def from_pretrained(cls, path: str, attn_implementation: str = "eager", **kwargs: Any) -> "HFBackbone":
+    def from_pretrained(cls, path: str, attn_implementation: str = "eager", **kwargs: Any) -> HFBackbone:
         """Load a local Hugging Face model folder."""
         from transformers import AutoModelForCausalLM
 

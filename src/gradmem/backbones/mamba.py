@@ -37,4 +37,3 @@ def mamba_state_floats(config: Any) -> int:
 
 # model_type -> per-sequence recurrent state in floats, for backbones whose state does not grow
 RECURRENT_STATE_FLOATS = {"mamba": mamba_state_floats}
-

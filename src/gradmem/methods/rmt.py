@@ -31,7 +31,9 @@ class RMTConfig:
     """Shape of the memory and how many times the context is read."""
 
     num_memory: int = 8  # m, memory vectors (the same budget as GradMem's m)
-    projection: str = "linear"  # "none" | "linear" (shared d x d, init identity) applied before the memory enters the model
+    projection: str = (
+        "linear"  # "none" | "linear" (shared d x d, init identity) applied before the memory enters the model
+    )
     init_std: float = 0.02  # std of the normal initialisation of M0
     steps: int = 1  # K, forward passes over the context ("RMT xK"); may be overridden at evaluation time
 
@@ -87,7 +89,9 @@ class RMT(nn.Module):
         total = self.config.steps if options.steps is None else options.steps
         limit = getattr(backbone, "max_positions", None)
         if limit is not None and int(context.lengths.max()) + 2 * self.config.num_memory > limit:
-            raise ValueError(f"context plus 2 x {self.config.num_memory} memory vectors exceeds the backbone's {limit} positions")
+            raise ValueError(
+                f"context plus 2 x {self.config.num_memory} memory vectors exceeds the backbone's {limit} positions"
+            )
         context_embeds = backbone.embed(context.ids)  # (B, N, D), shared by all passes
         memory = self.memory0.expand(len(context), -1, -1)  # (B, m, D)
         for _ in range(total):

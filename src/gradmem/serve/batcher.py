@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from gradmem.serve.engine import Engine, WriteResult
 from gradmem.errors import Overloaded
+from gradmem.serve.engine import Engine, WriteResult
 
 KINDS = ("ask", "write")
 
@@ -53,8 +54,16 @@ class BatchStats:
 class Batcher:
     """See the module docstring. Use `start()` inside a running loop and `stop()` at shutdown."""
 
-    def __init__(self, engine: Engine, max_batch: int = 32, wait_ms: float = 5.0, max_ask_tokens: int = 16384,
-                 max_write_tokens: int = 16384, timeout_s: float = 30.0, max_queue: int = 1024) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_batch: int = 32,
+        wait_ms: float = 5.0,
+        max_ask_tokens: int = 16384,
+        max_write_tokens: int = 16384,
+        timeout_s: float = 30.0,
+        max_queue: int = 1024,
+    ) -> None:
         if max_batch < 1 or wait_ms < 0 or min(max_ask_tokens, max_write_tokens, max_queue) < 1 or timeout_s <= 0:
             raise ValueError("max_batch, token budgets and max_queue must be >= 1, wait_ms >= 0, timeout_s > 0")
         self.engine = engine
@@ -91,8 +100,15 @@ class Batcher:
         items = [(memory_id, q) for q in questions]
         return await self._submit(_Job("ask", (max_new_tokens,), items, self._future(), cost, size=len(questions)))
 
-    async def write(self, text: str, steps: int | None, lr: float | None, target_loss: float | None,
-                    on_step: Callable[[int, float], None] | None = None, cost: int = 1) -> WriteResult:
+    async def write(
+        self,
+        text: str,
+        steps: int | None,
+        lr: float | None,
+        target_loss: float | None,
+        on_step: Callable[[int, float], None] | None = None,
+        cost: int = 1,
+    ) -> WriteResult:
         return await self._submit(_Job("write", (steps, lr, target_loss), text, self._future(), cost, on_step))
 
     @staticmethod
@@ -111,9 +127,13 @@ class Batcher:
             return await asyncio.wait_for(asyncio.shield(job.future), self.timeout_s)
         except asyncio.TimeoutError:
             job.abandoned = True
-            job.future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no "never retrieved" log
+            job.future.add_done_callback(
+                lambda f: f.cancelled() or f.exception()
+            )  # retrieved: no "never retrieved" log
             self.stats.timed_out += 1
-            raise Overloaded(f"the request did not finish within the {self.timeout_s:g} s deadline; retry later") from None
+            raise Overloaded(
+                f"the request did not finish within the {self.timeout_s:g} s deadline; retry later"
+            ) from None
 
     def _next_kind(self) -> str | None:
         waiting = [kind for kind in KINDS if self._queues[kind]]
@@ -184,6 +204,7 @@ class Batcher:
                     _resolve(job.future, answers[start : start + job.size])
                     start += job.size
             else:
+
                 def on_step(index: int, step: int, loss: float) -> None:  # runs on the model thread
                     callback = jobs[index].on_step
                     if callback is not None:
@@ -191,7 +212,8 @@ class Batcher:
 
                 texts = [job.payload for job in jobs]
                 results = await loop.run_in_executor(
-                    self._executor, lambda: self.engine.write_texts(texts, *settings, on_step=on_step))
+                    self._executor, lambda: self.engine.write_texts(texts, *settings, on_step=on_step)
+                )
                 for job, result in zip(jobs, results):
                     _resolve(job.future, result)
         except Exception as err:  # noqa: BLE001 - a bad job in a group: retry one by one to isolate it

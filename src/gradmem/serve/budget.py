@@ -9,8 +9,8 @@ nor hold the single model thread for long. Exceeding it raises LimitExceeded nam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from gradmem.errors import LimitExceeded
 
@@ -46,23 +46,30 @@ class Budget:
     def check_write(self, tokens: int, steps: int) -> int:
         """The write's cost; LimitExceeded if it is over a limit."""
         if tokens > self.max_write_tokens:
-            raise LimitExceeded(f"context of {tokens} tokens exceeds the limit of {self.max_write_tokens} tokens per write")
+            raise LimitExceeded(
+                f"context of {tokens} tokens exceeds the limit of {self.max_write_tokens} tokens per write"
+            )
         if steps > self.max_write_steps:
             raise LimitExceeded(f"{steps} write steps exceed the limit of {self.max_write_steps} steps per write")
         cost = self.write_cost(tokens, steps)
         if cost > self.max_write_token_steps:
-            raise LimitExceeded(f"{tokens} context tokens x {max(steps, 1)} steps = {cost} exceeds the limit of "
-                                f"{self.max_write_token_steps} token-steps per write; use fewer steps or a shorter text")
+            raise LimitExceeded(
+                f"{tokens} context tokens x {max(steps, 1)} steps = {cost} exceeds the limit of "
+                f"{self.max_write_token_steps} token-steps per write; use fewer steps or a shorter text"
+            )
         return cost
 
     def check_ask(self, question_tokens: Sequence[int], max_new_tokens: int) -> int:
         """The ask's cost; LimitExceeded if a question or the whole request is over a limit."""
         longest = max(question_tokens, default=0)
         if longest > self.max_question_tokens:
-            raise LimitExceeded(f"a question of {longest} tokens exceeds the limit of {self.max_question_tokens} "
-                                "tokens per question")
+            raise LimitExceeded(
+                f"a question of {longest} tokens exceeds the limit of {self.max_question_tokens} tokens per question"
+            )
         cost = self.ask_cost(question_tokens, max_new_tokens)
         if cost > self.max_ask_tokens:
-            raise LimitExceeded(f"{len(question_tokens)} questions with {max_new_tokens} answer tokens each need {cost} "
-                                f"decode tokens, over the limit of {self.max_ask_tokens} per request")
+            raise LimitExceeded(
+                f"{len(question_tokens)} questions with {max_new_tokens} answer tokens each need {cost} "
+                f"decode tokens, over the limit of {self.max_ask_tokens} per request"
+            )
         return cost

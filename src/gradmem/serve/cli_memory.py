@@ -61,8 +61,11 @@ def cmd_write(args: argparse.Namespace) -> int:
     def progress(_: int, step: int, loss: float) -> None:
         if not args.quiet:
             label = f"step {step}/{total}" if step < total else "final"
-            print(f"write {label:>9}  reconstruction loss {loss:.4f}  {'#' * max(1, round(loss * 10))}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"write {label:>9}  reconstruction loss {loss:.4f}  {'#' * max(1, round(loss * 10))}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     [result] = engine.write_texts([text], args.steps, args.lr, args.target_loss, on_step=progress)
     if not args.quiet:
@@ -77,11 +80,22 @@ def cmd_write(args: argparse.Namespace) -> int:
         shutil.copyfile(side, out_side)
         path = out_tensor
     meta = result.meta
-    print(json.dumps({"id": result.id, "created": result.created, "memory": str(path),
-                      "context_tokens": meta["context_tokens"], "blocks": meta["blocks"],
-                      "write_loss": meta["write_loss"], "final_write_loss": meta["final_write_loss"],
-                      "steps_taken": meta["steps_taken"], "memory_bytes": meta["memory_bytes"],
-                      "kv_cache_bytes": meta["kv_cache_bytes"]}))
+    print(
+        json.dumps(
+            {
+                "id": result.id,
+                "created": result.created,
+                "memory": str(path),
+                "context_tokens": meta["context_tokens"],
+                "blocks": meta["blocks"],
+                "write_loss": meta["write_loss"],
+                "final_write_loss": meta["final_write_loss"],
+                "steps_taken": meta["steps_taken"],
+                "memory_bytes": meta["memory_bytes"],
+                "kv_cache_bytes": meta["kv_cache_bytes"],
+            }
+        )
+    )
     return 0
 
 
@@ -113,18 +127,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     curve = report["write_loss"] + ([report["final_write_loss"]] if report["final_write_loss"] is not None else [])
     top = max(curve) if curve else 1.0
-    print(f"memory {report['id'] or args.memory}: {meta['num_vectors']} vectors x {meta['hidden_size']} "
-          f"({report['blocks']} block(s)), {report['memory_bytes']} bytes; a full-context KV cache would be "
-          f"{report['kv_cache_bytes']} bytes")
+    print(
+        f"memory {report['id'] or args.memory}: {meta['num_vectors']} vectors x {meta['hidden_size']} "
+        f"({report['blocks']} block(s)), {report['memory_bytes']} bytes; a full-context KV cache would be "
+        f"{report['kv_cache_bytes']} bytes"
+    )
     print("reconstruction loss per write step:")
     for step, loss in enumerate(curve):
-        label = f"after {step - 1}" if step == len(curve) - 1 and report["final_write_loss"] is not None else f"before {step}"
+        label = (
+            f"after {step - 1}"
+            if step == len(curve) - 1 and report["final_write_loss"] is not None
+            else f"before {step}"
+        )
         print(f"  {label:>9}  {loss:8.4f}  {'#' * max(1, round(40 * loss / top))}")
     # The decode is framed and labelled: read as "the context back", a poor one looked like data loss.
     print(f"{report['reconstruction_note']}:")
     if report.get("context") is not None:
-        print(f"  greedy token accuracy {report['token_accuracy']:.3f}, teacher-forced accuracy "
-              f"{report['teacher_forced_accuracy']:.3f} (against the context below)")
+        print(
+            f"  greedy token accuracy {report['token_accuracy']:.3f}, teacher-forced accuracy "
+            f"{report['teacher_forced_accuracy']:.3f} (against the context below)"
+        )
     else:
         print("  accuracy unknown: no context is stored with this memory (pass --context FILE)")
     print(f"  [{report['reconstruction']}]")
@@ -139,8 +161,14 @@ def cmd_store(args: argparse.Namespace) -> int:
     if args.action == "list":
         items, damaged = store.scan()
         for meta in items:
-            print(json.dumps({k: meta.get(k) for k in ("id", "created", "context_tokens", "blocks",
-                                                       "num_vectors", "final_write_loss")}))
+            print(
+                json.dumps(
+                    {
+                        k: meta.get(k)
+                        for k in ("id", "created", "context_tokens", "blocks", "num_vectors", "final_write_loss")
+                    }
+                )
+            )
         for item in damaged:  # reported, never fatal: one bad memory must not hide the others
             print(f"gradmem store list: skipped {item['damaged']}", file=sys.stderr)
     elif args.action == "clean":
@@ -164,13 +192,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gradmem.serve.service import ServiceConfig, create_app, server_config
 
     engine = open_engine(args)
-    cfg = from_args(ServiceConfig, args, budget=from_args(Budget, args),
-                    max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
-                    api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None)
+    cfg = from_args(
+        ServiceConfig,
+        args,
+        budget=from_args(Budget, args),
+        max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
+        api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None,
+    )
     app = create_app(engine, cfg, checkpoint=Path(args.checkpoint).name)
-    access = "API key required for writes" + (" and reads" if cfg.protect_reads else "") if cfg.api_key else "no API key"
-    print(f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, {access}, API docs at /docs)",
-          file=sys.stderr)
+    access = (
+        "API key required for writes" + (" and reads" if cfg.protect_reads else "") if cfg.api_key else "no API key"
+    )
+    print(
+        f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, {access}, API docs at /docs)",
+        file=sys.stderr,
+    )
     uvicorn.Server(server_config(app, args.host, args.port, args.trust_proxy, args.log_level)).run()
     return 0
 
@@ -183,21 +219,38 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000)
     add_options(p, EngineConfig, only=["max_new_tokens", "stop"])
     # max_new_tokens is the engine's default answer length; the service's cap is never below it.
-    add_options(p, ServiceConfig, skip=["max_new_tokens"],
-                aliases={"rate_per_second": "--rate", "rate_burst": "--burst", "request_timeout_s": "--request-timeout",
-                         "body_timeout_s": "--body-timeout"},
-                help_extra={"api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)"})
+    add_options(
+        p,
+        ServiceConfig,
+        skip=["max_new_tokens"],
+        aliases={
+            "rate_per_second": "--rate",
+            "rate_burst": "--burst",
+            "request_timeout_s": "--request-timeout",
+            "body_timeout_s": "--body-timeout",
+        },
+        help_extra={"api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)"},
+    )
     add_options(p, Budget)
-    p.add_argument("--trust-proxy", nargs="?", const="127.0.0.1", default=None, metavar="IPS",
-                   help="rate-limit by X-Forwarded-For from these proxy addresses (default 127.0.0.1); "
-                   "without it, by the socket peer")
+    p.add_argument(
+        "--trust-proxy",
+        nargs="?",
+        const="127.0.0.1",
+        default=None,
+        metavar="IPS",
+        help="rate-limit by X-Forwarded-For from these proxy addresses (default 127.0.0.1); "
+        "without it, by the socket peer",
+    )
     p.add_argument("--log-level", default="warning")
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint folder (spec.json + model.safetensors)")
-    p.add_argument("--store", default=default_store(), help="memory store directory (default: $GRADMEM_STORE "
-                   "or ~/.cache/gradmem/store)")
+    p.add_argument(
+        "--store",
+        default=default_store(),
+        help="memory store directory (default: $GRADMEM_STORE or ~/.cache/gradmem/store)",
+    )
     add_options(p, EngineConfig, only=["max_blocks", "chunk_tokens"])
 
 

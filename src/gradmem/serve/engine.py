@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,14 +22,14 @@ from torch import Tensor
 from gradmem.backbones.base import context_state_floats
 from gradmem.data import pad_right
 from gradmem.errors import InvalidInput, LimitExceeded, NotFound
-from gradmem.serve.fidelity import reconstruction_report
 from gradmem.memory import Memory
 from gradmem.methods.gradmem import GradMem
-from gradmem.serve.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.model import MemoryModel
 from gradmem.sequence import generated_rows
-from gradmem.tokenizers import unknown_characters
+from gradmem.serve.fidelity import reconstruction_report
+from gradmem.serve.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.serve.store import MemoryStore, memory_key, store_errors
+from gradmem.tokenizers import unknown_characters
 
 StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
 
@@ -66,8 +67,9 @@ class Engine:
     def __init__(self, model: MemoryModel, tokenizer: Any, store: MemoryStore, cfg: EngineConfig | None = None) -> None:
         method = model.method
         if not isinstance(method, GradMem):  # the reconstruction report needs GradMem's WRITE head
-            raise ValueError(f"method {method.name!r} does not write by gradient descent; "
-                             "the engine serves GradMem checkpoints")
+            raise ValueError(
+                f"method {method.name!r} does not write by gradient descent; the engine serves GradMem checkpoints"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.store = store
@@ -77,10 +79,14 @@ class Engine:
         window = model.max_positions
         room = None if window is None else window - self.block_vectors
         if room is not None and room < 1:
-            raise ValueError(f"the model's window of {window} positions has no room beside {self.block_vectors} memory vectors")
+            raise ValueError(
+                f"the model's window of {window} positions has no room beside {self.block_vectors} memory vectors"
+            )
         self.chunk_tokens = self.cfg.chunk_tokens or room or 512
         if room is not None and self.chunk_tokens > room:
-            raise ValueError(f"chunk_tokens={self.chunk_tokens} exceeds the {room} tokens the window leaves beside memory")
+            raise ValueError(
+                f"chunk_tokens={self.chunk_tokens} exceeds the {room} tokens the window leaves beside memory"
+            )
         self._cache: OrderedDict[str, Memory] = OrderedDict()
         self._cache_lock = threading.Lock()
 
@@ -92,8 +98,13 @@ class Engine:
     def settings(self, steps: int | None, lr: float | None, target_loss: float | None) -> dict[str, Any]:
         """The effective write settings (part of a memory's store key)."""
         cfg = self.model.method.config.write
-        return {"steps": cfg.steps if steps is None else int(steps), "lr": cfg.optim.lr if lr is None else float(lr),
-                "optim": cfg.optim.name, "target_loss": target_loss, "chunk_tokens": self.chunk_tokens}
+        return {
+            "steps": cfg.steps if steps is None else int(steps),
+            "lr": cfg.optim.lr if lr is None else float(lr),
+            "optim": cfg.optim.name,
+            "target_loss": target_loss,
+            "chunk_tokens": self.chunk_tokens,
+        }
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a context. InvalidInput for an empty or whitespace-only text or characters
@@ -103,8 +114,10 @@ class Engine:
             raise InvalidInput("cannot write an empty or whitespace-only context")
         ids = self._in_vocabulary(text, "the context")
         if len(ids) > self.max_context_tokens:
-            raise LimitExceeded(f"context of {len(ids)} tokens exceeds the limit of {self.max_context_tokens} tokens "
-                                f"({self.cfg.max_blocks} blocks x {self.chunk_tokens} tokens per chunk)")
+            raise LimitExceeded(
+                f"context of {len(ids)} tokens exceeds the limit of {self.max_context_tokens} tokens "
+                f"({self.cfg.max_blocks} blocks x {self.chunk_tokens} tokens per chunk)"
+            )
         return ids
 
     def encode_question(self, question: str) -> list[int]:
@@ -126,19 +139,32 @@ class Engine:
         return [ids[i : i + self.chunk_tokens] for i in range(0, len(ids), self.chunk_tokens)]
 
     # ---- WRITE ---------------------------------------------------------------------------
-    def write_rows(self, rows: Sequence[Sequence[int]], steps: int | None = None, lr: float | None = None,
-                   target_loss: float | None = None, on_loss: Callable[[int, Tensor], None] | None = None) -> Memory:
+    def write_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        steps: int | None = None,
+        lr: float | None = None,
+        target_loss: float | None = None,
+        on_loss: Callable[[int, Tensor], None] | None = None,
+    ) -> Memory:
         """Write each token row into its own block: (R, P, D) prefix with stats. `on_loss(step, (R,) loss)`
         is called as each loss is computed (before every step, and once after the last)."""
         device = next(self.model.parameters()).device
         context = pad_right(rows, self.tokenizer.pad_id).to(device)
         with torch.no_grad():
-            memory = self.model.write(context, steps=steps, lr=lr, measure_final=True, target_loss=target_loss,
-                                      on_loss=on_loss)
+            memory = self.model.write(
+                context, steps=steps, lr=lr, measure_final=True, target_loss=target_loss, on_loss=on_loss
+            )
         return Memory(memory.prefix.detach(), None, memory.stats)
 
-    def write_texts(self, texts: Sequence[str], steps: int | None = None, lr: float | None = None,
-                    target_loss: float | None = None, on_step: StepCallback | None = None) -> list[WriteResult]:
+    def write_texts(
+        self,
+        texts: Sequence[str],
+        steps: int | None = None,
+        lr: float | None = None,
+        target_loss: float | None = None,
+        on_step: StepCallback | None = None,
+    ) -> list[WriteResult]:
         """Write several texts in one batched WRITE (chunks of all texts side by side); texts whose
         memory is already stored are not written again."""
         settings = self.settings(steps, lr, target_loss)
@@ -166,8 +192,11 @@ class Engine:
             for key, i in todo.items():
                 rows_i = (owner_t == i).nonzero()[:, 0]
                 blocks = len(rows_i)
-                one = Memory(memory.prefix[rows_i].reshape(1, blocks * self.block_vectors, -1), None,
-                             _select_stats(memory.stats, rows_i))
+                one = Memory(
+                    memory.prefix[rows_i].reshape(1, blocks * self.block_vectors, -1),
+                    None,
+                    _select_stats(memory.stats, rows_i),
+                )
                 sidecar = build_sidecar(one, self.model, encoded[i], settings, self.fingerprint, blocks)
                 sidecar["context_chars"] = len(texts[i])
                 written[key] = (one.prefix, sidecar)
@@ -183,8 +212,11 @@ class Engine:
     def describe(self, meta: dict[str, Any]) -> dict[str, Any]:
         """A sidecar plus sizes: the memory's bytes next to a full-context KV cache's bytes."""
         item = torch.empty(0, dtype=getattr(torch, meta["dtype"])).element_size()
-        return {**meta, "memory_bytes": meta["num_vectors"] * meta["hidden_size"] * item,
-                "kv_cache_bytes": context_state_floats(self.model.backbone, meta["context_tokens"]) * item}
+        return {
+            **meta,
+            "memory_bytes": meta["num_vectors"] * meta["hidden_size"] * item,
+            "kv_cache_bytes": context_state_floats(self.model.backbone, meta["context_tokens"]) * item,
+        }
 
     # ---- READ ----------------------------------------------------------------------------
     def memory(self, memory_id: str) -> Memory:
@@ -196,8 +228,13 @@ class Engine:
         if memory_id not in self.store:
             raise NotFound(f"no memory {memory_id!r}")
         with store_errors("read the memory"):
-            memory, _ = load_memory(self.store.path(memory_id), self.model, self.fingerprint,
-                                    label=f"memory {memory_id}", follow_symlinks=False)
+            memory, _ = load_memory(
+                self.store.path(memory_id),
+                self.model,
+                self.fingerprint,
+                label=f"memory {memory_id}",
+                follow_symlinks=False,
+            )
         with self._cache_lock:
             self._cache[memory_id] = memory
             while len(self._cache) > self.cfg.cache_memories:
@@ -221,8 +258,10 @@ class Engine:
         window = self.model.max_positions
         for (memory, _), ids in zip(items, queries):
             if window is not None and memory.num_vectors + len(ids) + max_new > window:
-                raise LimitExceeded(f"memory ({memory.num_vectors} vectors) + question ({len(ids)} tokens) + "
-                                 f"{max_new} answer tokens exceed the model's {window} positions")
+                raise LimitExceeded(
+                    f"memory ({memory.num_vectors} vectors) + question ({len(ids)} tokens) + "
+                    f"{max_new} answer tokens exceed the model's {window} positions"
+                )
         answers: list[str] = [""] * len(items)
         groups: dict[int, list[int]] = {}
         for i, (memory, _) in enumerate(items):
@@ -251,13 +290,17 @@ class Engine:
     def reconstruct_memory(self, memory: Memory, meta: dict[str, Any], context: str | None = None) -> dict[str, Any]:
         """Decode the context back from the memory alone, scored against the context when it is
         known (see gradmem.serve.fidelity.reconstruction_report)."""
-        return reconstruction_report(self.model, self.tokenizer, memory, self.describe(meta), self.block_vectors,
-                                     self.chunk_tokens, context)
+        return reconstruction_report(
+            self.model, self.tokenizer, memory, self.describe(meta), self.block_vectors, self.chunk_tokens, context
+        )
 
 
 def _select_stats(stats: Any, rows: Tensor) -> Any:
     from gradmem.memory import WriteStats
 
-    return WriteStats(losses=stats.losses[:, rows], grad_norms=stats.grad_norms[:, rows],
-                      final_loss=None if stats.final_loss is None else stats.final_loss[rows],
-                      steps_taken=None if stats.steps_taken is None else stats.steps_taken[rows])
+    return WriteStats(
+        losses=stats.losses[:, rows],
+        grad_norms=stats.grad_norms[:, rows],
+        final_loss=None if stats.final_loss is None else stats.final_loss[rows],
+        steps_taken=None if stats.steps_taken is None else stats.steps_taken[rows],
+    )

@@ -20,8 +20,10 @@ from gradmem.model import MemoryModel
 
 # What the "reconstruction" of a report is, said wherever it is shown: it is easily mistaken for
 # the stored context, and after meta-training it is often far from it while answers are right.
-RECONSTRUCTION_NOTE = ("greedy reconstruction: the WRITE head decoding the memory alone, token by token; "
-                       "a fidelity probe, not the stored context")
+RECONSTRUCTION_NOTE = (
+    "greedy reconstruction: the WRITE head decoding the memory alone, token by token; "
+    "a fidelity probe, not the stored context"
+)
 
 
 @torch.no_grad()
@@ -44,8 +46,15 @@ def teacher_forced_accuracy(model: MemoryModel, prefix: Tensor, context: TokenBa
 
 
 @torch.no_grad()
-def reconstruction_report(model: MemoryModel, tokenizer: Any, memory: Memory, meta: dict[str, Any], block_vectors: int,
-                          chunk_tokens: int, context: str | None = None) -> dict[str, Any]:
+def reconstruction_report(
+    model: MemoryModel,
+    tokenizer: Any,
+    memory: Memory,
+    meta: dict[str, Any],
+    block_vectors: int,
+    chunk_tokens: int,
+    context: str | None = None,
+) -> dict[str, Any]:
     """Greedy reconstruction of a one-row memory (`meta`: its described sidecar), block by block,
     with token and teacher-forced accuracy against `context` when it is given."""
     total, chunk = meta["context_tokens"], meta["write"].get("chunk_tokens", chunk_tokens)
@@ -53,15 +62,25 @@ def reconstruction_report(model: MemoryModel, tokenizer: Any, memory: Memory, me
     blocks = memory.prefix.view(len(lengths), block_vectors, -1)  # (blocks, P, D)
     decoded = greedy_reconstruction(model, blocks, max(lengths))
     tokens = [t for row, n in zip(decoded.tolist(), lengths) for t in row[:n]]
-    result = {"id": meta.get("id"), "write_loss": meta["write_loss"], "final_write_loss": meta["final_write_loss"],
-              "steps_taken": meta.get("steps_taken"), "blocks": len(lengths),
-              "reconstruction": tokenizer.decode(tokens, skip_special=False), "reconstruction_note": RECONSTRUCTION_NOTE,
-              "context": context, "memory_bytes": meta["memory_bytes"], "kv_cache_bytes": meta["kv_cache_bytes"]}
+    result = {
+        "id": meta.get("id"),
+        "write_loss": meta["write_loss"],
+        "final_write_loss": meta["final_write_loss"],
+        "steps_taken": meta.get("steps_taken"),
+        "blocks": len(lengths),
+        "reconstruction": tokenizer.decode(tokens, skip_special=False),
+        "reconstruction_note": RECONSTRUCTION_NOTE,
+        "context": context,
+        "memory_bytes": meta["memory_bytes"],
+        "kv_cache_bytes": meta["kv_cache_bytes"],
+    }
     if context is not None:
         ids = tokenizer.encode(context)
         if len(ids) != total:
             raise InvalidInput(f"the given context has {len(ids)} tokens, the memory was written from {total}")
         result["token_accuracy"] = sum(a == b for a, b in zip(tokens, ids)) / total
         rows = [ids[i : i + chunk] for i in range(0, total, chunk)]
-        result["teacher_forced_accuracy"] = teacher_forced_accuracy(model, blocks, pad_right(rows, tokenizer.pad_id).to(blocks.device))
+        result["teacher_forced_accuracy"] = teacher_forced_accuracy(
+            model, blocks, pad_right(rows, tokenizer.pad_id).to(blocks.device)
+        )
     return result

@@ -19,12 +19,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gradmem.errors import (DamagedMemory, GradmemError, InvalidInput, LimitExceeded, NotFound, Overloaded, StoreFull,
-                            StoreUnavailable, Unauthorized)
+from gradmem.errors import (
+    DamagedMemory,
+    GradmemError,
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    Overloaded,
+    StoreFull,
+    StoreUnavailable,
+    Unauthorized,
+)
 
 STATUS: dict[type, int] = {  # the first match along an error's MRO wins
-    InvalidInput: 422, LimitExceeded: 413, NotFound: 404, DamagedMemory: 409, StoreFull: 507,
-    StoreUnavailable: 503, Overloaded: 503, Unauthorized: 401,
+    InvalidInput: 422,
+    LimitExceeded: 413,
+    NotFound: 404,
+    DamagedMemory: 409,
+    StoreFull: 507,
+    StoreUnavailable: 503,
+    Overloaded: 503,
+    Unauthorized: 401,
 }
 RETRY_AFTER = {503: "5"}  # seconds a client should wait before retrying
 
@@ -124,9 +139,17 @@ class BodyGuard:
 
 async def _answer(send: Any, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

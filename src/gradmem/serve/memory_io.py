@@ -39,8 +39,11 @@ def backbone_record(model: MemoryModel) -> dict[str, Any]:
     it does not change what the model computes)."""
     describe = dict(model.backbone.describe())
     describe.pop("attention", None)
-    return {"architecture": describe.get("model_type") or describe.get("type"), "config": describe,
-            "weights_sha256": weights_hash(model.backbone)}
+    return {
+        "architecture": describe.get("model_type") or describe.get("type"),
+        "config": describe,
+        "weights_sha256": weights_hash(model.backbone),
+    }
 
 
 def method_record(model: MemoryModel) -> dict[str, Any]:
@@ -53,8 +56,9 @@ def method_record(model: MemoryModel) -> dict[str, Any]:
 
 def model_fingerprint(model: MemoryModel) -> str:
     """SHA-256 of the backbone record, the method record and all weights (backbone and method)."""
-    payload = json.dumps({"backbone": backbone_record(model), "method": method_record(model)},
-                         sort_keys=True, default=str)
+    payload = json.dumps(
+        {"backbone": backbone_record(model), "method": method_record(model)}, sort_keys=True, default=str
+    )
     return hashlib.sha256((payload + weights_hash(model)).encode()).hexdigest()
 
 
@@ -101,14 +105,22 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
-def build_sidecar(memory: Memory, model: MemoryModel, context_ids: list[int], write_settings: dict[str, Any],
-                  fingerprint: str | None = None, blocks: int = 1) -> dict[str, Any]:
+def build_sidecar(
+    memory: Memory,
+    model: MemoryModel,
+    context_ids: list[int],
+    write_settings: dict[str, Any],
+    fingerprint: str | None = None,
+    blocks: int = 1,
+) -> dict[str, Any]:
     """The sidecar of a one-row memory (`blocks` chunk memories side by side in its prefix)."""
     if len(memory) != 1:
         raise ValueError(f"save one memory at a time; this one has {len(memory)} rows")
     if memory.layer_states is not None:  # a file holds the prefix only: saving would drop the state
-        raise ValueError(f"memory files hold prefix memories only; this memory keeps per-layer state "
-                         f"(method {method_record(model)['name']!r}) and cannot be saved")
+        raise ValueError(
+            f"memory files hold prefix memories only; this memory keeps per-layer state "
+            f"(method {method_record(model)['name']!r}) and cannot be saved"
+        )
     prefix = memory.prefix.detach()
     if prefix.shape[1] % blocks:
         raise ValueError(f"{prefix.shape[1]} memory vectors do not split into {blocks} blocks")
@@ -146,8 +158,15 @@ def write_memory_files(path: str | Path, prefix: torch.Tensor, sidecar: dict[str
     return tensor_path
 
 
-def save_memory(path: str | Path, memory: Memory, model: MemoryModel, context_ids: list[int],
-                write_settings: dict[str, Any], fingerprint: str | None = None, blocks: int = 1) -> Path:
+def save_memory(
+    path: str | Path,
+    memory: Memory,
+    model: MemoryModel,
+    context_ids: list[int],
+    write_settings: dict[str, Any],
+    fingerprint: str | None = None,
+    blocks: int = 1,
+) -> Path:
     """Save a one-row memory to `path`.safetensors and its sidecar `path`.json."""
     sidecar = build_sidecar(memory, model, context_ids, write_settings, fingerprint, blocks)
     return write_memory_files(path, memory.prefix, sidecar)
@@ -174,12 +193,16 @@ def read_sidecar(path: str | Path, follow_symlinks: bool = True, label: str | No
 
 def check_sidecar(meta: dict[str, Any], where: str) -> None:
     """Raise DamagedMemory unless the fields every reader relies on have usable values."""
+
     def count(key: str, least: int) -> bool:
         value = meta.get(key)
         return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
-    bad = [key for key, least in (("num_vectors", 0), ("hidden_size", 1), ("blocks", 1), ("context_tokens", 0))
-           if not count(key, least)]
+    bad = [
+        key
+        for key, least in (("num_vectors", 0), ("hidden_size", 1), ("blocks", 1), ("context_tokens", 0))
+        if not count(key, least)
+    ]
     if meta.get("dtype") not in DTYPES:
         bad.append("dtype")
     if not isinstance(meta.get("write"), dict):
@@ -194,10 +217,14 @@ def check_compatible(meta: dict[str, Any], model: MemoryModel, fingerprint: str,
     """Raise a ValueError saying why a memory with sidecar `meta` cannot be read by `model`."""
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise InvalidInput(f"{where}: memory format version {version!r} is newer than this gradmem reads "
-                         f"({FORMAT_VERSION}); upgrade gradmem")
+        raise InvalidInput(
+            f"{where}: memory format version {version!r} is newer than this gradmem reads "
+            f"({FORMAT_VERSION}); upgrade gradmem"
+        )
     if version < FORMAT_VERSION:
-        raise InvalidInput(f"{where}: memory format version {version} is older than {FORMAT_VERSION}; rewrite the memory")
+        raise InvalidInput(
+            f"{where}: memory format version {version} is older than {FORMAT_VERSION}; rewrite the memory"
+        )
     if meta.get("model_fingerprint") == fingerprint:
         return
     theirs, ours = meta.get("backbone") or {}, backbone_record(model)
@@ -207,12 +234,19 @@ def check_compatible(meta: dict[str, Any], model: MemoryModel, fingerprint: str,
         why = "the same backbone architecture with different weights"
     else:
         why = "the same backbone with a different memory method or method weights"
-    raise InvalidInput(f"{where} was written by a different model, {why} (fingerprint {str(meta.get('model_fingerprint'))[:12]}..., "
-                     f"this model is {fingerprint[:12]}...); a memory is only meaningful to the model that wrote it")
+    raise InvalidInput(
+        f"{where} was written by a different model, {why} (fingerprint {str(meta.get('model_fingerprint'))[:12]}..., "
+        f"this model is {fingerprint[:12]}...); a memory is only meaningful to the model that wrote it"
+    )
 
 
-def load_memory(path: str | Path, model: MemoryModel, fingerprint: str | None = None, label: str | None = None,
-                follow_symlinks: bool = True) -> tuple[Memory, dict[str, Any]]:
+def load_memory(
+    path: str | Path,
+    model: MemoryModel,
+    fingerprint: str | None = None,
+    label: str | None = None,
+    follow_symlinks: bool = True,
+) -> tuple[Memory, dict[str, Any]]:
     """Load a memory for `model`, refusing files written by another model, other format versions,
     or tensors that do not match their sidecar (truncated or tampered). `label` names the memory
     in errors instead of its path (the service shows no file-system paths)."""
@@ -237,8 +271,10 @@ def load_memory(path: str | Path, model: MemoryModel, fingerprint: str | None = 
         raise DamagedMemory(f"{where}: memory tensor does not match its sidecar checksum (tampered or truncated)")
     expected = (1, meta.get("num_vectors"), meta.get("hidden_size"))
     if tuple(prefix.shape) != expected or str(prefix.dtype).replace("torch.", "") != meta.get("dtype"):
-        raise DamagedMemory(f"{where}: tensor {tuple(prefix.shape)} {prefix.dtype} does not match its sidecar "
-                            f"{expected} {meta.get('dtype')}")
+        raise DamagedMemory(
+            f"{where}: tensor {tuple(prefix.shape)} {prefix.dtype} does not match its sidecar "
+            f"{expected} {meta.get('dtype')}"
+        )
     if prefix.shape[2] != model.backbone.hidden_size:
         raise InvalidInput(f"{where}: memory width {prefix.shape[2]} != model width {model.backbone.hidden_size}")
     param = next(model.parameters())

@@ -19,21 +19,30 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
+from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
 from gradmem.serve.batcher import Batcher
 from gradmem.serve.budget import Budget
 from gradmem.serve.engine import Engine
-from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
-from gradmem.serve.http_guard import (BodyGuard, TokenBuckets, check_key, client_key, error_response, install_error_handlers,
-                                safe_text, status_of)
+from gradmem.serve.http_guard import (
+    BodyGuard,
+    TokenBuckets,
+    check_key,
+    client_key,
+    error_response,
+    install_error_handlers,
+    safe_text,
+    status_of,
+)
 from gradmem.serve.memory_io import FORMAT_VERSION
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
@@ -58,8 +67,17 @@ class ServiceConfig:
     budget: Budget = field(default_factory=Budget)  # work limits per request and per batch
 
     def __post_init__(self) -> None:
-        if min(self.max_body_bytes, self.max_questions, self.max_new_tokens, self.rate_burst, self.max_batch,
-               self.max_queue) < 1:
+        if (
+            min(
+                self.max_body_bytes,
+                self.max_questions,
+                self.max_new_tokens,
+                self.rate_burst,
+                self.max_batch,
+                self.max_queue,
+            )
+            < 1
+        ):
             raise ValueError("service limits must be >= 1")
         positive = (self.rate_per_second, self.request_timeout_s, self.body_timeout_s)
         if not all(math.isfinite(x) and x > 0 for x in positive) or not 0 <= self.batch_wait_ms < math.inf:
@@ -69,7 +87,9 @@ class ServiceConfig:
 
     def limits(self) -> dict[str, Any]:
         """The limits clients may see (/version): everything but the key."""
-        return {k: v for k, v in asdict(self).items() if k != "api_key"} | {"api_key_required": self.api_key is not None}
+        return {k: v for k, v in asdict(self).items() if k != "api_key"} | {
+            "api_key_required": self.api_key is not None
+        }
 
 
 def _clean_text(value: str, what: str) -> str:
@@ -77,7 +97,9 @@ def _clean_text(value: str, what: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise ValueError(f"{what} contains a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}") from None
+        raise ValueError(
+            f"{what} contains a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}"
+        ) from None
     if not value.strip():
         raise ValueError(f"{what} is empty or only whitespace")
     return value
@@ -86,8 +108,12 @@ def _clean_text(value: str, what: str) -> str:
 class WriteBody(BaseModel):
     text: str = Field(min_length=1, description="the context to write into memory")
     steps: int | None = Field(None, ge=0, description="maximum WRITE steps (default: the checkpoint's)")
-    lr: float | None = Field(None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)")
-    target_loss: float | None = Field(None, ge=0, allow_inf_nan=False, description="stop each chunk once its reconstruction loss <= this")
+    lr: float | None = Field(
+        None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)"
+    )
+    target_loss: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="stop each chunk once its reconstruction loss <= this"
+    )
 
     @field_validator("text")
     @classmethod
@@ -117,8 +143,15 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
 
     cfg = cfg or ServiceConfig()
     budget = cfg.budget
-    batcher = Batcher(engine, cfg.max_batch, cfg.batch_wait_ms, budget.max_batch_ask_tokens, budget.max_write_token_steps,
-                      cfg.request_timeout_s, cfg.max_queue)
+    batcher = Batcher(
+        engine,
+        cfg.max_batch,
+        cfg.batch_wait_ms,
+        budget.max_batch_ask_tokens,
+        budget.max_write_token_steps,
+        cfg.request_timeout_s,
+        cfg.max_queue,
+    )
     buckets = TokenBuckets(cfg.rate_per_second, cfg.rate_burst)
 
     @asynccontextmanager
@@ -128,8 +161,14 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         yield
         await batcher.stop()
 
-    app = FastAPI(title="gradmem", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Write a context into a few memory vectors once, answer questions from the memory.")
+    app = FastAPI(
+        title="gradmem",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Write a context into a few memory vectors once, answer questions from the memory.",
+    )
     app.add_middleware(BodyGuard, limit=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
     app.state.batcher = batcher
     install_error_handlers(app)
@@ -139,8 +178,11 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         if request.url.path not in EXEMPT:
             wait = buckets.take(client_key(request))
             if wait > 0:
-                return error_response(429, f"rate limit of {cfg.rate_per_second:g} requests/s exceeded; retry in "
-                                      f"{wait:.2f} s", {"Retry-After": str(max(1, math.ceil(wait)))})
+                return error_response(
+                    429,
+                    f"rate limit of {cfg.rate_per_second:g} requests/s exceeded; retry in {wait:.2f} s",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
         return await call_next(request)
 
     def writer(request: Request) -> None:
@@ -165,9 +207,14 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
 
         async def run() -> None:
             try:
-                result = await batcher.write(body.text, body.steps, body.lr, body.target_loss,
-                                             lambda step, loss: events.put_nowait(("step", {"step": step, "loss": loss})),
-                                             cost=cost)
+                result = await batcher.write(
+                    body.text,
+                    body.steps,
+                    body.lr,
+                    body.target_loss,
+                    lambda step, loss: events.put_nowait(("step", {"step": step, "loss": loss})),
+                    cost=cost,
+                )
                 events.put_nowait(("done", {**result.meta, "created": result.created}))
             except Exception as err:  # noqa: BLE001 - reported to the client as an event
                 detail = str(err) if isinstance(err, GradmemError) else "internal error (see the server log)"
@@ -212,8 +259,12 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             raise NotFound(f"no memory {memory_id!r}")
         return Response(status_code=204)
 
-    @app.post("/v1/memories/{memory_id}/ask", response_model=Answers, summary="answer questions from a memory",
-              dependencies=[Depends(reader)])
+    @app.post(
+        "/v1/memories/{memory_id}/ask",
+        response_model=Answers,
+        summary="answer questions from a memory",
+        dependencies=[Depends(reader)],
+    )
     async def ask(memory_id: str, body: AskBody) -> Any:
         if len(body.questions) > cfg.max_questions:
             raise LimitExceeded(f"{len(body.questions)} questions; the limit is {cfg.max_questions} per request")
@@ -229,15 +280,29 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
     @app.get("/health", summary="liveness and queue state")
     async def health() -> dict[str, Any]:
         stats = batcher.stats
-        return {"status": "ok", "queued": batcher.pending, "batches": stats.batches, "jobs": stats.jobs,
-                "largest_batch": stats.largest, "timed_out": stats.timed_out, "refused_busy": stats.refused}
+        return {
+            "status": "ok",
+            "queued": batcher.pending,
+            "batches": stats.batches,
+            "jobs": stats.jobs,
+            "largest_batch": stats.largest,
+            "timed_out": stats.timed_out,
+            "refused_busy": stats.refused,
+        }
 
     @app.get("/version", summary="versions, model fingerprint and limits")
     async def version() -> dict[str, Any]:
-        return {"gradmem": __version__, "memory_format": FORMAT_VERSION, "checkpoint": checkpoint,
-                "model_fingerprint": engine.fingerprint, "memory_vectors_per_block": engine.block_vectors,
-                "hidden_size": engine.model.backbone.hidden_size, "chunk_tokens": engine.chunk_tokens,
-                "max_context_tokens": engine.max_context_tokens, "limits": cfg.limits()}
+        return {
+            "gradmem": __version__,
+            "memory_format": FORMAT_VERSION,
+            "checkpoint": checkpoint,
+            "model_fingerprint": engine.fingerprint,
+            "memory_vectors_per_block": engine.block_vectors,
+            "hidden_size": engine.model.backbone.hidden_size,
+            "chunk_tokens": engine.chunk_tokens,
+            "max_context_tokens": engine.max_context_tokens,
+            "limits": cfg.limits(),
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -250,11 +315,20 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
     return app
 
 
-def server_config(app: FastAPI, host: str, port: int, trust_proxy: str | None = None, log_level: str = "warning") -> Any:
+def server_config(
+    app: FastAPI, host: str, port: int, trust_proxy: str | None = None, log_level: str = "warning"
+) -> Any:
     """The uvicorn configuration `gradmem serve` runs. Proxy headers are applied only from the
     addresses in `trust_proxy`; without it the rate limit sees the socket peer, whatever
     X-Forwarded-For a client sends (uvicorn would otherwise trust it from loopback)."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, proxy_headers=trust_proxy is not None,
-                          forwarded_allow_ips=trust_proxy or "", timeout_keep_alive=5)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        proxy_headers=trust_proxy is not None,
+        forwarded_allow_ips=trust_proxy or "",
+        timeout_keep_alive=5,
+    )

@@ -27,9 +27,10 @@ import os
 import re
 import stat
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
 from gradmem.serve.memory_io import atomic_write, check_sidecar, memory_paths, read_sidecar, write_memory_files
@@ -41,8 +42,9 @@ FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 def memory_key(fingerprint: str, context_ids: list[int], write_settings: dict[str, Any]) -> str:
     """The store id of a memory: 32 hex digits of SHA-256 over model, context and write settings."""
-    payload = json.dumps({"model": fingerprint, "context": [int(i) for i in context_ids],
-                          "write": write_settings}, sort_keys=True)
+    payload = json.dumps(
+        {"model": fingerprint, "context": [int(i) for i in context_ids], "write": write_settings}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -140,7 +142,9 @@ class MemoryStore:
                 return fd
             os.close(fd)
 
-    def get_or_write(self, memory_id: str, produce: ProduceFn, context_text: str | None = None) -> tuple[dict[str, Any], bool]:
+    def get_or_write(
+        self, memory_id: str, produce: ProduceFn, context_text: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """Return (sidecar, created). Calls `produce` only if no memory with this id exists yet."""
         with self.lock(memory_id):
             if memory_id in self:

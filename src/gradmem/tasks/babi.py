@@ -15,9 +15,10 @@ stories, valid = the last 10%, test = the test file).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gradmem.data import Example, answer_example
 from gradmem.tasks.babi_format import BabiLine, BabiQuestion, Story, find_babi_file, parse_babi, story_questions
@@ -151,12 +152,14 @@ def _question(task: int, world: _World) -> bool:
         if not world.gives:
             return False
         giver, obj, receiver, line = world.gives[-1]  # the most recent event: no ambiguity
-        text, answer = rng.choice([
-            (f"Who gave the {obj} to {receiver}?", giver),
-            (f"What did {giver} give to {receiver}?", obj),
-            (f"Who received the {obj}?", receiver),
-            (f"Who did {giver} give the {obj} to?", receiver),
-        ])
+        text, answer = rng.choice(
+            [
+                (f"Who gave the {obj} to {receiver}?", giver),
+                (f"What did {giver} give to {receiver}?", obj),
+                (f"Who received the {obj}?", receiver),
+                (f"Who did {giver} give the {obj} to?", receiver),
+            ]
+        )
         world.ask(text, answer, (line,))
     return True
 

