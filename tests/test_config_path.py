@@ -9,6 +9,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file, save_model
+from test_pretrained_options import TINY as TINY_HF
+from test_pretrained_options import _save_tiny_folder
 
 from gradmem.backbones import build_backbone
 from gradmem.build import build_model, load_checkpoint, save_checkpoint
@@ -18,16 +20,6 @@ from gradmem.spec_check import validate_spec
 from gradmem.train import Stage, TrainConfig, Trainer, curriculum
 
 TINY_LLAMA = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32}
-TINY_HF = {
-    "model_type": "llama",
-    "vocab_size": 70,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-}
 METHOD = {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}}
 
 
@@ -77,20 +69,10 @@ def test_typed_curriculum_and_trainer_from_train_config(tmp_path) -> None:
     assert trainer.task(1).config.num_pairs == 2 and trainer.last_stage_start is None
 
 
-def _tiny_folder(path) -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    config = dict(TINY_HF)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).save_pretrained(
-        str(path)
-    )
-
-
 @pytest.mark.parametrize("options", [{"lora": {"r": 2}}, {"freeze": True, "train_top_layers": 1}])
 def test_frozen_backbone_checkpoint_holds_only_trained_tensors(tmp_path, options) -> None:
     pytest.importorskip("peft")
-    _tiny_folder(tmp_path / "tiny")
+    _save_tiny_folder(tmp_path / "tiny")
     spec = spec_with({"name": "hf", "path": str(tmp_path / "tiny"), **options})
     torch.manual_seed(1)
     model = build_model(spec)
