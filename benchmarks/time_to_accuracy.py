@@ -39,8 +39,9 @@ def stage_pairs(spec: dict[str, Any]) -> list[int]:
     return [{**spec["task"], **stage}["num_pairs"] for stage in spec["train"].get("curriculum") or [{}]]
 
 
-def milestones_reached(records: list[dict[str, Any]], pairs: list[int], milestones: list[int],
-                       target: float) -> dict[int, dict[str, float] | None]:
+def milestones_reached(
+    records: list[dict[str, Any]], pairs: list[int], milestones: list[int], target: float
+) -> dict[int, dict[str, float] | None]:
     """For each milestone N: step and minutes of the first eval on an N-pair stage with EM >= target."""
     reached: dict[int, dict[str, float] | None] = {n: None for n in milestones}
     for r in records:
@@ -60,10 +61,20 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 def train_seed(spec: dict[str, Any], run: Path) -> None:
     """Train (or continue) one seed's run until its target, its steps or its time budget."""
     torch.manual_seed(spec["train"]["seed"])
-    trainer = Trainer.from_spec(build_model(spec), spec, run,
-                      on_log=lambda r: r["kind"] == "eval" and print(
-                          f"{run.name} step {r['step']} stage {r['stage']}: EM {r['exact_match']:.3f} "
-                          f"({r['elapsed_s'] / 60:.1f} min)", file=sys.stderr, flush=True))
+    trainer = Trainer.from_spec(
+        build_model(spec),
+        spec,
+        run,
+        on_log=lambda r: (
+            r["kind"] == "eval"
+            and print(
+                f"{run.name} step {r['step']} stage {r['stage']}: EM {r['exact_match']:.3f} "
+                f"({r['elapsed_s'] / 60:.1f} min)",
+                file=sys.stderr,
+                flush=True,
+            )
+        ),
+    )
     if trainer.resume():
         print(f"{run.name}: resumed at step {trainer.step}", file=sys.stderr, flush=True)
     trainer.train()
@@ -74,11 +85,14 @@ def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dic
     records = read_metrics(run)
     pairs = stage_pairs(spec)
     last = [r for r in records if r.get("kind") == "eval"]
-    row: dict[str, Any] = {"seed": spec["train"]["seed"], "run": run.name,
-                           "milestones": milestones_reached(records, pairs, args.milestones, args.target),
-                           "steps": last[-1]["step"] if last else 0,
-                           "minutes": round(last[-1]["elapsed_s"] / 60, 2) if last else 0.0,
-                           "final_stage_pairs": pairs[last[-1]["stage"]] if last else None}
+    row: dict[str, Any] = {
+        "seed": spec["train"]["seed"],
+        "run": run.name,
+        "milestones": milestones_reached(records, pairs, args.milestones, args.target),
+        "steps": last[-1]["step"] if last else 0,
+        "minutes": round(last[-1]["elapsed_s"] / 60, 2) if last else 0.0,
+        "final_stage_pairs": pairs[last[-1]["stage"]] if last else None,
+    }
     best = run / "best"
     if (best / "spec.json").exists():
         model, _, _ = load_checkpoint(best)
@@ -93,8 +107,12 @@ def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dic
 
 def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     k_train = spec["method"].get("write", {}).get("steps")
-    header = ["seed"] + [f"{n} pairs: min (steps)" for n in args.milestones] + \
-             [f"test EM {args.milestones[-1] if args.milestones else ''} pairs, K={k}" for k in args.eval_steps] + ["trained"]
+    header = (
+        ["seed"]
+        + [f"{n} pairs: min (steps)" for n in args.milestones]
+        + [f"test EM {args.milestones[-1] if args.milestones else ''} pairs, K={k}" for k in args.eval_steps]
+        + ["trained"]
+    )
     table_rows = []
     for row in rows:
         cells = [row["seed"]]
@@ -113,9 +131,14 @@ def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args:
             summary_line.append(f"{n} pairs: reached in {len(times)}/{len(rows)} seeds, {mean:.1f} ± {std:.1f} min")
         else:
             summary_line.append(f"{n} pairs: reached in 0/{len(rows)} seeds")
-    return (f"Time to {100 * args.target:.0f} % validation EM ({name}; trained with K = {k_train}; "
-            f"test EM on {args.test_examples} held-out examples, test seed {args.test_seed}).\n\n"
-            + markdown_table(header, table_rows) + "\n" + "; ".join(summary_line) + ".\n")
+    return (
+        f"Time to {100 * args.target:.0f} % validation EM ({name}; trained with K = {k_train}; "
+        f"test EM on {args.test_examples} held-out examples, test seed {args.test_seed}).\n\n"
+        + markdown_table(header, table_rows)
+        + "\n"
+        + "; ".join(summary_line)
+        + ".\n"
+    )
 
 
 def plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
@@ -127,7 +150,9 @@ def plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for row in rows:
         curve = row["curve"]
-        line, = ax.plot([m for m, _, _ in curve], [100 * e for _, _, e in curve], linewidth=1.0, label=f"seed {row['seed']}")
+        (line,) = ax.plot(
+            [m for m, _, _ in curve], [100 * e for _, _, e in curve], linewidth=1.0, label=f"seed {row['seed']}"
+        )
         for i in range(1, len(curve)):  # mark each curriculum advance with its new number of pairs
             if curve[i][1] != curve[i - 1][1]:
                 ax.annotate(str(curve[i][1]), (curve[i][0], 100 * curve[i][2]), fontsize=7, color=line.get_color())
@@ -182,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     table = summarise(name, base, rows, args)
     command = "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / f"{name}.md").write_text(table + f"\nCommand: `{command}`; torch threads per run: {args.threads}.\n")
-    (out / f"{name}.json").write_text(json.dumps({"name": name, "spec": base, "target": args.target,
-                                                  "seeds": rows}, indent=1) + "\n")
+    (out / f"{name}.json").write_text(
+        json.dumps({"name": name, "spec": base, "target": args.target, "seeds": rows}, indent=1) + "\n"
+    )
     if rows:
         plot(out / f"{name}.png", rows, f"time to accuracy: {name}")
     print(table)

@@ -25,9 +25,9 @@ import torch
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint, load_spec
 from gradmem.checkpoint import recover
-from gradmem.serve.cli_memory import add_memory_commands
 from gradmem.data import save_jsonl
 from gradmem.errors import ConfigError, GradmemError
+from gradmem.serve.cli_memory import add_memory_commands
 from gradmem.spec_check import validate_spec
 
 
@@ -54,7 +54,9 @@ def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     a, b = _flat(before), _flat(after)
-    return [f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [
+        f"{k} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+    ]
 
 
 def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,7 +72,9 @@ def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
     saved = load_spec(last)
     refused = [item for item in args.set or [] if not item.startswith("train.")]
     if refused:
-        raise ConfigError(f"--resume continues the spec saved in {last}; only train.* settings may change, not {refused}")
+        raise ConfigError(
+            f"--resume continues the spec saved in {last}; only train.* settings may change, not {refused}"
+        )
     spec = apply_overrides(saved, args.set or [])
     validate_spec(spec)
     for change in _changes(saved, spec):
@@ -78,8 +82,11 @@ def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.config is not None:
         ignored = _changes(saved, _load_spec(args, overrides=False))
         if ignored:
-            print(f"resume: {args.config} differs from the saved spec in {len(ignored)} setting(s), ignored: "
-                  + "; ".join(ignored), file=sys.stderr)
+            print(
+                f"resume: {args.config} differs from the saved spec in {len(ignored)} setting(s), ignored: "
+                + "; ".join(ignored),
+                file=sys.stderr,
+            )
     return spec
 
 
@@ -99,8 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.update(record["step"] - bar.n)
         else:
             curve = ", ".join(f"{x:.3f}" for x in record["write_loss"])
-            bar.write(f"step {record['step']} stage {record['stage']}: EM {record['exact_match']:.3f} "
-                      f"token acc {record['token_accuracy']:.3f} write loss [{curve}]", file=sys.stderr)
+            bar.write(
+                f"step {record['step']} stage {record['stage']}: EM {record['exact_match']:.3f} "
+                f"token acc {record['token_accuracy']:.3f} write loss [{curve}]",
+                file=sys.stderr,
+            )
 
     trainer = Trainer.from_spec(model, spec, args.out, on_log)
     resumed = args.resume and trainer.resume()  # a partial or damaged last/ raises: never a silent restart
@@ -113,8 +123,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.time()
     final = trainer.train()
     bar.close()
-    summary = {"step": trainer.step, "stage": trainer.stage, "exact_match": final.get("exact_match"),
-               "seconds": round(time.time() - started, 1), "out": str(args.out)}
+    summary = {
+        "step": trainer.step,
+        "stage": trainer.stage,
+        "exact_match": final.get("exact_match"),
+        "seconds": round(time.time() - started, 1),
+        "out": str(args.out),
+    }
     print(json.dumps(summary))
     return 0
 
@@ -123,23 +138,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gradmem.evaluate import evaluate
 
     model, task, spec = load_checkpoint(args.checkpoint)
+    answers = None  # free-text ground truths of a question file (SQuAD EM / F1 of generated answers)
     if args.data:
-        from gradmem.data_files import load_examples
+        from gradmem.data_files import load_data_file
 
-        examples = load_examples(args.data, task, model.max_sequence_tokens)  # a bad line: one-line error, rc 2
+        data = load_data_file(args.data, task, model.max_sequence_tokens)  # a bad line: one-line error, rc 2
+        examples, answers = data.examples, data.answers
     else:
         seed = spec.get("train", {}).get("seed", 0) if args.seed is None else args.seed
         examples = task.make_split(args.split, args.examples, seed)
     results = []
-    for steps in ([None] if args.steps is None else [int(s) for s in args.steps.split(",")]):
-        result = evaluate(model, examples, args.batch_size, steps=steps, lr=args.lr, generate=args.generate,
-                          eos_id=None, pad_id=task.tokenizer.pad_id)
+    for steps in [None] if args.steps is None else [int(s) for s in args.steps.split(",")]:
+        result = evaluate(
+            model,
+            examples,
+            args.batch_size,
+            steps=steps,
+            lr=args.lr,
+            generate=args.generate,
+            eos_id=None,
+            pad_id=task.tokenizer.pad_id,
+        )
+        if answers is not None and args.generate:
+            from gradmem.text_eval import score_answers
+
+            text = score_answers(model, task.tokenizer, examples, answers, batch_size=args.batch_size, steps=steps)
+            result.update(text_exact_match=text["exact_match"], text_f1=text["f1"])
         results.append({"write_steps": steps, **result})
         print(json.dumps(results[-1]), flush=True)
     if args.out:
         source = {"data": args.data} if args.data else {"split": args.split}
-        Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint, "task": task.describe(), **source,
-                                              "results": results}, indent=2))
+        Path(args.out).write_text(
+            json.dumps({"checkpoint": args.checkpoint, "task": task.describe(), **source, "results": results}, indent=2)
+        )
     return 0
 
 
@@ -174,20 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="meta-train a model from a JSON run spec")
-    p.add_argument("--config", default=None, help="JSON run spec (task, backbone, method, train); "
-                   "with --resume of an existing run the spec saved in OUT/last is used")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. train.steps=100 method.write.steps=1 "
-                   "(on --resume only train.* ones, each printed as a change)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="JSON run spec (task, backbone, method, train); "
+        "with --resume of an existing run the spec saved in OUT/last is used",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides, e.g. train.steps=100 method.write.steps=1 "
+        "(on --resume only train.* ones, each printed as a change)",
+    )
     p.add_argument("--out", required=True, help="run folder: metrics.jsonl, last/ and best/ checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last if it exists (a damaged or partial "
-                   "last/ is refused with the reason)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/last if it exists (a damaged or partial last/ is refused with the reason)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out data")
     p.add_argument("checkpoint")
-    p.add_argument("--data", default=None, metavar="FILE.jsonl",
-                   help="score these examples instead of a generated split: strings {context, query, target} "
-                        "tokenised with the checkpoint's tokenizer, or token ids as `gradmem data` writes them")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE.jsonl",
+        help="score these examples instead of a generated split: strings {context, query, target} "
+        "tokenised with the checkpoint's tokenizer, or token ids as `gradmem data` writes them",
+    )
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--examples", type=positive_int, default=1000)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the run's seed)")

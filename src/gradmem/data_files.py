@@ -1,9 +1,12 @@
 """Examples from a user's JSONL file, for `gradmem eval --data`.
 
-Two kinds of line are read, one JSON object per line:
+Three kinds of line are read, one JSON object per line:
 - strings, tokenised with the task's tokenizer and scored as the task's own splits:
   {"context": "!ab:cd!!ef:gh!|", "query": "?!ab:", "target": "cd!|"}
 - token ids, as `gradmem data` writes them: {"context": [...], "query": [...], "target": [...], "answer_len": 2}
+- questions with free-text answers (a file of these only; gradmem.tasks.qa), laid out as the QA
+  tasks lay them out and also scored by SQuAD EM / F1 of generated answers:
+  {"context": "...", "question": "...", "answer": "..."} (or "answers": [...])
 A line that does not fit (bad JSON, a missing field, a character the tokenizer does not know, ids
 outside the vocabulary, too many tokens for the model) raises a ValueError naming its line.
 """
@@ -11,21 +14,60 @@ outside the vocabulary, too many tokens for the model) raises a ValueError namin
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gradmem.data import Example
+from gradmem.tasks.qa import load_questions
+from gradmem.tasks.squad import squad_example
 from gradmem.tokenizers import unknown_characters
 
 TEXT_FIELDS = ("context", "query", "target")
 
 
-def load_examples(path: str | Path, task: Any, max_tokens: int | None = None) -> list[Example]:
-    """Every example of `path`; `task` tokenises string lines (its `encode_strings`).
+@dataclass
+class DataFile:
+    """The examples of a data file, and the answer texts when it holds free-text questions."""
+
+    examples: list[Example]
+    answers: list[tuple[str, ...]] | None = None  # ground truths per example, for EM / F1; None otherwise
+
+
+def load_data_file(path: str | Path, task: Any, max_tokens: int | None = None) -> DataFile:
+    """Every example of `path`, tokenised with `task`'s tokenizer (see the module docstring).
 
     `max_tokens`: the most tokens the model takes after its memory (`MemoryModel.max_sequence_tokens`),
     for the context and for query + target alike; None = no limit.
     """
+    if _is_question_file(path):
+        items = load_questions(path)
+        examples = []
+        for item in items:
+            try:
+                for name, text in (("context", item.context), ("question", item.question), ("answer", item.answers[0])):
+                    _check_known(task.tokenizer, name, text)
+                example = squad_example(task.tokenizer, item.context, item.question, item.answers[0])
+                _check_fits(example, task.tokenizer.vocab_size, max_tokens)
+            except ValueError as err:
+                raise ValueError(f"{path}:{item.id.rsplit(':', 1)[-1]}: {err}") from None
+            examples.append(example)
+        return DataFile(examples, [item.answers for item in items])
+    return DataFile(load_examples(path, task, max_tokens))
+
+
+def _is_question_file(path: str | Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return False  # load_examples names the line
+    return isinstance(record, dict) and "question" in record
+
+
+def load_examples(path: str | Path, task: Any, max_tokens: int | None = None) -> list[Example]:
+    """Every context/query/target example of `path` (strings through `task.encode_strings`, or ids)."""
     examples = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -59,14 +101,17 @@ def _parse(record: Any, task: Any) -> Example:
 
 
 def _encode(task: Any, record: dict[str, str]) -> Example:
-    tokenizer = task.tokenizer
     for name in TEXT_FIELDS:
         if not record[name].strip():
             raise ValueError(f"{name} is empty")
-        if tokenizer.unk_id is not None and tokenizer.unk_id in tokenizer.encode(record[name]):
-            named = unknown_characters(tokenizer, record[name]) or ["some words"]
-            raise ValueError(f"{name} has characters outside the tokenizer's vocabulary: {', '.join(named)}")
+        _check_known(task.tokenizer, name, record[name])
     return task.encode_strings(record["context"], record["query"], record["target"])
+
+
+def _check_known(tokenizer: Any, name: str, text: str) -> None:
+    if tokenizer.unk_id is not None and tokenizer.unk_id in tokenizer.encode(text):
+        named = unknown_characters(tokenizer, text) or ["some words"]
+        raise ValueError(f"{name} has characters outside the tokenizer's vocabulary: {', '.join(named)}")
 
 
 def _check_fits(example: Example, vocab_size: int, max_tokens: int | None) -> None:
@@ -79,5 +124,7 @@ def _check_fits(example: Example, vocab_size: int, max_tokens: int | None) -> No
     if len(example.context) > max_tokens:
         raise ValueError(f"context has {len(example.context)} tokens; the model writes at most {max_tokens}")
     if len(example.query) + len(example.target) > max_tokens:
-        raise ValueError(f"query + target have {len(example.query) + len(example.target)} tokens; "
-                         f"the model reads at most {max_tokens}")
+        raise ValueError(
+            f"query + target have {len(example.query) + len(example.target)} tokens; "
+            f"the model reads at most {max_tokens}"
+        )

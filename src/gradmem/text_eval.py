@@ -6,7 +6,8 @@ normalised strings against several ground truths, so answers are generated and d
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -16,8 +17,14 @@ from gradmem.sequence import generated_rows
 from gradmem.tasks.squad import SquadItem, squad_scores
 
 
-def generate_answers(model: MemoryModel, tokenizer: Any, examples: Sequence[Example], max_new_tokens: int = 16,
-                     batch_size: int = 16, steps: int | None = None) -> list[str]:
+def generate_answers(
+    model: MemoryModel,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    steps: int | None = None,
+) -> list[str]:
     """Write each example's context, generate greedily from [memory; query] until EOS, decode."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -33,9 +40,35 @@ def generate_answers(model: MemoryModel, tokenizer: Any, examples: Sequence[Exam
     return answers
 
 
-def evaluate_squad(model: MemoryModel, task: Any, items: Sequence[SquadItem], max_new_tokens: int = 16,
-                   batch_size: int = 16, steps: int | None = None) -> dict[str, Any]:
-    """SQuAD EM / F1 (%) of generated answers against every ground truth of each item."""
-    predictions = generate_answers(model, task.tokenizer, [task.to_example(i) for i in items],
-                                   max_new_tokens, batch_size, steps)
-    return {**squad_scores(predictions, [i.answers for i in items]), "predictions": predictions}
+def score_answers(
+    model: MemoryModel,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    answers: Sequence[Sequence[str]],
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """SQuAD EM / F1 (%) of the answers generated for `examples` against each one's ground truths."""
+    predictions = generate_answers(model, tokenizer, examples, max_new_tokens, batch_size, steps)
+    return {**squad_scores(predictions, answers), "predictions": predictions}
+
+
+def evaluate_squad(
+    model: MemoryModel,
+    task: Any,
+    items: Sequence[SquadItem],
+    max_new_tokens: int = 16,
+    batch_size: int = 16,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """SQuAD EM / F1 (%) of generated answers for a QA task's items (squad, qa)."""
+    return score_answers(
+        model,
+        task.tokenizer,
+        [task.to_example(i) for i in items],
+        [i.answers for i in items],
+        max_new_tokens,
+        batch_size,
+        steps,
+    )

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 from gradmem.tasks.babi import BabiConfig, BabiTask
 from gradmem.tasks.kv import KVConfig, KVTask, generate_kv, kv_tokenizer
+from gradmem.tasks.qa import QAConfig, QATask
 from gradmem.tasks.squad import SquadConfig, SquadTask
 from gradmem.tasks.text import TextConfig, TextTask
 
-TASKS: dict[str, type] = {"kv": KVTask, "babi": BabiTask, "squad": SquadTask, "text": TextTask}
+TASKS: dict[str, type] = {"kv": KVTask, "babi": BabiTask, "squad": SquadTask, "text": TextTask, "qa": QATask}
 
 
-__all__ = ["TASKS", "KVConfig", "KVTask", "generate_kv", "kv_tokenizer",
-           "BabiConfig", "BabiTask", "SquadConfig", "SquadTask", "TextConfig", "TextTask"]
+__all__ = [
+    "TASKS",
+    "KVConfig",
+    "KVTask",
+    "generate_kv",
+    "kv_tokenizer",
+    "BabiConfig",
+    "BabiTask",
+    "QAConfig",
+    "QATask",
+    "SquadConfig",
+    "SquadTask",
+    "TextConfig",
+    "TextTask",
+]

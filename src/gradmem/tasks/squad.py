@@ -15,9 +15,10 @@ import re
 import string
 import zlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from gradmem.data import Example, answer_example
 
@@ -49,8 +50,15 @@ def load_squad(path: str | Path) -> list[SquadItem]:
                 answers = qa.get("answers") or []
                 if not answers:
                     continue  # v2.0-style unanswerable questions have no span
-                items.append(SquadItem(str(qa["id"]), paragraph["context"], qa["question"],
-                                       tuple(a["text"] for a in answers), int(answers[0]["answer_start"])))
+                items.append(
+                    SquadItem(
+                        str(qa["id"]),
+                        paragraph["context"],
+                        qa["question"],
+                        tuple(a["text"] for a in answers),
+                        int(answers[0]["answer_start"]),
+                    )
+                )
     return items
 
 
@@ -130,6 +138,12 @@ class SquadConfig:
             raise ValueError(f"valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
 
 
+def squad_example(tokenizer: Any, context: str, question: str, answer: str) -> Example:
+    """A question laid out as the paper's extractive-QA tasks: the query "\nQuestion: ...\nAnswer:",
+    the target " answer" then EOS, all of the answer scored."""
+    return answer_example(tokenizer, context, f"\nQuestion: {question}\nAnswer:", " " + answer)
+
+
 class SquadTask:
     """(Short) SQuAD for the task registry. Splits are a fixed partition by question-id hash, so a
     user with one file (e.g. the dev set) still gets disjoint train / valid / test questions."""
@@ -165,7 +179,7 @@ class SquadTask:
         return rng.sample(pool, min(num_examples, len(pool)))
 
     def to_example(self, item: SquadItem) -> Example:
-        return answer_example(self.tokenizer, item.context, f"\nQuestion: {item.question}\nAnswer:", " " + item.answers[0])
+        return squad_example(self.tokenizer, item.context, item.question, item.answers[0])
 
     def encode_strings(self, context: str, query: str, target: str) -> Example:
         """An example from text laid out as the task lays it out (see `to_example`); EOS is added."""

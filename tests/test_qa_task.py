@@ -1,0 +1,101 @@
+"""Your own question files: the `qa` task, `gradmem eval --data` on free-text questions, EM / F1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY
+
+from gradmem.build import build_model, save_checkpoint
+from gradmem.cli import main
+from gradmem.data_files import load_data_file
+from gradmem.tasks import QATask
+from gradmem.tasks.qa import load_questions
+from gradmem.tasks.squad import squad_example
+from gradmem.text_eval import score_answers
+from gradmem.tokenizers import word_tokenizer
+
+LINES = [
+    {"context": "Mary went to the kitchen . John took the apple .", "question": "Where is Mary ?", "answer": "kitchen"},
+    {"context": "Sandra moved to the garden .", "question": "Where is Sandra ?", "answers": ["garden", "the garden"]},
+    {"context": "Daniel journeyed to the office .", "question": "Where is Daniel ?", "answer": "office"},
+]
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tokenizer_spec() -> dict:
+    texts = [v for line in LINES for v in line.values() if isinstance(v, str)]
+    return word_tokenizer(texts + ["Question Answer : garden the"]).to_dict()
+
+
+def test_questions_load_with_one_or_several_answers(tmp_path):
+    items = load_questions(write_lines(tmp_path / "q.jsonl", LINES))
+    assert [i.answers for i in items] == [("kitchen",), ("garden", "the garden"), ("office",)]
+    assert items[1].context == LINES[1]["context"] and items[1].question == "Where is Sandra ?"
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ({"context": "x", "question": "y"}, 'needs "context", "question" and "answer"'),
+        ({"context": "x", "question": "y", "answer": "  "}, "non-empty strings"),
+        ({"context": "x", "question": "y", "answers": []}, "non-empty strings"),
+        ('"just a string"', "expected a JSON object"),
+    ],
+)
+def test_a_bad_question_line_is_named(tmp_path, line, message):
+    path = write_lines(tmp_path / "q.jsonl", [LINES[0], line])
+    with pytest.raises(ValueError, match=message) as err:
+        load_questions(path)
+    assert str(err.value).startswith(f"{path}:2: ")
+
+
+def test_qa_task_splits_and_layout(tmp_path, tokenizer_spec):
+    path = write_lines(tmp_path / "q.jsonl", LINES)
+    task = QATask(train=str(path), tokenizer=tokenizer_spec)
+    examples = task.make_split("train", 10, seed=0)  # asks for more than there are: each question once
+    assert len(examples) == 3
+    expected = {
+        tuple(squad_example(task.tokenizer, i.context, i.question, i.answers[0]).target) for i in task.items("train")
+    }
+    assert {tuple(e.target) for e in examples} == expected
+    assert all(e.target[-1] == task.tokenizer.eos_id and e.answer_len == len(e.target) - 1 for e in examples)
+    with pytest.raises(ValueError, match="no valid file"):
+        task.make_split("valid", 1, seed=0)
+    with pytest.raises(ValueError, match="at least one of train / valid / test"):
+        QATask(tokenizer=tokenizer_spec)
+
+
+def test_eval_data_scores_free_text_answers(tmp_path, tokenizer_spec, capsys):
+    path = write_lines(tmp_path / "q.jsonl", LINES)
+    spec = {
+        "task": {"name": "qa", "test": str(path), "tokenizer": tokenizer_spec},
+        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+        "train": {},
+    }
+    torch.manual_seed(0)
+    model = build_model(spec)
+    save_checkpoint(tmp_path / "ck", model, spec)
+    data = load_data_file(path, QATask(test=str(path), tokenizer=tokenizer_spec), model.max_sequence_tokens)
+    assert data.answers == [("kitchen",), ("garden", "the garden"), ("office",)]
+    assert main(["eval", str(tmp_path / "ck"), "--data", str(path), "--generate", "--batch-size", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["examples"] == 3.0 and "generated_exact_match" in result
+    # the CLI's scores are SQuAD's EM / F1 (percent) of the answers this model generates from memory
+    direct = score_answers(
+        model.eval(),
+        QATask(test=str(path), tokenizer=tokenizer_spec).tokenizer,
+        data.examples,
+        data.answers,
+        batch_size=2,
+    )
+    assert (result["text_exact_match"], result["text_f1"]) == (direct["exact_match"], direct["f1"])
