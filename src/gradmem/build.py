@@ -53,7 +53,9 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
     backbone = build_backbone(spec["backbone"], vocab_size=task.tokenizer.vocab_size)
     method_spec = dict(spec["method"])
     method = build_method(method_spec.pop("name"), backbone, method_spec)
-    return MemoryModel(backbone, method, read_loss=spec.get("train", {}).get("read_loss", "example"))
+    model = MemoryModel(backbone, method, read_loss=spec.get("train", {}).get("read_loss", "example"))
+    method.init_from_backbone(backbone)  # last: the draws of everything above keep their order
+    return model
 
 
 def save_checkpoint(

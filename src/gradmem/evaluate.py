@@ -20,25 +20,36 @@ def evaluate(
     generate: bool = False,
     eos_id: int | None = None,
     pad_id: int = 0,
+    swap_check: bool = False,
+    measure_final: bool = False,
 ) -> dict[str, float | list[float]]:
     """Score a model on held-out examples. `steps`/`lr` override the WRITE config (test-time K).
 
     Returns exact_match (teacher forced, answer tokens only), token_accuracy (all target tokens),
     loss (READ cross-entropy), write_loss (mean reconstruction loss before each WRITE step) and,
-    with `generate`, generated_exact_match (greedy decoding).
+    with `generate`, generated_exact_match (greedy decoding). With `swap_check`, loss_swapped: the
+    READ loss when each query reads the memory of the previous example in its batch (the last
+    example's for the first) -- no higher than `loss` means the answers do not come from the memory;
+    a batch of one reads its own. With `measure_final`, write_loss_final: the mean reconstruction
+    loss after the last WRITE step (methods that write by gradient steps only).
     """
     if not examples:
         raise ValueError("evaluate needs at least one example")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    em = correct = total = loss_sum = gen_em = 0.0
+    em = correct = total = loss_sum = gen_em = swapped_sum = final_sum = 0.0
     write_curve: torch.Tensor | None = None
     with torch.no_grad():
         for batch in iterate_batches(examples, batch_size, pad_id):
             batch = batch.to(device)
-            memory = model.write(batch.context, steps=steps, lr=lr)
+            memory = model.write(batch.context, steps=steps, lr=lr, measure_final=measure_final)
             read = model.read(memory, batch.query, batch.target)
+            if swap_check:
+                other = memory.select(torch.arange(len(memory), device=device).roll(1))  # row i <- row i - 1
+                swapped_sum += model.read(other, batch.query, batch.target).per_example_loss.sum().item()
+            if memory.stats is not None and memory.stats.final_loss is not None:
+                final_sum += memory.stats.final_loss.sum().item()
             em += exact_match_from_logits(read.logits, batch).float().sum().item()
             c, t = token_accuracy(read.logits, batch)
             correct, total = correct + c.item(), total + t.item()
@@ -60,4 +71,8 @@ def evaluate(
     }
     if generate:
         result["generated_exact_match"] = gen_em / n
+    if swap_check:
+        result["loss_swapped"] = swapped_sum / n
+    if measure_final and write_curve is not None:
+        result["write_loss_final"] = final_sum / n
     return result

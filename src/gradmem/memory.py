@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from gradmem.backbones.base import Backbone
+
 
 @dataclass
 class WriteStats:
@@ -84,6 +86,31 @@ class Memory:
         return Memory(self.prefix.expand(times, -1, -1), lengths, None, None, states)
 
 
+MEMORY_INITS = ("normal", "mean_embedding")
+
+
 def initial_memory(num_memory: int, width: int, init_std: float) -> nn.Parameter:
     """M0: the learned (m, D) memory every write starts from, normal(0, init_std)."""
     return nn.Parameter(torch.randn(num_memory, width) * init_std)
+
+
+def mean_embedding(backbone: Backbone) -> Tensor:
+    """(D,) mean input embedding over the vocabulary (with any model-specific scaling applied)."""
+    with torch.no_grad():
+        ids = torch.arange(backbone.vocab_size, device=backbone.head_weight().device)
+        return backbone.embed(ids[None])[0].mean(0)
+
+
+def init_memory0(memory0: nn.Parameter, backbone: Backbone, init: str) -> None:
+    """Re-initialise M0 from the finished backbone when `init` asks for it ("normal" keeps the draw).
+
+    "mean_embedding": every row is the mean input embedding plus normal(0, 0.01) noise, a vector of
+    the kind a pretrained model has seen as input (a normal(0, 0.02) M0 is far from its embeddings).
+    The noise is drawn here, after the whole model is built, so a spec with this option draws the
+    same random numbers in the same order as the scripts that set M0 by hand after build_model.
+    """
+    if init not in MEMORY_INITS:
+        raise ValueError(f"unknown memory init {init!r}; valid: {list(MEMORY_INITS)}")
+    if init == "mean_embedding":
+        with torch.no_grad():
+            memory0.copy_(mean_embedding(backbone).expand_as(memory0) + 0.01 * torch.randn_like(memory0))

@@ -13,15 +13,9 @@ from __future__ import annotations
 import torch
 
 from gradmem.backbones.base import Backbone
+from gradmem.memory import mean_embedding
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
-
-
-def mean_embedding(backbone: Backbone) -> torch.Tensor:
-    """(D,) mean input embedding over the vocabulary (with any model-specific scaling applied)."""
-    with torch.no_grad():
-        ids = torch.arange(backbone.vocab_size, device=backbone.head_weight().device)
-        return backbone.embed(ids[None])[0].mean(0)
 
 
 def training_free_model(backbone: Backbone, num_memory: int = 4, steps: int = 25, lr: float = 0.02) -> MemoryModel:
@@ -37,3 +31,6 @@ def training_free_model(backbone: Backbone, num_memory: int = 4, steps: int = 25
         model.method.memory0.copy_(mean_embedding(backbone).expand_as(model.method.memory0))
     model.requires_grad_(False)  # nothing here is trained; WRITE still differentiates w.r.t. the memory
     return model.eval()
+
+
+__all__ = ["mean_embedding", "training_free_model"]

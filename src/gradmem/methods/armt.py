@@ -151,6 +151,9 @@ class ARMT(nn.Module):
         """F, the width of phi's output and of every key."""
         return 2 * self.config.nu * self.config.key_size
 
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        pass  # M0 and the layer maps keep their normal draw
+
     def prefix_size(self) -> int:
         return 0  # the memory lives in the layers' associative matrices, not in a prefix
 

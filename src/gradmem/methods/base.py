@@ -28,6 +28,11 @@ class MemoryMethod(Protocol):
         method (an inner lr for a forward writer) are ignored by it."""
         ...
 
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        """Initialisation that needs the finished backbone (e.g. M0 = its mean embedding); build_model
+        calls it last, so the random draws of everything built before keep their order."""
+        ...
+
     def prefix_size(self) -> int:
         """Vectors READ sees before the query (0 for a method without a prefix)."""
         ...

@@ -31,6 +31,9 @@ class FullContext(nn.Module):
     def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
         return Memory(backbone.embed(context.ids), context.lengths)
 
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        pass  # nothing learned to initialise
+
     def prefix_size(self) -> int:
         return 0  # the prefix is the context itself, counted with it
 
@@ -57,6 +60,9 @@ class NoContext(nn.Module):
     def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
         embeds = backbone.embed(context.ids[:, :0])  # (B, 0, D)
         return Memory(embeds)
+
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        pass  # nothing learned to initialise
 
     def prefix_size(self) -> int:
         return 0

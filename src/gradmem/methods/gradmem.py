@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from gradmem.backbones.base import Backbone
 from gradmem.data import TokenBatch
-from gradmem.memory import Memory, WriteStats, initial_memory
+from gradmem.memory import MEMORY_INITS, Memory, WriteStats, init_memory0, initial_memory
 from gradmem.sequence import per_example_cross_entropy
 from gradmem.write import WriteConfig, WriteOptions, write
 
@@ -34,6 +34,7 @@ class GradMemConfig:
     write_head: bool = True  # separate reconstruction head initialised from the LM head
     control_tokens: bool = False  # learned vectors placed before and after the memory
     init_std: float = 0.02  # std of the normal initialisation of M0
+    init: str = "normal"  # M0: "normal" (init_std) | "mean_embedding" (the backbone's mean input embedding + noise)
     projection_bias: bool = False  # "linear" projection with a trainable bias, zero at init (the reference code's)
     inner_loss_weight: float = 0.0  # weight of the WRITE loss added to the training loss
     inner_loss_steps: str = "all"  # which WRITE losses that term averages: "all" K steps | "last" (reference code)
@@ -49,6 +50,8 @@ class GradMemConfig:
             raise ValueError(f"num_memory must be >= 1, got {self.num_memory}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {self.projection!r}; valid: {list(PROJECTIONS)}")
+        if self.init not in MEMORY_INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {list(MEMORY_INITS)}")
         if self.init_std <= 0 or self.inner_loss_weight < 0:
             raise ValueError("init_std must be > 0 and inner_loss_weight >= 0")
         if self.inner_loss_steps not in INNER_LOSS_STEPS:
@@ -75,6 +78,10 @@ class GradMem(nn.Module):
             with torch.no_grad():
                 self.write_head.weight.copy_(backbone.head_weight())
         self.control = nn.Parameter(torch.randn(2, d) * cfg.init_std) if cfg.control_tokens else None
+
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        """M0 from the finished backbone when the config asks for it (gradmem.memory.init_memory0)."""
+        init_memory0(self.memory0, backbone, self.config.init)
 
     def prefix_size(self) -> int:
         """Vectors READ sees: m, plus 2 control tokens if enabled."""

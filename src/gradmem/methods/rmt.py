@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gradmem.backbones.base import Backbone
 from gradmem.data import TokenBatch
-from gradmem.memory import Memory, initial_memory
+from gradmem.memory import MEMORY_INITS, Memory, init_memory0, initial_memory
 from gradmem.sequence import append_after, gather_positions
 from gradmem.write import WriteOptions
 
@@ -35,6 +35,7 @@ class RMTConfig:
         "linear"  # "none" | "linear" (shared d x d, init identity) applied before the memory enters the model
     )
     init_std: float = 0.02  # std of the normal initialisation of M0
+    init: str = "normal"  # M0: "normal" (init_std) | "mean_embedding" (the backbone's mean input embedding + noise)
     steps: int = 1  # K, forward passes over the context ("RMT xK"); may be overridden at evaluation time
 
     def __post_init__(self) -> None:
@@ -42,6 +43,8 @@ class RMTConfig:
             raise ValueError(f"num_memory must be >= 1, got {self.num_memory}")
         if self.projection not in RMT_PROJECTIONS:
             raise ValueError(f"unknown projection {self.projection!r}; valid: {list(RMT_PROJECTIONS)}")
+        if self.init not in MEMORY_INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {list(MEMORY_INITS)}")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
         if self.steps < 0:
@@ -59,6 +62,10 @@ class RMT(nn.Module):
         d = backbone.hidden_size
         self.memory0 = initial_memory(cfg.num_memory, d, cfg.init_std)  # (m, D)
         self.projection = nn.Parameter(torch.eye(d)) if cfg.projection == "linear" else None  # (D, D)
+
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        """M0 from the finished backbone when the config asks for it (gradmem.memory.init_memory0)."""
+        init_memory0(self.memory0, backbone, self.config.init)
 
     def prefix_size(self) -> int:
         """Vectors READ sees (the model's position check counts both memory copies, see `write`)."""
