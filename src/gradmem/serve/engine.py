@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,38 +25,11 @@ from gradmem.memory import Memory
 from gradmem.methods.gradmem import GradMem
 from gradmem.model import MemoryModel
 from gradmem.sequence import generated_rows
+from gradmem.serve.engine_config import EngineConfig, StepCallback, WriteResult
 from gradmem.serve.fidelity import reconstruction_report
 from gradmem.serve.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.serve.store import MemoryStore, memory_key, store_errors
 from gradmem.tokenizers import unknown_characters
-
-StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
-
-
-@dataclass
-class EngineConfig:
-    """Limits and defaults of an engine."""
-
-    max_blocks: int = 16  # most memory blocks (chunks) one text may be written into
-    chunk_tokens: int | None = None  # tokens per chunk; None = as many as the window allows
-    max_new_tokens: int = 8  # default answer length
-    stop: str | None = None  # answers are cut after the first occurrence of this string
-    cache_memories: int = 256  # loaded memories kept in RAM
-
-    def __post_init__(self) -> None:
-        if self.max_blocks < 1 or self.max_new_tokens < 1 or self.cache_memories < 0:
-            raise ValueError("max_blocks and max_new_tokens must be >= 1, cache_memories >= 0")
-        if self.chunk_tokens is not None and self.chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
-
-
-@dataclass
-class WriteResult:
-    """One written (or found) memory."""
-
-    id: str
-    created: bool  # False when the store already held it (the write cost nothing)
-    meta: dict[str, Any] = field(repr=False)
 
 
 class Engine:
@@ -304,3 +276,6 @@ def _select_stats(stats: Any, rows: Tensor) -> Any:
         final_loss=None if stats.final_loss is None else stats.final_loss[rows],
         steps_taken=None if stats.steps_taken is None else stats.steps_taken[rows],
     )
+
+
+__all__ = ["Engine", "EngineConfig", "StepCallback", "WriteResult"]

@@ -21,17 +21,14 @@ import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
 
 from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
 from gradmem.serve.batcher import Batcher
-from gradmem.serve.budget import Budget
 from gradmem.serve.engine import Engine
 from gradmem.serve.http_guard import (
     BodyGuard,
@@ -44,96 +41,10 @@ from gradmem.serve.http_guard import (
     status_of,
 )
 from gradmem.serve.memory_io import FORMAT_VERSION
+from gradmem.serve.schemas import Answers, AskBody, WriteBody
+from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
-
-
-@dataclass
-class ServiceConfig:
-    """Limits, batching and access of the service."""
-
-    max_body_bytes: int = 1 << 20  # larger request bodies get 413
-    max_questions: int = 64  # questions per ask request
-    max_new_tokens: int = 64  # the most answer tokens a request may ask for
-    rate_per_second: float = 50.0  # sustained requests per second per client (keyed on the socket peer)
-    rate_burst: int = 100  # requests a client may send at once
-    max_batch: int = 32  # most requests run as one model batch
-    batch_wait_ms: float = 5.0  # how long the first request of a batch waits for company
-    request_timeout_s: float = 30.0  # a request not done by then gets 503 (a queued one is dropped unrun)
-    body_timeout_s: float = 10.0  # a request body not fully received by then gets 408
-    max_queue: int = 1024  # requests waiting for the model beyond this get 503 at once
-    api_key: str | None = None  # if set, writes and deletes need it (Authorization: Bearer KEY / X-API-Key)
-    protect_reads: bool = False  # with api_key: listing, showing and asking need it too
-    budget: Budget = field(default_factory=Budget)  # work limits per request and per batch
-
-    def __post_init__(self) -> None:
-        if (
-            min(
-                self.max_body_bytes,
-                self.max_questions,
-                self.max_new_tokens,
-                self.rate_burst,
-                self.max_batch,
-                self.max_queue,
-            )
-            < 1
-        ):
-            raise ValueError("service limits must be >= 1")
-        positive = (self.rate_per_second, self.request_timeout_s, self.body_timeout_s)
-        if not all(math.isfinite(x) and x > 0 for x in positive) or not 0 <= self.batch_wait_ms < math.inf:
-            raise ValueError("rate_per_second and the timeouts must be finite and > 0, batch_wait_ms >= 0")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("api_key must not be empty")
-
-    def limits(self) -> dict[str, Any]:
-        """The limits clients may see (/version): everything but the key."""
-        return {k: v for k, v in asdict(self).items() if k != "api_key"} | {
-            "api_key_required": self.api_key is not None
-        }
-
-
-def _clean_text(value: str, what: str) -> str:
-    """Refuse text UTF-8 cannot carry (lone surrogates) or with nothing but whitespace."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(
-            f"{what} contains a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}"
-        ) from None
-    if not value.strip():
-        raise ValueError(f"{what} is empty or only whitespace")
-    return value
-
-
-class WriteBody(BaseModel):
-    text: str = Field(min_length=1, description="the context to write into memory")
-    steps: int | None = Field(None, ge=0, description="maximum WRITE steps (default: the checkpoint's)")
-    lr: float | None = Field(
-        None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)"
-    )
-    target_loss: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="stop each chunk once its reconstruction loss <= this"
-    )
-
-    @field_validator("text")
-    @classmethod
-    def _text(cls, value: str) -> str:
-        return _clean_text(value, "text")
-
-
-class AskBody(BaseModel):
-    questions: list[str] = Field(min_length=1, description="one or many questions about the memory")
-    max_new_tokens: int | None = Field(None, ge=1, description="answer length in tokens")
-
-    @field_validator("questions")
-    @classmethod
-    def _questions(cls, value: list[str]) -> list[str]:
-        return [_clean_text(q, f"question {i}") for i, q in enumerate(value)]
-
-
-class Answers(BaseModel):
-    id: str
-    answers: list[dict[str, str]]
 
 
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
@@ -315,20 +226,4 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
     return app
 
 
-def server_config(
-    app: FastAPI, host: str, port: int, trust_proxy: str | None = None, log_level: str = "warning"
-) -> Any:
-    """The uvicorn configuration `gradmem serve` runs. Proxy headers are applied only from the
-    addresses in `trust_proxy`; without it the rate limit sees the socket peer, whatever
-    X-Forwarded-For a client sends (uvicorn would otherwise trust it from loopback)."""
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        proxy_headers=trust_proxy is not None,
-        forwarded_allow_ips=trust_proxy or "",
-        timeout_keep_alive=5,
-    )
+__all__ = ["ServiceConfig", "create_app", "server_config"]

@@ -1,0 +1,50 @@
+"""Request and response bodies of the HTTP service (gradmem.serve.service), validated by pydantic:
+text UTF-8 cannot carry or that is only whitespace is refused before it reaches the model."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+
+def _clean_text(value: str, what: str) -> str:
+    """Refuse text UTF-8 cannot carry (lone surrogates) or with nothing but whitespace."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(
+            f"{what} contains a lone surrogate (U+{ord(value[err.start]):04X}) at character {err.start}"
+        ) from None
+    if not value.strip():
+        raise ValueError(f"{what} is empty or only whitespace")
+    return value
+
+
+class WriteBody(BaseModel):
+    text: str = Field(min_length=1, description="the context to write into memory")
+    steps: int | None = Field(None, ge=0, description="maximum WRITE steps (default: the checkpoint's)")
+    lr: float | None = Field(
+        None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)"
+    )
+    target_loss: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="stop each chunk once its reconstruction loss <= this"
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _clean_text(value, "text")
+
+
+class AskBody(BaseModel):
+    questions: list[str] = Field(min_length=1, description="one or many questions about the memory")
+    max_new_tokens: int | None = Field(None, ge=1, description="answer length in tokens")
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, value: list[str]) -> list[str]:
+        return [_clean_text(q, f"question {i}") for i, q in enumerate(value)]
+
+
+class Answers(BaseModel):
+    id: str
+    answers: list[dict[str, str]]
