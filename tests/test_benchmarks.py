@@ -10,6 +10,9 @@ import pytest
 import torch
 from conftest import TINY, benchmarks_on_path
 
+from gradmem.build import load_checkpoint
+from gradmem.evaluate import evaluate
+
 
 @pytest.fixture(scope="module")
 def scripts():
@@ -66,7 +69,12 @@ def test_capacity_end_to_end_resumable(scripts, tmp_path, capsys):
     assert by_name["gm_k1_N1"]["state_floats"] == 2 * 16 and by_name["rmt_N2"]["state_floats"] == 2 * 16
     assert by_name["full_N2"]["state_floats"] == 2 * 2 * 15 * 16  # KV cache of the 15-token context
     for cell in summary["cells"]:
-        assert 0.0 <= cell["exact_match"] <= 1.0 and cell["test_examples"] == 20 and cell["train_steps"] == 3
+        assert cell["test_examples"] == 20 and cell["train_steps"] == 3
+    # a cell's scores are evaluate's on its checkpoint and the preset's test set
+    cell = by_name["gm_k2_N2"]
+    model, task, _ = load_checkpoint(runs / "gm_k2_N2_s0" / cell["checkpoint"])
+    scored = evaluate(model, task.make_split("test", 20, 5), 250, pad_id=task.tokenizer.pad_id)
+    assert (cell["exact_match"], cell["test_loss"]) == (scored["exact_match"], scored["loss"])
     table = (out / "table.md").read_text()
     assert "| GradMem K=2 |" in table and "N=2" in table
 

@@ -86,7 +86,11 @@ def test_reconstruction_reports_the_greedy_decode_and_its_accuracy(tmp_path):
     decoded = report["reconstruction"]
     assert len(decoded) == len(ids) and decoded[0] == TOK.decode([int(first)], skip_special=False)
     hand = sum(x == y for x, y in zip(TOK.encode(decoded), ids)) / len(ids)
-    assert report["token_accuracy"] == pytest.approx(hand) and 0 <= report["teacher_forced_accuracy"] <= 1
+    assert report["token_accuracy"] == pytest.approx(hand)
+    with torch.no_grad():  # teacher forced: the WRITE head's argmax at every position given the true prefix
+        row = torch.tensor([ids])
+        logits = e.model.method.reconstruction_logits(e.model.backbone, memory.prefix, e.model.backbone.embed(row))
+    assert report["teacher_forced_accuracy"] == pytest.approx((logits.argmax(-1) == row).float().mean().item())
     assert report["memory_bytes"] == 3 * 16 * 4
     assert report["kv_cache_bytes"] == context_state_floats(e.model.backbone, 15) * 4 == 2 * 2 * 15 * 16 * 4
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_checkpoint import SPEC
 
 from gradmem.cli import main
@@ -32,4 +33,7 @@ def test_inspect_labels_the_reconstruction(tmp_path, capsys):
     assert lines[note + 3 :] == ["the context that was written:", "  [!ab:cd!!ef:gh!|]"]
     assert main(["inspect", str(out / "last"), memory_id, "--json", *store]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["reconstruction_note"].startswith("greedy reconstruction") and 0 <= report["token_accuracy"] <= 1
+    assert report["reconstruction_note"].startswith("greedy reconstruction")
+    # one character a token: the accuracy is the share of positions where the decode matches the context
+    hand = sum(a == b for a, b in zip(decoded[3:-1], "!ab:cd!!ef:gh!|")) / 15
+    assert report["token_accuracy"] == pytest.approx(hand)
