@@ -175,3 +175,41 @@ def test_a_full_queue_is_refused_at_once():
 
     refused, message = asyncio.run(scenario())
     assert refused == 1 and "busy" in message
+
+
+class FailingEngine(FakeEngine):
+    """Fails every model call that contains the text or question "bad"."""
+
+    def ask(self, items, max_new_tokens=None):
+        self.calls.append(("ask", len(items)))
+        if any(question == "bad" for _, question in items):
+            raise ValueError("bad question")
+        return [f"answer to {question}" for _, question in items]
+
+    def write_texts(self, texts, steps=None, lr=None, target_loss=None, on_step=None):
+        self.calls.append(("write", len(texts)))
+        if "bad" in texts:
+            raise ValueError("bad text")
+        return [SimpleNamespace(id=t) for t in texts]
+
+
+@pytest.mark.parametrize("kind", ["ask", "write"])
+def test_a_failing_batch_is_retried_one_by_one_so_only_the_bad_request_fails(kind):
+    async def scenario() -> tuple[FailingEngine, list]:
+        engine = FailingEngine()
+        batcher = Batcher(engine, max_batch=8, wait_ms=50)
+        batcher.start()
+        payloads = ["a", "bad", "c"]
+        if kind == "ask":
+            jobs = [batcher.ask("m", [p], None) for p in payloads]
+        else:
+            jobs = [batcher.write(p, None, None, None) for p in payloads]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await batcher.stop()
+        return engine, results
+
+    engine, results = asyncio.run(scenario())
+    assert engine.calls == [(kind, 3), (kind, 1), (kind, 1), (kind, 1)]  # the batch, then each request alone
+    good = [["answer to a"], ["answer to c"]] if kind == "ask" else ["a", "c"]
+    assert [r if kind == "ask" else r.id for r in (results[0], results[2])] == good
+    assert isinstance(results[1], ValueError) and str(results[1]) == f"bad {'question' if kind == 'ask' else 'text'}"
