@@ -1,5 +1,5 @@
 """The README demo: meta-train GradMem on key-value retrieval on CPU, then compare with the same
-model given no context. Prints a table and writes results/demo.json.
+model given no context. Prints a table and writes runs/demo/demo.json (+ .png).
 
     python scripts/demo.py [--config configs/kv_demo.json] [--out runs/demo] [--set train.steps=...]
 """
@@ -26,7 +26,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "kv_demo.json"))
     parser.add_argument("--out", default=str(ROOT / "runs" / "demo"))
-    parser.add_argument("--results", default=str(ROOT / "results" / "demo.json"))
+    parser.add_argument(
+        "--results",
+        default=str(ROOT / "runs" / "demo" / "demo.json"),
+        help="where the table goes (results/demo.json is the published run's)",
+    )
     parser.add_argument("--test-examples", type=int, default=1000)
     parser.add_argument("--baseline-steps", type=int, default=600)
     parser.add_argument("--set", nargs="*", default=[], help="overrides for the GradMem run")

@@ -90,7 +90,7 @@ def test_rate_limit_is_keyed_on_the_socket_peer_unless_a_proxy_is_trusted(tmp_pa
 def test_a_slow_body_gets_408_instead_of_holding_the_connection(tmp_path):
     app = create_app(make_engine(tmp_path), ServiceConfig(body_timeout_s=0.5))
     with served(app) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
             started = time.perf_counter()
             conn.sendall(
                 b"POST /v1/memories HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -98,7 +98,8 @@ def test_a_slow_body_gets_408_instead_of_holding_the_connection(tmp_path):
             )  # 10 of the 100 declared bytes, then nothing
             answer = conn.recv(4096).decode()
             seconds = time.perf_counter() - started
-        assert answer.startswith("HTTP/1.1 408") and "not received within 0.5 s" in answer and seconds < 5
+        # the bound is loose on purpose: a loaded CI machine may be slow, but a held connection never answers
+        assert answer.startswith("HTTP/1.1 408") and "not received within 0.5 s" in answer and seconds < 30
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200  # the server is still up
 
 
