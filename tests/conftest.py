@@ -41,6 +41,16 @@ def tiny_model(method: str = "gradmem", dtype: torch.dtype = torch.float32, seed
     return model.to(dtype)
 
 
+def tiny_run_spec(**train) -> dict:
+    """A run spec: the tiny decoder on 2-pair key-value retrieval, GradMem m = 2, K = 1, these train settings."""
+    return {
+        "task": {"name": "kv", "num_pairs": 2},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+        "train": train,
+    }
+
+
 def kv_batch(n: int = 4, pairs: int = 2, seed: int = 0):
     return collate(generate_kv(KVConfig(num_pairs=pairs), n, seed=seed))
 

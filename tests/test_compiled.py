@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import TINY, kv_batch, tiny_model
+from conftest import kv_batch, tiny_model, tiny_run_spec
 
 from gradmem.build import build_model
 from gradmem.compiled import CompiledStep
@@ -91,20 +91,7 @@ def test_a_graph_that_disagrees_with_eager_is_refused():
 
 
 def test_trainer_with_compile_matches_eager_training(tmp_path):
-    spec = {
-        "task": {"name": "kv", "num_pairs": 2},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
-        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {
-            "steps": 3,
-            "batch_size": 4,
-            "warmup_steps": 1,
-            "eval_every": 4,
-            "eval_examples": 8,
-            "log_every": 1,
-            "seed": 1,
-        },
-    }
+    spec = tiny_run_spec(steps=3, batch_size=4, warmup_steps=1, eval_every=4, eval_examples=8, log_every=1, seed=1)
     runs = {}
     for compiled in (False, True):
         torch.manual_seed(0)
@@ -134,20 +121,7 @@ def test_compile_after_runs_a_signature_eagerly_until_it_has_lasted():
 
 
 def test_trainer_with_compile_after_matches_eager_training(tmp_path):
-    spec = {
-        "task": {"name": "kv", "num_pairs": 2},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
-        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {
-            "steps": 4,
-            "batch_size": 4,
-            "warmup_steps": 1,
-            "eval_every": 4,
-            "eval_examples": 8,
-            "log_every": 1,
-            "seed": 1,
-        },
-    }
+    spec = tiny_run_spec(steps=4, batch_size=4, warmup_steps=1, eval_every=4, eval_examples=8, log_every=1, seed=1)
     losses = {}
     for after in (None, 2):
         torch.manual_seed(0)

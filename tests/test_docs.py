@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import torch
-from conftest import TINY
+from conftest import tiny_run_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -73,12 +73,7 @@ def demo_checkpoint_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gradmem.train import Trainer
 
     folder = tmp_path_factory.mktemp("docs")
-    spec = {
-        "task": {"name": "kv", "num_pairs": 2},
-        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
-        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {"steps": 2, "batch_size": 4, "eval_every": 2, "eval_examples": 4, "log_every": 1},
-    }
+    spec = tiny_run_spec(steps=2, batch_size=4, eval_every=2, eval_examples=4, log_every=1)
     torch.manual_seed(0)
     model = build_model(spec)
     Trainer.from_spec(model, spec, folder / "run").train()

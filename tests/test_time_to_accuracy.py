@@ -6,7 +6,7 @@ import importlib
 import json
 
 import pytest
-from conftest import TINY, benchmarks_on_path
+from conftest import benchmarks_on_path, tiny_run_spec
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +29,17 @@ def test_a_milestone_is_the_first_eval_at_target_on_its_stage(tta):
 
 
 def test_end_to_end_trains_resumes_and_reports(tta, tmp_path, capsys):
-    spec = {
-        "task": {"name": "kv", "num_pairs": 2},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
-        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-        "train": {
-            "steps": 4,
-            "batch_size": 4,
-            "warmup_steps": 1,
-            "eval_every": 2,
-            "eval_examples": 8,
-            "checkpoint_every": 2,
-            "log_every": 1,
-            "advance_exact_match": 0.0,
-            "curriculum": [{"num_pairs": 1}, {"num_pairs": 2}],
-        },
-    }
+    spec = tiny_run_spec(
+        steps=4,
+        batch_size=4,
+        warmup_steps=1,
+        eval_every=2,
+        eval_examples=8,
+        checkpoint_every=2,
+        log_every=1,
+        advance_exact_match=0.0,
+        curriculum=[{"num_pairs": 1}, {"num_pairs": 2}],
+    )
     config = tmp_path / "spec.json"
     config.write_text(json.dumps(spec))
     args = [

@@ -5,25 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import TINY
+from conftest import tiny_run_spec
 
 from gradmem.build import apply_overrides, build_model, load_trainer_state
 from gradmem.train import TrainConfig, Trainer
 
-SPEC = {
-    "task": {"name": "kv", "num_pairs": 2},
-    "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
-    "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
-    "train": {
-        "steps": 50,
-        "batch_size": 4,
-        "eval_every": 25,
-        "eval_examples": 8,
-        "checkpoint_every": 25,
-        "log_every": 1,
-        "seed": 3,
-    },
-}
+SPEC = tiny_run_spec(steps=50, batch_size=4, eval_every=25, eval_examples=8, checkpoint_every=25, log_every=1, seed=3)
 
 
 def test_the_budget_stops_and_saves_and_a_resume_keeps_counting(tmp_path, monkeypatch):

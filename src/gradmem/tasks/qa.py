@@ -11,15 +11,12 @@ free-text answers are scored with SQuAD's EM and F1 (gradmem.text_eval).
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gradmem.data import Example, answer_example
-from gradmem.tasks.squad import SquadItem, squad_example
-
-SPLITS = ("train", "valid", "test")
+from gradmem.tasks.squad import SPLITS, SquadItem, sample_questions, squad_example
 
 
 @dataclass
@@ -89,10 +86,7 @@ class QATask:
         return self._items[split]
 
     def sample(self, split: str, num_examples: int, seed: int) -> list[SquadItem]:
-        """`num_examples` questions of `split` without replacement (all of them, shuffled, if fewer)."""
-        pool = self.items(split)
-        rng = random.Random(seed * len(SPLITS) + SPLITS.index(split))
-        return rng.sample(pool, min(num_examples, len(pool)))
+        return sample_questions(self.items(split), split, num_examples, seed)
 
     def to_example(self, item: SquadItem) -> Example:
         return squad_example(self.tokenizer, item.context, item.question, item.answers[0])

@@ -138,6 +138,13 @@ class SquadConfig:
             raise ValueError(f"valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
 
 
+def sample_questions(pool: list[SquadItem], split: str, num_examples: int, seed: int) -> list[SquadItem]:
+    """`num_examples` of `pool` without replacement (all of them, shuffled, if fewer); a stream per
+    (seed, split), so the splits of one seed never share draws."""
+    rng = random.Random(seed * len(SPLITS) + SPLITS.index(split))
+    return rng.sample(pool, min(num_examples, len(pool)))
+
+
 def squad_example(tokenizer: Any, context: str, question: str, answer: str) -> Example:
     """A question laid out as the paper's extractive-QA tasks: the query "\nQuestion: ...\nAnswer:",
     the target " answer" then EOS, all of the answer scored."""
@@ -174,9 +181,7 @@ class SquadTask:
         return self._items[split]
 
     def sample(self, split: str, num_examples: int, seed: int) -> list[SquadItem]:
-        pool = self.items(split)
-        rng = random.Random(seed * len(SPLITS) + SPLITS.index(split))
-        return rng.sample(pool, min(num_examples, len(pool)))
+        return sample_questions(self.items(split), split, num_examples, seed)
 
     def to_example(self, item: SquadItem) -> Example:
         return squad_example(self.tokenizer, item.context, item.question, item.answers[0])
