@@ -22,6 +22,12 @@ def gradmem(*args: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+def scored(run: str) -> str:
+    """The checkpoint to score: `best/` (the last curriculum stage's best), else `last/` when the
+    run ended before reaching its last stage (a shortened run)."""
+    return f"{run}/best" if (Path(run) / "best" / "spec.json").exists() else f"{run}/last"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "kv_demo.json"))
@@ -41,7 +47,7 @@ def main() -> None:
     started = time.time()
     gradmem("train", "--config", args.config, "--out", f"{args.out}/gradmem", "--set", *args.set)
     train_s = time.time() - started
-    test = gradmem("eval", f"{args.out}/gradmem/best", "--examples", str(args.test_examples), "--generate")[-1]
+    test = gradmem("eval", scored(f"{args.out}/gradmem"), "--examples", str(args.test_examples), "--generate")[-1]
     rows.append({"method": "gradmem", "train_s": round(train_s, 1), **test})
 
     # The same backbone and training budget in steps, but READ sees only the query.
@@ -59,7 +65,7 @@ def main() -> None:
         f"train.steps={args.baseline_steps}",
     )
     train_s = time.time() - started
-    test = gradmem("eval", f"{args.out}/no_context/best", "--examples", str(args.test_examples), "--generate")[-1]
+    test = gradmem("eval", scored(f"{args.out}/no_context"), "--examples", str(args.test_examples), "--generate")[-1]
     rows.append({"method": "no_context", "train_s": round(train_s, 1), **test})
 
     pairs = spec["task"]["num_pairs"]
