@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not
 pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright pip package (dev extra)")
 uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
 
-from conftest import tiny_model  # noqa: E402
+from conftest import benchmarks_on_path, tiny_model  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
@@ -23,15 +23,8 @@ from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tokenizers import CharTokenizer  # noqa: E402
 
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+with benchmarks_on_path():
+    from web_screenshot import FLAGS  # the chromium flags of the page screenshot, shared  # noqa: E402
 
 
 @pytest.fixture

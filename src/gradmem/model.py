@@ -81,12 +81,11 @@ class MemoryModel(nn.Module):
         options = replace(options or WriteOptions(), **overrides)
         if context.ids.numel() == 0 or bool((context.lengths < 1).any()):
             raise ValueError("cannot write an empty context: every example needs at least one context token")
-        limit = self.max_positions
-        prefix = self.method.prefix_size()
-        if limit is not None and int(context.lengths.max()) + prefix > limit:
+        room = self.max_sequence_tokens
+        if room is not None and int(context.lengths.max()) > room:
             raise ValueError(
-                f"context of {int(context.lengths.max())} tokens plus {prefix} memory vectors exceeds "
-                f"the backbone's {limit} positions"
+                f"context of {int(context.lengths.max())} tokens plus {self.method.prefix_size()} memory vectors "
+                f"exceeds the backbone's {self.max_positions} positions"
             )
         return self.method.write(self.backbone, context, options)
 
