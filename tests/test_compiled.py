@@ -134,3 +134,22 @@ def test_trainer_with_compile_after_matches_eager_training(tmp_path):
         if after:
             assert trainer._compiled.compiles == 1  # steps 1-2 eager, 3-4 compiled
     assert losses[2] == pytest.approx(losses[None], rel=1e-5)
+
+
+def test_compile_stages_last_compiles_only_the_last_curriculum_stage(tmp_path):
+    # stage 1 (1 pair) lasts 2 fixed steps and stays eager; the last stage is compiled from its first step
+    spec = tiny_run_spec(steps=4, batch_size=4, warmup_steps=1, eval_every=4, eval_examples=8, log_every=1, seed=1)
+    train = {
+        **spec["train"],
+        "curriculum": [{"num_pairs": 1}, {}],
+        "stage_steps": [2],
+        "compile": True,
+        "compile_backend": "eager",
+        "compile_stages": "last",
+    }
+    trainer = Trainer.from_spec(build_model({**spec, "train": train}), {**spec, "train": train}, tmp_path)
+    trainer.train()
+    assert trainer.step == 4 and trainer.stage == 1
+    assert trainer._compiled.compiles == 1
+    (context_shape, _, _), *_ = next(iter(trainer._compiled._graphs))  # the one graph: the last stage's
+    assert context_shape[1] > 7 * 1 + 1  # longer than a 1-pair context (7N + 1 tokens): the 2-pair stage

@@ -67,3 +67,30 @@ def test_last_stage_steps_ends_the_run_and_spreads_the_decay_over_the_last_stage
     assert lrs[1] == pytest.approx(0.01) and lrs[2] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.01)
     assert lrs[4] > lrs[5] > lrs[6] > 0.001  # decaying toward the floor over the last stage
     assert load_trainer_state(tmp_path / "last")["last_stage_start"] == 2
+
+
+def test_max_stage_steps_moves_on_from_a_stage_stuck_below_the_advance_threshold(tmp_path):
+    # advance_exact_match above 1 is never met: without the cap the run would stay on stage 0
+    spec = apply_overrides(
+        SPEC,
+        [
+            'train.curriculum=[{"num_pairs": 1}, {"num_pairs": 2}, {"num_pairs": 3}]',
+            "train.advance_exact_match=1.5",
+            "train.eval_every=2",
+            "train.steps=10",
+            "train.max_stage_steps=4",
+        ],
+    )
+    trainer = Trainer.from_spec(build_model(spec), spec, tmp_path)
+    trainer.train()
+    stages = {r["step"]: r["stage"] for r in trainer.history if r["kind"] == "eval"}
+    assert stages == {2: 0, 4: 0, 6: 1, 8: 1, 10: 2}  # each evaluated stage, then left after 4 steps
+    assert trainer.last_stage_start == 8
+    assert load_trainer_state(tmp_path / "last")["stage_start"] == 8
+
+
+def test_max_stage_steps_must_be_positive():
+    with pytest.raises(ValueError, match="max_stage_steps"):
+        TrainConfig(max_stage_steps=0)
+    with pytest.raises(ValueError, match="compile_stages"):
+        TrainConfig(compile_stages="first")

@@ -61,6 +61,7 @@ class Trainer:
         )
         self.step = 0
         self.last_stage_start: int | None = 0 if len(stages) == 1 else None  # step the last stage began
+        self.stage_start = 0  # step the current stage began
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self._started = time.time()
         self.stage = 0
@@ -113,6 +114,7 @@ class Trainer:
             "best": self.best,
             "bad_evals": self.bad_evals,
             "last_stage_start": self.last_stage_start,
+            "stage_start": self.stage_start,
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "elapsed_s": self.elapsed(),
@@ -145,6 +147,7 @@ class Trainer:
         )
         self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
         self.last_stage_start = state.get("last_stage_start", self.last_stage_start)
+        self.stage_start = state.get("stage_start", self.step)  # older checkpoints: count from the resume
         return True
 
     def elapsed(self) -> float:
@@ -220,14 +223,16 @@ class Trainer:
     def _gradients(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Fill every trainable parameter's .grad for `batch`; returns (loss, READ loss, (K, B) write losses)."""
         self.optimizer.zero_grad(set_to_none=True)
-        result = None if self._compiled is None else self._compiled(batch)  # None: not (yet) worth compiling
+        on_this_stage = self.cfg.compile_stages == "all" or self.stage == len(self.stages) - 1
+        compiled = self._compiled if on_this_stage else None
+        result = None if compiled is None else compiled(batch)  # None: not (yet) worth compiling
         if result is None:
             out = self.forward_model(batch)
             out.loss.backward()
             stats = out.memory.stats
             return out.loss.detach(), out.read.loss.detach(), None if stats is None else stats.losses
-        result.assign_grads(self._compiled.parameters)
-        self.parallel.average_gradients(self._compiled.parameters)  # what DDP's backward hook does
+        result.assign_grads(compiled.parameters)
+        self.parallel.average_gradients(compiled.parameters)  # what DDP's backward hook does
         return result.loss, result.read_loss, result.write_losses
 
     def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -266,6 +271,7 @@ class Trainer:
 
     def _next_stage(self) -> None:
         self.stage += 1
+        self.stage_start = self.step
         self.best, self.bad_evals = -1.0, 0
         if self.stage == len(self.stages) - 1:
             self.last_stage_start = self.step
@@ -273,7 +279,8 @@ class Trainer:
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""
         if self.stage < last_stage:
-            if em >= self.cfg.advance_exact_match and self.stages[self.stage].steps is None:
+            capped = self.cfg.max_stage_steps is not None and self.step - self.stage_start >= self.cfg.max_stage_steps
+            if self.stages[self.stage].steps is None and (em >= self.cfg.advance_exact_match or capped):
                 self._next_stage()
             return False
         if em > self.best:

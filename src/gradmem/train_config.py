@@ -41,6 +41,8 @@ class TrainConfig:
     stage_steps: list[int] | None = (
         None  # fixed schedule: steps spent in each stage but the last; EM then moves nothing
     )
+    max_stage_steps: int | None = None  # an EM-advanced stage moves on after this many steps even below
+    #                                     advance_exact_match (a plateau just under it would eat the budget)
     last_stage_steps: int | None = None  # train the last stage this many steps, the decay schedule spread over them
     read_loss: str = (
         "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
@@ -49,6 +51,7 @@ class TrainConfig:
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
     compile_after: int = 0  # with compile: run a batch shape eagerly this many steps first, so shapes that
     #                         never last that long (short curriculum stages) are never compiled
+    compile_stages: str = "all"  # with compile: "all" stages, or only the "last" (the one stage sure to last)
 
     def __post_init__(self) -> None:
         if self.compile_after < 0:
@@ -80,6 +83,10 @@ class TrainConfig:
             )
         if self.last_stage_steps is not None and self.last_stage_steps < 1:
             raise ValueError(f"last_stage_steps must be >= 1 or None, got {self.last_stage_steps}")
+        if self.max_stage_steps is not None and self.max_stage_steps < 1:
+            raise ValueError(f"max_stage_steps must be >= 1 or None, got {self.max_stage_steps}")
+        if self.compile_stages not in ("all", "last"):
+            raise ValueError(f"compile_stages must be 'all' or 'last', got {self.compile_stages!r}")
 
 
 def lr_factor(step: int, cfg: TrainConfig, decay: tuple[int, int] | None = None) -> float:
