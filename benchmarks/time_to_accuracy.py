@@ -10,7 +10,8 @@ resumes, so an interrupted seed continues where it stopped). A milestone of N pa
 the first validation evaluation on the N-pair stage with EM >= --target (the curriculum's own
 advance rule, `train.advance_exact_match`); its time is the run's cumulative training time then,
 evaluations included. The best checkpoint of the last stage is then scored on --test-examples
-held-out examples (test split, --test-seed, the same for every seed). Results:
+held-out examples (test split, --test-seed, the same for every seed), at the last stage's number of
+pairs or at each of --test-pairs. Results:
 results/time_to_accuracy/<name>.{json,md,png}.
 """
 
@@ -96,21 +97,30 @@ def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dic
     best = run / "best"
     if (best / "spec.json").exists():
         model, _, _ = load_checkpoint(best)
-        task = build_task({"task": {**spec["task"], "num_pairs": pairs[-1]}})
-        test = task.make_split("test", args.test_examples, args.test_seed)
-        for k in args.eval_steps:
-            result = evaluate(model, test, 250, steps=k)
-            row[f"test_em_K{k}"] = result["exact_match"]
+        for n in args.test_pairs or [pairs[-1]]:
+            task = build_task({"task": {**spec["task"], "num_pairs": n}})
+            test = task.make_split("test", args.test_examples, args.test_seed)
+            for k in args.eval_steps:
+                result = evaluate(model, test, 250, steps=k)
+                row[em_key(n, k, pairs[-1])] = result["exact_match"]
     row["curve"] = [(r["elapsed_s"] / 60, pairs[r["stage"]], r["exact_match"]) for r in last]
     return row
 
 
+def em_key(pairs: int, k: int, trained_pairs: int) -> str:
+    """The row key of a test EM: `test_em_K<k>` at the trained number of pairs (older results read
+    the same), `test_em_N<pairs>_K<k>` at another."""
+    return f"test_em_K{k}" if pairs == trained_pairs else f"test_em_N{pairs}_K{k}"
+
+
 def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     k_train = spec["method"].get("write", {}).get("steps")
+    trained_pairs = stage_pairs(spec)[-1]
+    tested = [(n, k) for n in args.test_pairs or [trained_pairs] for k in args.eval_steps]
     header = (
         ["seed"]
         + [f"{n} pairs: min (steps)" for n in args.milestones]
-        + [f"test EM {args.milestones[-1] if args.milestones else ''} pairs, K={k}" for k in args.eval_steps]
+        + [f"test EM {n} pairs, K={k}" for n, k in tested]
         + ["trained"]
     )
     table_rows = []
@@ -119,7 +129,8 @@ def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args:
         for n in args.milestones:
             hit = row["milestones"].get(n) or row["milestones"].get(str(n))
             cells.append(f"{hit['minutes']:.1f} ({hit['step']})" if hit else "not reached")
-        cells += [f"{100 * row[f'test_em_K{k}']:.1f}" if f"test_em_K{k}" in row else "-" for k in args.eval_steps]
+        keys = [em_key(n, k, trained_pairs) for n, k in tested]
+        cells += [f"{100 * row[key]:.1f}" if key in row else "-" for key in keys]
         cells.append(f"{row['minutes']:.1f} min, {row['steps']} steps, last stage {row['final_stage_pairs']} pairs")
         table_rows.append(cells)
     summary_line = []
@@ -179,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-examples", type=int, default=1000)
     parser.add_argument("--test-seed", type=int, default=1000)
     parser.add_argument("--eval-steps", default="1,2", help="WRITE steps K at test time, comma-separated")
+    parser.add_argument(
+        "--test-pairs", default=None, help="numbers of pairs to test the final model on (default: the last stage's)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from the runs")
     parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")
@@ -186,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.milestones = [int(x) for x in args.milestones.split(",")]
     args.eval_steps = [int(x) for x in args.eval_steps.split(",")]
+    args.test_pairs = [int(x) for x in args.test_pairs.split(",")] if args.test_pairs else None
     torch.set_num_threads(args.threads)
 
     base = apply_overrides(json.loads(Path(args.config).read_text()), args.set + [f"train.max_minutes={args.minutes}"])

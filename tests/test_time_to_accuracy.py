@@ -71,3 +71,16 @@ def test_end_to_end_trains_resumes_and_reports(tta, tmp_path, capsys):
     assert "| 0 |" in (tmp_path / "out" / "spec.md").read_text()
     assert tta.main(args) == 0  # finished seeds are skipped, the report rebuilt
     assert "done, skipped" in capsys.readouterr().err
+
+
+def test_test_pairs_scores_the_final_model_at_other_numbers_of_pairs(tta, tmp_path):
+    spec = tiny_run_spec(steps=2, batch_size=4, warmup_steps=1, eval_every=2, eval_examples=8, log_every=1)
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps(spec))  # no curriculum: trained on the task's 2 pairs
+    common = ["--config", str(config), "--test-examples", "10", "--eval-steps", "1", "--milestones", "2"]
+    common += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    assert tta.main([*common, "--test-pairs", "1,2"]) == 0
+    (seed,) = json.loads((tmp_path / "out" / "spec.json").read_text())["seeds"]
+    assert {"test_em_N1_K1", "test_em_K1"} <= set(seed)  # the trained 2 pairs keep the old key
+    table = (tmp_path / "out" / "spec.md").read_text()
+    assert "test EM 1 pairs, K=1" in table and "test EM 2 pairs, K=1" in table
