@@ -1,5 +1,6 @@
 """The web page end to end in a real headless browser (Debian chromium driven by Playwright),
-against a real uvicorn server on loopback: write a context with a live loss chart, ask questions."""
+against a real uvicorn server on loopback: write a context with a live loss chart, see its
+reconstruction from memory, ask questions."""
 
 from __future__ import annotations
 
@@ -62,6 +63,12 @@ def test_write_and_ask_in_a_browser(server):
             assert page.evaluate("losses.length") == 4  # one point per write step, plus the final loss
             assert "KiB" in page.inner_text("#kv-size") or "B" in page.inner_text("#kv-size")
             assert "smaller" in page.inner_text("#ratio")
+            page.wait_for_function("document.getElementById('recon-score').textContent.includes('%')", timeout=30000)
+            report = engine.reconstruct(memory_id)
+            assert page.text_content("#recon-text") == report["reconstruction"]
+            assert page.text_content("#recon-context") == "!ab:cd!!ef:gh!|"
+            assert f"{100 * report['token_accuracy']:.1f} %" in page.inner_text("#recon-score")
+            assert report["reconstruction_note"] in page.inner_text("#recon-note")
             page.fill("#questions", "?!ab:\n?!ef:")
             page.click("#ask")
             page.wait_for_function("document.querySelectorAll('#answers li').length === 2", timeout=30000)

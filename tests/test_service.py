@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -11,7 +12,9 @@ pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fast
 from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from gradmem.serve.budget import Budget  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.serve.fidelity import RECONSTRUCTION_NOTE  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tokenizers import CharTokenizer  # noqa: E402
@@ -120,9 +123,59 @@ def test_store_survives_a_restart_and_the_api_is_described(tmp_path):
             "/v1/memories",
             "/v1/memories/{memory_id}",
             "/v1/memories/{memory_id}/ask",
+            "/v1/memories/{memory_id}/reconstruction",
             "/health",
             "/version",
         } <= set(schema["paths"])
         version = c.get("/version").json()
         assert version["memory_format"] == 2 and version["max_context_tokens"] == 30
         assert "<canvas" in c.get("/").text
+
+
+def test_reconstruction_route(tmp_path):
+    with client(tmp_path) as c:
+        mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
+        r = c.get(f"/v1/memories/{mid}/reconstruction")
+        assert r.status_code == 200
+        report = r.json()
+        expected = make_engine(tmp_path).reconstruct(mid)  # same store and seed: the same decode
+        assert report["id"] == mid and report["context"] == TEXT and report["blocks"] == 1
+        assert report["reconstruction"] == expected["reconstruction"] and len(report["reconstruction"]) > 0
+        assert report["token_accuracy"] == pytest.approx(expected["token_accuracy"])
+        assert 0 <= report["teacher_forced_accuracy"] <= 1
+        assert report["reconstruction_note"] == RECONSTRUCTION_NOTE
+        assert report["memory_bytes"] < report["kv_cache_bytes"]
+        assert c.get("/v1/memories/" + "e" * 32 + "/reconstruction").status_code == 404
+        r = c.get("/v1/memories/not-an-id/reconstruction")
+        assert r.status_code == 404 and r.json() == c.get("/v1/memories/not-an-id").json()
+    # 15 decode tokens over a budget of 10: refused before the model runs
+    with client(tmp_path, budget=Budget(max_ask_tokens=10)) as c:
+        r = c.get(f"/v1/memories/{mid}/reconstruction")
+        assert r.status_code == 413 and "max_ask_tokens" in r.json()["detail"]
+
+
+def test_reconstruction_needs_the_key_when_reads_are_protected(tmp_path):
+    with client(tmp_path, api_key="k", protect_reads=True) as c:
+        mid = c.post("/v1/memories", json={"text": TEXT}, headers={"x-api-key": "k"}).json()["id"]
+        assert c.get(f"/v1/memories/{mid}/reconstruction").status_code == 401
+        assert c.get(f"/v1/memories/{mid}/reconstruction", headers={"x-api-key": "no"}).status_code == 401
+        r = c.get(f"/v1/memories/{mid}/reconstruction", headers={"authorization": "Bearer k"})
+        assert r.status_code == 200 and r.json()["context"] == TEXT
+
+
+def test_reconstruction_runs_on_the_model_thread_under_the_deadline(tmp_path):
+    engine = make_engine(tmp_path)
+    threads = []
+
+    def slow(memory_id, context=None):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.5)
+        return {}
+
+    with TestClient(create_app(engine, ServiceConfig(request_timeout_s=0.1))) as c:
+        mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
+        engine.reconstruct = slow
+        r = c.get(f"/v1/memories/{mid}/reconstruction")
+        assert r.status_code == 503 and "deadline" in r.json()["detail"]
+        assert c.get("/health").json()["timed_out"] == 1
+    assert threads == [threads[0]] and threads[0].startswith("gradmem-model")  # the batcher's model thread

@@ -48,3 +48,23 @@ class AskBody(BaseModel):
 class Answers(BaseModel):
     id: str
     answers: list[dict[str, str]]
+
+
+class Reconstruction(BaseModel):
+    """A memory's greedy reconstruction (gradmem.serve.fidelity.reconstruction_report): what the
+    WRITE head decodes from the memory alone, scored against the written context when it was kept."""
+
+    id: str
+    blocks: int = Field(description="memory blocks (context chunks), each decoded on its own")
+    reconstruction: str = Field(description="the text decoded greedily from the memory alone")
+    reconstruction_note: str = Field(description="what `reconstruction` is (a fidelity probe, not the stored context)")
+    context: str | None = Field(description="the context that was written, if the store kept it")
+    token_accuracy: float | None = Field(None, description="share of context tokens the greedy decode got right")
+    teacher_forced_accuracy: float | None = Field(
+        None, description="share of context tokens the WRITE head predicts given the previous context tokens"
+    )
+    write_loss: list[float] = Field(description="reconstruction loss before each write step (mean over blocks)")
+    final_write_loss: float | None = Field(description="reconstruction loss after the last write step")
+    steps_taken: list[int] | None = Field(description="write steps each block took (adaptive writes)")
+    memory_bytes: int
+    kv_cache_bytes: int = Field(description="bytes of a full-context KV cache, for comparison")

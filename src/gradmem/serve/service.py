@@ -5,12 +5,16 @@
     GET    /v1/memories              all usable memories (header X-Damaged-Memories: how many are not)
     GET    /v1/memories/{id}         one memory            DELETE /v1/memories/{id}   204
     POST   /v1/memories/{id}/ask     {"questions": [...]}
+    GET    /v1/memories/{id}/reconstruction   the context decoded back from the memory alone, with its
+                                     token accuracy against the written context (a fidelity probe)
     GET    /health, /version         GET /  the web page   GET /docs, /openapi.json  the API (offline)
 
 Every request is checked against its budget (gradmem.serve.budget) before it is queued, so no request
 allocates more than the limits allow; model calls of concurrent requests go through one `Batcher`
-with a per-request deadline. Body size and read time, per-client rate and the optional API key
-are enforced in gradmem.serve.http_guard, which also maps gradmem's typed errors to status codes.
+with a per-request deadline (a reconstruction, which is not batched, runs on the batcher's model
+thread under the same queue limit and deadline). Body size and read time, per-client rate and the
+optional API key are enforced in gradmem.serve.http_guard, which also maps gradmem's typed errors to
+status codes.
 Memories live in the engine's on-disk store, so they survive restarts.
 """
 
@@ -19,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
+from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound, Overloaded
 from gradmem.serve.batcher import Batcher
 from gradmem.serve.engine import Engine
 from gradmem.serve.http_guard import (
@@ -41,10 +45,20 @@ from gradmem.serve.http_guard import (
     status_of,
 )
 from gradmem.serve.memory_io import FORMAT_VERSION
-from gradmem.serve.schemas import Answers, AskBody, WriteBody
+from gradmem.serve.schemas import Answers, AskBody, Reconstruction, WriteBody
 from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
+T = TypeVar("T")
+
+
+def reconstruction_cost(meta: dict[str, Any], chunk_tokens: int) -> int:
+    """Decode positions of a memory's greedy reconstruction, in the unit of an ask's cost: every
+    block is one decoded row, and all rows run to the longest chunk's length."""
+    total = int(meta["context_tokens"])
+    chunk = int(meta["write"].get("chunk_tokens") or chunk_tokens)
+    blocks = -(-total // chunk)
+    return blocks * min(chunk, total)
 
 
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
@@ -187,6 +201,51 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             raise NotFound(f"no memory {memory_id!r}")
         answers = await batcher.ask(memory_id, body.questions, body.max_new_tokens, cost=cost)
         return {"id": memory_id, "answers": [{"question": q, "answer": a} for q, a in zip(body.questions, answers)]}
+
+    inspecting = 0  # reconstructions queued or running on the model thread
+
+    async def on_model_thread(call: Callable[[], T]) -> T:
+        """Run an unbatched model call on the batcher's one model thread (the engine's model calls
+        must never overlap), under the batcher's queue limit and request deadline."""
+        nonlocal inspecting
+        if batcher.pending + inspecting >= cfg.max_queue:
+            batcher.stats.refused += 1
+            raise Overloaded(f"the server is busy ({batcher.pending + inspecting} requests queued); retry later")
+        inspecting += 1
+        # The batcher has no job kind for a one-off call; its executor is the model thread itself.
+        # At the deadline the call is cancelled if it has not started, else its result is dropped.
+        future = asyncio.get_running_loop().run_in_executor(batcher._executor, call)
+        try:
+            return await asyncio.wait_for(future, cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            batcher.stats.timed_out += 1
+            raise Overloaded(
+                f"the request did not finish within the {cfg.request_timeout_s:g} s deadline; retry later"
+            ) from None
+        finally:
+            inspecting -= 1
+
+    @app.get(
+        "/v1/memories/{memory_id}/reconstruction",
+        response_model=Reconstruction,
+        summary="decode a memory back into text (a fidelity probe)",
+        dependencies=[Depends(reader)],
+    )
+    async def reconstruction(memory_id: str) -> Any:
+        meta = described(engine.store.show(memory_id))  # 404 before any model work
+        try:
+            cost = reconstruction_cost(meta, engine.chunk_tokens)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise InvalidInput(f"memory {memory_id} has an unusable sidecar") from err
+        # A greedy decode like an answer's, so it is bounded by the per-request decode budget.
+        if cost > budget.max_ask_tokens:
+            raise LimitExceeded(
+                f"reconstructing this memory needs {cost} decode tokens, over the limit of "
+                f"{budget.max_ask_tokens} per request (max_ask_tokens)"
+            )
+        report = await on_model_thread(lambda: engine.reconstruct(memory_id))
+        texts = {k: safe_text(report[k]) for k in ("reconstruction", "context") if report[k] is not None}
+        return {**report, **texts, "id": memory_id}
 
     @app.get("/health", summary="liveness and queue state")
     async def health() -> dict[str, Any]:
