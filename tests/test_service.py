@@ -172,9 +172,10 @@ def test_reconstruction_runs_on_the_model_thread_under_the_deadline(tmp_path):
         time.sleep(0.5)
         return {}
 
+    (written,) = engine.write_texts([TEXT])  # before the server: a write under a 0.1 s deadline is flaky
+    mid = written.id
+    engine.reconstruct = slow
     with TestClient(create_app(engine, ServiceConfig(request_timeout_s=0.1))) as c:
-        mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
-        engine.reconstruct = slow
         r = c.get(f"/v1/memories/{mid}/reconstruction")
         assert r.status_code == 503 and "deadline" in r.json()["detail"]
         assert c.get("/health").json()["timed_out"] == 1

@@ -19,12 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gradmem.errors import Overloaded
 from gradmem.serve.engine import Engine, WriteResult
 
 KINDS = ("ask", "write")
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Batcher:
         self._last = "write"  # kind of the previous batch: the other kind goes first when both wait
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradmem-model")
+        self._calls = 0  # one-off calls (`call`) queued or running on the model thread
 
     def start(self) -> None:
         self._arrived = asyncio.Event()
@@ -94,7 +96,26 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return sum(len(q) for q in self._queues.values()) + self._calls
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run an unbatched model call (e.g. a reconstruction) on the model thread, so it never
+        overlaps the batches, under the same queue limit and deadline as a job. At the deadline
+        it is cancelled if it has not started, else its result is dropped."""
+        if self.pending >= self.max_queue:
+            self.stats.refused += 1
+            raise Overloaded(f"the server is busy ({self.pending} requests queued); retry later")
+        self._calls += 1
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            return await asyncio.wait_for(future, self.timeout_s)
+        except asyncio.TimeoutError:
+            self.stats.timed_out += 1
+            raise Overloaded(
+                f"the request did not finish within the {self.timeout_s:g} s deadline; retry later"
+            ) from None
+        finally:
+            self._calls -= 1
 
     async def ask(self, memory_id: str, questions: list[str], max_new_tokens: int | None, cost: int = 1) -> list[str]:
         items = [(memory_id, q) for q in questions]

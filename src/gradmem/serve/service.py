@@ -23,15 +23,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound, Overloaded
+from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
 from gradmem.serve.batcher import Batcher
 from gradmem.serve.engine import Engine
 from gradmem.serve.http_guard import (
@@ -49,7 +49,6 @@ from gradmem.serve.schemas import Answers, AskBody, Reconstruction, WriteBody
 from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
-T = TypeVar("T")
 
 
 def reconstruction_cost(meta: dict[str, Any], chunk_tokens: int) -> int:
@@ -202,29 +201,6 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         answers = await batcher.ask(memory_id, body.questions, body.max_new_tokens, cost=cost)
         return {"id": memory_id, "answers": [{"question": q, "answer": a} for q, a in zip(body.questions, answers)]}
 
-    inspecting = 0  # reconstructions queued or running on the model thread
-
-    async def on_model_thread(call: Callable[[], T]) -> T:
-        """Run an unbatched model call on the batcher's one model thread (the engine's model calls
-        must never overlap), under the batcher's queue limit and request deadline."""
-        nonlocal inspecting
-        if batcher.pending + inspecting >= cfg.max_queue:
-            batcher.stats.refused += 1
-            raise Overloaded(f"the server is busy ({batcher.pending + inspecting} requests queued); retry later")
-        inspecting += 1
-        # The batcher has no job kind for a one-off call; its executor is the model thread itself.
-        # At the deadline the call is cancelled if it has not started, else its result is dropped.
-        future = asyncio.get_running_loop().run_in_executor(batcher._executor, call)
-        try:
-            return await asyncio.wait_for(future, cfg.request_timeout_s)
-        except asyncio.TimeoutError:
-            batcher.stats.timed_out += 1
-            raise Overloaded(
-                f"the request did not finish within the {cfg.request_timeout_s:g} s deadline; retry later"
-            ) from None
-        finally:
-            inspecting -= 1
-
     @app.get(
         "/v1/memories/{memory_id}/reconstruction",
         response_model=Reconstruction,
@@ -243,7 +219,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
                 f"reconstructing this memory needs {cost} decode tokens, over the limit of "
                 f"{budget.max_ask_tokens} per request (max_ask_tokens)"
             )
-        report = await on_model_thread(lambda: engine.reconstruct(memory_id))
+        report = await batcher.call(lambda: engine.reconstruct(memory_id))
         texts = {k: safe_text(report[k]) for k in ("reconstruction", "context") if report[k] is not None}
         return {**report, **texts, "id": memory_id}
 
