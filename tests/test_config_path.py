@@ -48,6 +48,16 @@ def test_old_backbone_type_key_builds_the_same_model_and_loads(tmp_path) -> None
         validate_spec(spec_with({"name": "gpt"}))
 
 
+def test_a_built_in_backbone_spec_takes_the_backbone_options() -> None:
+    # what build_backbone accepts for llama, the spec check must accept too (and still refuse typos)
+    validate_spec(spec_with({"name": "llama", **TINY_LLAMA, "bf16": True}))
+    build_model(spec_with({"name": "llama", **TINY_LLAMA, "bf16": True}))
+    with pytest.raises(ConfigError, match="bf16"):
+        validate_spec(spec_with({"name": "llama", **TINY_LLAMA, "bf16": "yes"}))
+    with pytest.raises(ConfigError, match="bf61"):
+        validate_spec(spec_with({"name": "llama", **TINY_LLAMA, "bf61": True}))
+
+
 def test_vocab_size_comes_from_the_tokenizer_in_the_backbone_builder() -> None:
     assert build_backbone({"name": "llama", **TINY_LLAMA}, vocab_size=70).vocab_size == 70
     assert build_backbone({"name": "llama", **TINY_LLAMA, "vocab_size": 80}, vocab_size=70).vocab_size == 80

@@ -32,6 +32,7 @@ TYPE_NAMES = {
 def validate_spec(spec: Any) -> None:
     """ConfigError unless `spec` is a run spec whose every key and value type is known."""
     from gradmem.backbones import backbone_name
+    from gradmem.backbones.adapted import OPTION_KEYS, BackboneOptions
     from gradmem.backbones.llama import LlamaConfig
     from gradmem.methods import METHODS
     from gradmem.tasks import TASKS
@@ -64,7 +65,9 @@ def validate_spec(spec: Any) -> None:
     if kind not in ("llama", "hf"):
         raise ConfigError(f"unknown backbone {kind!r}; valid: ['hf', 'llama'] (section 'backbone', key 'name')")
     if kind == "llama":  # hf backbones take a transformers config: left to transformers
-        check_fields(LlamaConfig, {k: v for k, v in backbone.items() if k not in ("name", "type")}, "backbone")
+        fields = {k: v for k, v in backbone.items() if k not in ("name", "type", *OPTION_KEYS)}
+        check_fields(LlamaConfig, fields, "backbone")
+        check_fields(BackboneOptions, {k: v for k, v in backbone.items() if k in OPTION_KEYS}, "backbone")
     train = spec.get("train", {})
     check_fields(TrainConfig, train, "train")
     for i, stage in enumerate(train.get("curriculum") or []):
