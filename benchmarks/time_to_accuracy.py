@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table = summarise(name, base, rows, args)
     command = "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    (out / f"{name}.md").write_text(table + f"\nCommand: `{command}`; torch threads per run: {args.threads}.\n")
+    threads = "of this command (the runs trained under their own)" if args.report_only else "per run"
+    (out / f"{name}.md").write_text(table + f"\nCommand: `{command}`; torch threads {threads}: {args.threads}.\n")
     (out / f"{name}.json").write_text(
         json.dumps({"name": name, "spec": base, "target": args.target, "seeds": rows}, indent=1) + "\n"
     )
