@@ -60,7 +60,6 @@ class Trainer:
             model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, betas=self.cfg.adam_betas
         )
         self.step = 0
-        self.last_stage_start: int | None = 0 if len(stages) == 1 else None  # step the last stage began
         self.stage_start = 0  # step the current stage began
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self._started = time.time()
@@ -146,9 +145,15 @@ class Trainer:
             state["bad_evals"],
         )
         self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
-        self.last_stage_start = state.get("last_stage_start", self.last_stage_start)
-        self.stage_start = state.get("stage_start", self.step)  # older checkpoints: count from the resume
+        # checkpoints from before stage_start was saved: the last stage's start, else count from the resume
+        older = state.get("last_stage_start")
+        self.stage_start = state.get("stage_start", self.step if older is None else older)
         return True
+
+    @property
+    def last_stage_start(self) -> int | None:
+        """The step the last stage began; None before it has."""
+        return self.stage_start if self.stage == len(self.stages) - 1 else None
 
     def elapsed(self) -> float:
         """Seconds this run has trained, counted across resumes (evaluations included)."""
@@ -273,8 +278,6 @@ class Trainer:
         self.stage += 1
         self.stage_start = self.step
         self.best, self.bad_evals = -1.0, 0
-        if self.stage == len(self.stages) - 1:
-            self.last_stage_start = self.step
 
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""
