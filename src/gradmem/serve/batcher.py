@@ -102,18 +102,13 @@ class Batcher:
         """Run an unbatched model call (e.g. a reconstruction) on the model thread, so it never
         overlaps the batches, under the same queue limit and deadline as a job. At the deadline
         it is cancelled if it has not started, else its result is dropped."""
-        if self.pending >= self.max_queue:
-            self.stats.refused += 1
-            raise Overloaded(f"the server is busy ({self.pending} requests queued); retry later")
+        self._admit()
         self._calls += 1
         try:
             future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
             return await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
-            self.stats.timed_out += 1
-            raise Overloaded(
-                f"the request did not finish within the {self.timeout_s:g} s deadline; retry later"
-            ) from None
+            raise self._timed_out() from None
         finally:
             self._calls -= 1
 
@@ -139,9 +134,7 @@ class Batcher:
     async def _submit(self, job: _Job) -> Any:
         if self._arrived is None:
             raise RuntimeError("the batcher is not started")
-        if self.pending >= self.max_queue:
-            self.stats.refused += 1
-            raise Overloaded(f"the server is busy ({self.pending} requests queued); retry later")
+        self._admit()
         self._queues[job.kind].append(job)
         self._arrived.set()
         try:  # shield: a timed-out job may already be running; its result is simply dropped
@@ -151,10 +144,18 @@ class Batcher:
             job.future.add_done_callback(
                 lambda f: f.cancelled() or f.exception()
             )  # retrieved: no "never retrieved" log
-            self.stats.timed_out += 1
-            raise Overloaded(
-                f"the request did not finish within the {self.timeout_s:g} s deadline; retry later"
-            ) from None
+            raise self._timed_out() from None
+
+    def _admit(self) -> None:
+        """Overloaded (counted as refused) when `max_queue` jobs already wait."""
+        if self.pending >= self.max_queue:
+            self.stats.refused += 1
+            raise Overloaded(f"the server is busy ({self.pending} requests queued); retry later")
+
+    def _timed_out(self) -> Overloaded:
+        """The error of a request past its deadline, counted."""
+        self.stats.timed_out += 1
+        return Overloaded(f"the request did not finish within the {self.timeout_s:g} s deadline; retry later")
 
     def _next_kind(self) -> str | None:
         waiting = [kind for kind in KINDS if self._queues[kind]]

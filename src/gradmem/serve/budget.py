@@ -73,3 +73,21 @@ class Budget:
                 f"decode tokens, over the limit of {self.max_ask_tokens} per request"
             )
         return cost
+
+    @staticmethod
+    def reconstruction_cost(context_tokens: int, chunk_tokens: int) -> int:
+        """Decode positions of a memory's greedy reconstruction, in the unit of an ask's cost: every
+        block is one decoded row, and all rows run to the longest chunk's length."""
+        blocks = -(-context_tokens // chunk_tokens)
+        return blocks * min(chunk_tokens, context_tokens)
+
+    def check_reconstruction(self, context_tokens: int, chunk_tokens: int) -> int:
+        """The reconstruction's cost (a greedy decode like an answer's, so under the same per-request
+        decode limit); LimitExceeded if it is over it."""
+        cost = self.reconstruction_cost(context_tokens, chunk_tokens)
+        if cost > self.max_ask_tokens:
+            raise LimitExceeded(
+                f"reconstructing this memory needs {cost} decode tokens, over the limit of "
+                f"{self.max_ask_tokens} per request (max_ask_tokens)"
+            )
+        return cost

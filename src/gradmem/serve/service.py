@@ -51,15 +51,6 @@ from gradmem.serve.service_config import ServiceConfig, server_config
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
 
 
-def reconstruction_cost(meta: dict[str, Any], chunk_tokens: int) -> int:
-    """Decode positions of a memory's greedy reconstruction, in the unit of an ask's cost: every
-    block is one decoded row, and all rows run to the longest chunk's length."""
-    total = int(meta["context_tokens"])
-    chunk = int(meta["write"].get("chunk_tokens") or chunk_tokens)
-    blocks = -(-total // chunk)
-    return blocks * min(chunk, total)
-
-
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
     """The service app for `engine` (its store is where memories live). `checkpoint` is a label
     shown by /version (the CLI passes the folder's name, never its path)."""
@@ -210,15 +201,10 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
     async def reconstruction(memory_id: str) -> Any:
         meta = described(engine.store.show(memory_id))  # 404 before any model work
         try:
-            cost = reconstruction_cost(meta, engine.chunk_tokens)
+            tokens, chunk = int(meta["context_tokens"]), int(meta["write"].get("chunk_tokens") or engine.chunk_tokens)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidInput(f"memory {memory_id} has an unusable sidecar") from err
-        # A greedy decode like an answer's, so it is bounded by the per-request decode budget.
-        if cost > budget.max_ask_tokens:
-            raise LimitExceeded(
-                f"reconstructing this memory needs {cost} decode tokens, over the limit of "
-                f"{budget.max_ask_tokens} per request (max_ask_tokens)"
-            )
+        budget.check_reconstruction(tokens, chunk)
         report = await batcher.call(lambda: engine.reconstruct(memory_id))
         texts = {k: safe_text(report[k]) for k in ("reconstruction", "context") if report[k] is not None}
         return {**report, **texts, "id": memory_id}
