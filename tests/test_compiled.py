@@ -90,6 +90,30 @@ def test_a_graph_that_disagrees_with_eager_is_refused():
         CompiledStep(model, max_graphs=0)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_first_call_check_allows_bf16_rounding_but_not_a_wrong_graph(bf16):
+    # Inductor fuses bf16 ops differently from eager, so a correct compiled bf16 step differs by
+    # ~1 % (measured on the 16-pair recipe's model at 2 pairs); an fp32 graph must agree to 1e-3.
+    spec = tiny_run_spec(steps=1)
+    spec["backbone"]["bf16"] = bf16
+    step = CompiledStep(build_model(spec), backend="eager")
+    batch = kv_batch()
+    real = step._step_function(batch)
+    ids = (batch.context.ids, batch.query.ids, batch.target.ids)
+    loss, read_loss, write_losses, grads = real({n: t.detach().clone() for n, t in step._state().items()}, *ids)
+
+    def off_by(rel: float, shift: float = 0.0):
+        return lambda state, *args: (loss, read_loss, write_losses, [g * (1 + rel) + shift for g in grads])
+
+    if bf16:
+        step._check(off_by(0.02), real, ids)
+    else:
+        with pytest.raises(RuntimeError, match="disagrees"):
+            step._check(off_by(0.02), real, ids)
+    with pytest.raises(RuntimeError, match="disagrees"):
+        step._check(off_by(0.0, shift=1.0), real, ids)
+
+
 def test_trainer_with_compile_matches_eager_training(tmp_path):
     spec = tiny_run_spec(steps=3, batch_size=4, warmup_steps=1, eval_every=4, eval_examples=8, log_every=1, seed=1)
     runs = {}

@@ -32,6 +32,15 @@ from torch.func import functional_call
 from gradmem.data import Batch, TokenBatch
 from gradmem.model import MemoryModel
 
+FP32_CHECK_TOLERANCE = 1e-3
+BF16_CHECK_TOLERANCE = 5e-2  # a wrong graph (a value read in Python control flow) is off by O(1), not %
+
+
+def runs_in_bf16(model: MemoryModel) -> bool:
+    """Whether the model's backbone computes under bf16 autocast (backbone option `bf16`)."""
+    options = getattr(model.backbone, "options", None)
+    return bool(getattr(options, "bf16", False))
+
 
 @dataclass
 class StepResult:
@@ -57,12 +66,14 @@ class CompiledStep:
         max_graphs: int = 4,
         mode: str | None = None,
         backend: str = "inductor",
-        check_tolerance: float = 1e-3,
+        check_tolerance: float | None = None,
         compile_after: int = 0,
     ) -> None:
         """max_graphs: compiled graphs kept at once (oldest dropped); mode, backend: passed to
         torch.compile, except backend "eager", which runs the traced graph as is (no compile; tests);
-        check_tolerance: relative tolerance of the first-call comparison with the eager step;
+        check_tolerance: relative tolerance of the first-call comparison with the eager step (default
+        1e-3, or 5e-2 for a model under bf16 autocast: fusing changes where bf16 rounds, and compiled
+        and eager bf16 gradients then differ by ~1 %, as much as eager bf16 differs from fp32);
         compile_after: calls with a batch signature before it is compiled (until then the call
         returns None and the caller runs the eager step): a compile costs a minute or more on a
         CPU, which only a signature that stays in use for hundreds of steps pays back."""
@@ -72,6 +83,8 @@ class CompiledStep:
         self.max_graphs = max_graphs
         self.mode = mode
         self.backend = backend
+        if check_tolerance is None:
+            check_tolerance = BF16_CHECK_TOLERANCE if runs_in_bf16(model) else FP32_CHECK_TOLERANCE
         self.check_tolerance = check_tolerance
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self._names = [n for n, p in model.named_parameters() if p.requires_grad]
