@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import DTYPES, add_run_options, apply_threads, interleaved, peak_bytes, ratios, summary  # noqa: E402
 
 from gradmem.attention import get_attention  # noqa: E402
+from gradmem.cli_options import int_list  # noqa: E402
 
 KERNELS = ("math", "sdpa_explicit", "sdpa_hvp")  # the first is the reference
 
@@ -62,7 +63,7 @@ MODES = {"second_order": second_order, "first_order": first_order, "forward": fo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_options(p)
-    p.add_argument("--lengths", default="128,512,1024")
+    p.add_argument("--lengths", type=int_list, default="128,512,1024")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
@@ -74,7 +75,7 @@ def main() -> None:
         "results": [],
     }
     gen = torch.Generator(device="cpu").manual_seed(0)
-    for length in (int(x) for x in args.lengths.split(",")):
+    for length in args.lengths:
         shape = (args.batch, args.heads, length, args.head_dim)
         q, k, v, w = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(4))
         q, k, v = (x.requires_grad_() for x in (q, k, v))

@@ -39,6 +39,7 @@ from presetkit import (  # noqa: E402
 from report import markdown_table, percent, plot_curves, plot_lines  # noqa: E402
 
 from gradmem.build import build_task  # noqa: E402
+from gradmem.cli_options import int_list  # noqa: E402
 
 __all__ = ["cell_spec", "deep_merge", "main", "run_cell", "summarise"]
 
@@ -192,11 +193,13 @@ def summarise(preset: dict[str, Any], out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    parser.add_argument("--pairs", default=None, help="comma-separated numbers of pairs (default: the preset's)")
+    parser.add_argument(
+        "--pairs", type=int_list, default=None, help="comma-separated numbers of pairs (default: the preset's)"
+    )
     args = parser.parse_args(argv)
     preset, wanted, out, runs = load_preset(args, "capacity")
     if args.pairs:
-        preset["pairs"] = [int(x) for x in args.pairs.split(",")]
+        preset["pairs"] = args.pairs
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

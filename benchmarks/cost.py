@@ -30,6 +30,7 @@ from transformers import DynamicCache, LlamaConfig
 
 from gradmem.backbones import HFBackbone
 from gradmem.backbones.base import context_state_floats
+from gradmem.cli_options import int_list
 from gradmem.data import pad_right
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
@@ -61,8 +62,8 @@ def forward_flops(cfg: LlamaConfig, tokens: int, offset: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", default="128,256,512,1024", help="context lengths N in tokens")
-    parser.add_argument("--steps", default="1,2,5", help="WRITE steps K")
+    parser.add_argument("--lengths", type=int_list, default="128,256,512,1024", help="context lengths N in tokens")
+    parser.add_argument("--steps", type=int_list, default="1,2,5", help="WRITE steps K")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
@@ -78,8 +79,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    lengths = [int(x) for x in args.lengths.split(",")]
-    ks = [int(x) for x in args.steps.split(",")]
+    lengths, ks = args.lengths, args.steps
     cfg = LlamaConfig(
         vocab_size=args.vocab,
         hidden_size=args.width,

@@ -25,6 +25,7 @@ import torch
 
 from gradmem.build import apply_overrides, build_model
 from gradmem.checkpoint_weights import load_weights
+from gradmem.cli_options import int_list
 from gradmem.data import Example
 from gradmem.evaluate import evaluate
 from gradmem.model import MemoryModel
@@ -204,7 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="results folder (default results/<runner>/<preset name>)")
     parser.add_argument("--runs", default=None, help="checkpoint folder (default runs/<runner>/<preset name>)")
     parser.add_argument("--methods", default=None, help="comma-separated method keys (default: all in the preset)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset's)")
+    parser.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds (default: the preset's)")
     parser.add_argument("--set", nargs="*", default=[], help="base spec overrides, e.g. train.steps=500")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="bf16 = autocast, fp32 weights")
@@ -217,7 +218,7 @@ def load_preset(args: argparse.Namespace, runner: str) -> tuple[dict[str, Any], 
     preset = json.loads(Path(args.preset).read_text())
     preset["base"] = apply_overrides(preset["base"], args.set)
     if args.seeds:
-        preset["seeds"] = [int(x) for x in args.seeds.split(",")]
+        preset["seeds"] = args.seeds
     keys = [m["key"] for m in preset["methods"]]
     wanted = args.methods.split(",") if args.methods else keys
     unknown = set(wanted) - set(keys)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, mean_std  # noqa: E402
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
+from gradmem.cli_options import int_list  # noqa: E402
 from gradmem.evaluate import evaluate  # noqa: E402
 from gradmem.train import Trainer  # noqa: E402
 
@@ -183,30 +184,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="run spec with a curriculum over num_pairs")
     parser.add_argument("--set", nargs="*", default=[], help="spec overrides, e.g. train.lr=0.002")
     parser.add_argument("--name", default=None, help="results name (default: the config's file name)")
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--seeds", type=int_list, default="0", help="comma-separated training seeds")
     parser.add_argument("--minutes", type=float, default=120.0, help="training budget per seed (train.max_minutes)")
-    parser.add_argument("--milestones", default="4,8,16", help="numbers of pairs to time")
+    parser.add_argument("--milestones", type=int_list, default="4,8,16", help="numbers of pairs to time")
     parser.add_argument("--target", type=float, default=0.9, help="validation EM that counts as reached")
     parser.add_argument("--test-examples", type=int, default=1000)
     parser.add_argument("--test-seed", type=int, default=1000)
-    parser.add_argument("--eval-steps", default="1,2", help="WRITE steps K at test time, comma-separated")
     parser.add_argument(
-        "--test-pairs", default=None, help="numbers of pairs to test the final model on (default: the last stage's)"
+        "--eval-steps", type=int_list, default="1,2", help="WRITE steps K at test time, comma-separated"
+    )
+    parser.add_argument(
+        "--test-pairs",
+        type=int_list,
+        default=None,
+        help="numbers of pairs to test the final model on (default: the last stage's)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from the runs")
     parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")
     parser.add_argument("--out", default=None, help="results folder (default results/time_to_accuracy)")
     args = parser.parse_args(argv)
-    args.milestones = [int(x) for x in args.milestones.split(",")]
-    args.eval_steps = [int(x) for x in args.eval_steps.split(",")]
-    args.test_pairs = [int(x) for x in args.test_pairs.split(",")] if args.test_pairs else None
     torch.set_num_threads(args.threads)
 
     base = apply_overrides(json.loads(Path(args.config).read_text()), args.set + [f"train.max_minutes={args.minutes}"])
     name = args.name or Path(args.config).stem
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "time_to_accuracy" / name
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     if not args.report_only:
         for seed in seeds:
             run = runs / f"s{seed}"

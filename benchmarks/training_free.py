@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gradmem.backbones import build_backbone
+from gradmem.cli_options import float_list, int_list
 from gradmem.evaluate import evaluate
 from gradmem.tasks.text import TextTask
 from gradmem.training_free import training_free_model
@@ -28,9 +29,9 @@ from gradmem.training_free import training_free_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--chunks", default="16,32", help="chunk lengths N in tokens")
-    parser.add_argument("--steps", default="0,1,5,10,25,50", help="write steps K")
-    parser.add_argument("--lrs", default="0.01,0.05", help="inner Adam learning rates")
+    parser.add_argument("--chunks", type=int_list, default="16,32", help="chunk lengths N in tokens")
+    parser.add_argument("--steps", type=int_list, default="0,1,5,10,25,50", help="write steps K")
+    parser.add_argument("--lrs", type=float_list, default="0.01,0.05", help="inner Adam learning rates")
     parser.add_argument("--memory", type=int, default=4, help="memory vectors m")
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -43,12 +44,12 @@ def main() -> None:
     backbone = build_backbone(spec)
     tokenizer = {"type": "hf", "pretrained": args.model}
     rows = []
-    for n in [int(x) for x in args.chunks.split(",")]:
+    for n in args.chunks:
         task = TextTask(mode="reconstruction", chunk_tokens=n, tokenizer=tokenizer)
         examples = task.make_split("test", args.examples, seed=0)
-        for lr in [float(x) for x in args.lrs.split(",")]:
+        for lr in args.lrs:
             model = training_free_model(backbone, args.memory, lr=lr)
-            for k in [int(x) for x in args.steps.split(",")]:
+            for k in args.steps:
                 started = time.time()
                 result = evaluate(model, examples, args.batch_size, steps=k, pad_id=task.tokenizer.pad_id)
                 row = {
@@ -79,8 +80,8 @@ def main() -> None:
         f"Token accuracy (%) of reconstructing {args.examples} held-out Shakespeare chunks from memory "
         "(teacher forced; the first token is given). K = 0: memory holds nothing about the chunk.",
         "",
-        "| N tokens | inner lr | " + " | ".join(f"K={k}" for k in args.steps.split(",")) + " |",
-        "|---|---|" + "---|" * len(args.steps.split(",")),
+        "| N tokens | inner lr | " + " | ".join(f"K={k}" for k in args.steps) + " |",
+        "|---|---|" + "---|" * len(args.steps),
     ]
     for n in sorted({r["chunk_tokens"] for r in rows}):
         for lr in sorted({r["inner_lr"] for r in rows}):

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from gradmem.build import build_model, build_task
+from gradmem.cli_options import float_list, int_list
 from gradmem.data import iterate_batches
 from gradmem.training_free import mean_embedding
 
@@ -109,14 +110,12 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=8)
     parser.add_argument("--stories", type=int, default=400)
     parser.add_argument("--fit", type=int, default=300, help="stories the probe is fitted on; the rest score it")
-    parser.add_argument("--lrs", default="0.3,3.0", help="norms of the WRITE step M1 - M0")
-    parser.add_argument("--layers", default="0,8,16,26,30", help="0 = the input embeddings")
+    parser.add_argument("--lrs", type=float_list, default="0.3,3.0", help="norms of the WRITE step M1 - M0")
+    parser.add_argument("--layers", type=int_list, default="0,8,16,26,30", help="0 = the input embeddings")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="results/pretrained/write_probe")
     args = parser.parse_args()
-    args.lrs = [float(v) for v in args.lrs.split(",")]
-    args.layers = [int(v) for v in args.layers.split(",")]
     if not 0 < args.fit < args.stories:
         parser.error("need 0 < --fit < --stories")
     torch.set_num_threads(args.threads)

@@ -3,7 +3,9 @@
 import argparse
 from dataclasses import dataclass
 
-from gradmem.cli_options import add_options, field_comments, from_args
+import pytest
+
+from gradmem.cli_options import add_options, field_comments, float_list, from_args, int_list
 from gradmem.serve.budget import Budget
 
 
@@ -33,3 +35,16 @@ def test_budget_flags_match_the_dataclass() -> None:
     add_options(parser, Budget)
     assert from_args(Budget, parser.parse_args([])) == Budget()
     assert from_args(Budget, parser.parse_args(["--max-write-steps", "5"])).max_write_steps == 5
+
+
+def test_number_lists_parse_or_fail_as_a_usage_error(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int_list, default="4,8")
+    parser.add_argument("--lrs", type=float_list, default=None)
+    assert parser.parse_args([]).pairs == [4, 8]  # string defaults go through the type too
+    assert parser.parse_args(["--pairs", "16", "--lrs", "0.1,1e-2"]).lrs == [0.1, 0.01]
+    for bad in (["--pairs", "4,x"], ["--pairs", ""], ["--lrs", "0.1,,1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(bad)
+        assert exit_info.value.code == 2
+        assert "expected comma-separated" in capsys.readouterr().err

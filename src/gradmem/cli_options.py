@@ -77,3 +77,21 @@ def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     `overrides` taking precedence."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**(values | overrides))
+
+
+def _number_list(text: str, kind: type, example: str) -> list:
+    try:
+        values = [kind(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, e.g. {example}; got {text!r}")
+    return values
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type of a comma-separated list of integers ("1,2,4"), with a usage error otherwise."""
+    return _number_list(text, int, "1,2,4")
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type of a comma-separated list of numbers ("0.01,0.1"), with a usage error otherwise."""
+    return _number_list(text, float, "0.01,0.1")
