@@ -25,6 +25,7 @@ import torch
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint, load_spec
 from gradmem.checkpoint import recover
+from gradmem.cli_options import int_list
 from gradmem.data import save_jsonl
 from gradmem.errors import ConfigError, GradmemError
 from gradmem.serve.cli_memory import add_memory_commands
@@ -148,7 +149,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed = spec.get("train", {}).get("seed", 0) if args.seed is None else args.seed
         examples = task.make_split(args.split, args.examples, seed)
     results = []
-    for steps in [None] if args.steps is None else [int(s) for s in args.steps.split(",")]:
+    for steps in args.steps or [None]:
         result = evaluate(
             model,
             examples,
@@ -238,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--examples", type=positive_int, default=1000)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the run's seed)")
-    p.add_argument("--steps", default=None, help="WRITE steps at evaluation, comma-separated for a sweep")
+    p.add_argument(
+        "--steps", type=int_list, default=None, help="WRITE steps at evaluation, comma-separated for a sweep"
+    )
     p.add_argument("--lr", type=float, default=None, help="inner lr at evaluation")
     p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--generate", action="store_true", help="also score greedy generation")
