@@ -101,27 +101,43 @@ def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dic
         for n in args.test_pairs or [pairs[-1]]:
             task = build_task({"task": {**spec["task"], "num_pairs": n}})
             test = task.make_split("test", args.test_examples, args.test_seed)
-            for k in args.eval_steps:
+            for k in test_write_steps(spec, args):
                 result = evaluate(model, test, 250, steps=k)
                 row[em_key(n, k, pairs[-1])] = result["exact_match"]
     row["curve"] = [(r["elapsed_s"] / 60, pairs[r["stage"]], r["exact_match"]) for r in last]
     return row
 
 
-def em_key(pairs: int, k: int, trained_pairs: int) -> str:
+def test_write_steps(spec: dict[str, Any], args: argparse.Namespace) -> list[int | None]:
+    """The WRITE steps K to test with: --eval-steps for a method that writes by gradient descent,
+    one test with the method's own setting for the others (RMT, full or no context)."""
+    return args.eval_steps if "write" in spec["method"] else [None]
+
+
+def method_label(method: dict[str, Any]) -> str:
+    """ "GradMem K = 2", "RMT x1", "full context": what the table's caption says was trained."""
+    name = method.get("name", "gradmem")
+    if name == "gradmem":
+        return f"GradMem K = {method.get('write', {}).get('steps')}"
+    if name == "rmt":
+        return f"RMT x{method.get('steps', 1)}"
+    return name.replace("_", " ")
+
+
+def em_key(pairs: int, k: int | None, trained_pairs: int) -> str:
     """The row key of a test EM: `test_em_K<k>` at the trained number of pairs (older results read
-    the same), `test_em_N<pairs>_K<k>` at another."""
-    return f"test_em_K{k}" if pairs == trained_pairs else f"test_em_N{pairs}_K{k}"
+    the same), `test_em_N<pairs>_K<k>` at another; without the `_K<k>` for a method without K."""
+    steps = "" if k is None else f"_K{k}"
+    return f"test_em{steps}" if pairs == trained_pairs else f"test_em_N{pairs}{steps}"
 
 
 def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    k_train = spec["method"].get("write", {}).get("steps")
     trained_pairs = stage_pairs(spec)[-1]
-    tested = [(n, k) for n in args.test_pairs or [trained_pairs] for k in args.eval_steps]
+    tested = [(n, k) for n in args.test_pairs or [trained_pairs] for k in test_write_steps(spec, args)]
     header = (
         ["seed"]
         + [f"{n} pairs: min (steps)" for n in args.milestones]
-        + [f"test EM {n} pairs, K={k}" for n, k in tested]
+        + [f"test EM {n} pairs" + ("" if k is None else f", K={k}") for n, k in tested]
         + ["trained"]
     )
     table_rows = []
@@ -144,7 +160,7 @@ def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args:
         else:
             summary_line.append(f"{n} pairs: reached in 0/{len(rows)} seeds")
     return (
-        f"Time to {100 * args.target:.0f} % validation EM ({name}; trained with K = {k_train}; "
+        f"Time to {100 * args.target:.0f} % validation EM ({name}; {method_label(spec['method'])}; "
         f"test EM on {args.test_examples} held-out examples, test seed {args.test_seed}).\n\n"
         + markdown_table(header, table_rows)
         + "\n"

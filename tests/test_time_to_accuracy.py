@@ -84,3 +84,19 @@ def test_test_pairs_scores_the_final_model_at_other_numbers_of_pairs(tta, tmp_pa
     assert {"test_em_N1_K1", "test_em_K1"} <= set(seed)  # the trained 2 pairs keep the old key
     table = (tmp_path / "out" / "spec.md").read_text()
     assert "test EM 1 pairs, K=1" in table and "test EM 2 pairs, K=1" in table
+
+
+def test_a_method_without_write_steps_is_tested_once_and_named(tta, tmp_path):
+    spec = tiny_run_spec(steps=2, batch_size=4, warmup_steps=1, eval_every=2, eval_examples=8, log_every=1)
+    spec["method"] = {"name": "rmt", "num_memory": 2, "steps": 1}  # --eval-steps means nothing to it
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps(spec))
+    common = ["--config", str(config), "--test-examples", "10", "--eval-steps", "1,2", "--milestones", "2"]
+    assert (
+        tta.main([*common, "--test-pairs", "1,2", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+        == 0
+    )
+    (seed,) = json.loads((tmp_path / "out" / "spec.json").read_text())["seeds"]
+    assert {"test_em_N1", "test_em"} <= set(seed) and not any("_K" in key for key in seed)
+    table = (tmp_path / "out" / "spec.md").read_text()
+    assert "(spec; RMT x1;" in table and "| test EM 1 pairs | test EM 2 pairs |" in table
