@@ -101,24 +101,29 @@ def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dic
         for n in args.test_pairs or [pairs[-1]]:
             task = build_task({"task": {**spec["task"], "num_pairs": n}})
             test = task.make_split("test", args.test_examples, args.test_seed)
-            for k in test_write_steps(spec, args):
+            for k in write_steps_to_test(spec, args):
                 result = evaluate(model, test, 250, steps=k)
                 row[em_key(n, k, pairs[-1])] = result["exact_match"]
     row["curve"] = [(r["elapsed_s"] / 60, pairs[r["stage"]], r["exact_match"]) for r in last]
     return row
 
 
-def test_write_steps(spec: dict[str, Any], args: argparse.Namespace) -> list[int | None]:
+def writes_by_gradient_descent(method: dict[str, Any]) -> bool:
+    return method.get("name", "gradmem") == "gradmem"
+
+
+def write_steps_to_test(spec: dict[str, Any], args: argparse.Namespace) -> list[int | None]:
     """The WRITE steps K to test with: --eval-steps for a method that writes by gradient descent,
     one test with the method's own setting for the others (RMT, full or no context)."""
-    return args.eval_steps if "write" in spec["method"] else [None]
+    return args.eval_steps if writes_by_gradient_descent(spec["method"]) else [None]
 
 
 def method_label(method: dict[str, Any]) -> str:
     """ "GradMem K = 2", "RMT x1", "full context": what the table's caption says was trained."""
     name = method.get("name", "gradmem")
-    if name == "gradmem":
-        return f"GradMem K = {method.get('write', {}).get('steps')}"
+    if writes_by_gradient_descent(method):
+        steps = method.get("write", {}).get("steps")
+        return "GradMem" if steps is None else f"GradMem K = {steps}"  # None: the method's default K
     if name == "rmt":
         return f"RMT x{method.get('steps', 1)}"
     return name.replace("_", " ")
@@ -133,7 +138,7 @@ def em_key(pairs: int, k: int | None, trained_pairs: int) -> str:
 
 def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     trained_pairs = stage_pairs(spec)[-1]
-    tested = [(n, k) for n in args.test_pairs or [trained_pairs] for k in test_write_steps(spec, args)]
+    tested = [(n, k) for n in args.test_pairs or [trained_pairs] for k in write_steps_to_test(spec, args)]
     header = (
         ["seed"]
         + [f"{n} pairs: min (steps)" for n in args.milestones]
@@ -225,9 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     base = apply_overrides(json.loads(Path(args.config).read_text()), args.set + [f"train.max_minutes={args.minutes}"])
     name = args.name or Path(args.config).stem
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "time_to_accuracy" / name
-    seeds = args.seeds
     if not args.report_only:
-        for seed in seeds:
+        for seed in args.seeds:
             run = runs / f"s{seed}"
             spec = apply_overrides(base, [f"train.seed={seed}"])
             if (run / "done.json").exists():
