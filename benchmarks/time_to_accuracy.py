@@ -11,7 +11,9 @@ the first validation evaluation on the N-pair stage with EM >= --target (the cur
 advance rule, `train.advance_exact_match`); its time is the run's cumulative training time then,
 evaluations included. The best checkpoint of the last stage is then scored on --test-examples
 held-out examples (test split, --test-seed, the same for every seed), at the last stage's number of
-pairs or at each of --test-pairs. Results:
+pairs or at each of --test-pairs. With --choose-steps / --choose-lrs, a GradMem model is also tested
+at the trained number of pairs with the test-time WRITE (K, inner lr) that scores best on
+--valid-examples of the run's validation split (the paper's test-time extrapolation). Results:
 results/time_to_accuracy/<name>.{json,md,png}.
 """
 
@@ -29,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, mean_std  # noqa: E402
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
-from gradmem.cli_options import int_list  # noqa: E402
-from gradmem.evaluate import evaluate  # noqa: E402
+from gradmem.cli_options import float_list, int_list  # noqa: E402
+from gradmem.evaluate import choose_write_setting, evaluate  # noqa: E402
 from gradmem.train import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +106,24 @@ def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dic
             for k in write_steps_to_test(spec, args):
                 result = evaluate(model, test, 250, steps=k)
                 row[em_key(n, k, pairs[-1])] = result["exact_match"]
+        if args.choose_steps and writes_by_gradient_descent(spec["method"]):
+            row.update(score_chosen_write(model, spec, pairs[-1], args))
     row["curve"] = [(r["elapsed_s"] / 60, pairs[r["stage"]], r["exact_match"]) for r in last]
     return row
+
+
+def score_chosen_write(model: Any, spec: dict[str, Any], pairs: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Choose the test-time WRITE (K, inner lr) on the run's validation split, then test with it."""
+    task = build_task({"task": {**spec["task"], "num_pairs": pairs}})
+    valid = task.make_split("valid", args.valid_examples, spec["train"]["seed"])
+    lrs = args.choose_lrs or [spec["method"].get("write", {}).get("optim", {}).get("lr", 0.4)]
+    best, grid = choose_write_setting(model, valid, args.choose_steps, lrs, batch_size=250)
+    test = task.make_split("test", args.test_examples, args.test_seed)
+    return {
+        "chosen_write": {"steps": best.steps, "lr": best.lr, "valid_em": best.exact_match},
+        "chosen_write_grid": [[s.steps, s.lr, s.exact_match] for s in grid],
+        "test_em_chosen": evaluate(model, test, 250, steps=best.steps, lr=best.lr)["exact_match"],
+    }
 
 
 def writes_by_gradient_descent(method: dict[str, Any]) -> bool:
@@ -139,10 +157,12 @@ def em_key(pairs: int, k: int | None, trained_pairs: int) -> str:
 def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     trained_pairs = stage_pairs(spec)[-1]
     tested = [(n, k) for n in args.test_pairs or [trained_pairs] for k in write_steps_to_test(spec, args)]
+    chosen_column = any("chosen_write" in r for r in rows)
     header = (
         ["seed"]
         + [f"{n} pairs: min (steps)" for n in args.milestones]
         + [f"test EM {n} pairs" + ("" if k is None else f", K={k}") for n, k in tested]
+        + ([f"test EM {trained_pairs} pairs, WRITE chosen on validation"] if chosen_column else [])
         + ["trained"]
     )
     table_rows = []
@@ -153,6 +173,11 @@ def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]], args:
             cells.append(f"{hit['minutes']:.1f} ({hit['step']})" if hit else "not reached")
         keys = [em_key(n, k, trained_pairs) for n, k in tested]
         cells += [f"{100 * row[key]:.1f}" if key in row else "-" for key in keys]
+        if chosen_column:
+            chosen = row.get("chosen_write")
+            cells.append(
+                f"{100 * row['test_em_chosen']:.1f} (K={chosen['steps']}, lr {chosen['lr']:g})" if chosen else "-"
+            )
         cells.append(f"{row['minutes']:.1f} min, {row['steps']} steps, last stage {row['final_stage_pairs']} pairs")
         table_rows.append(cells)
     summary_line = []
@@ -220,6 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="numbers of pairs to test the final model on (default: the last stage's)",
     )
+    parser.add_argument(
+        "--choose-steps",
+        type=int_list,
+        default=None,
+        help="test-time K to choose from on the validation split, comma-separated (default: no choice)",
+    )
+    parser.add_argument(
+        "--choose-lrs",
+        type=float_list,
+        default=None,
+        help="inner lrs to choose from with --choose-steps (default: the trained one)",
+    )
+    parser.add_argument("--valid-examples", type=int, default=1000, help="validation examples for --choose-steps")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from the runs")
     parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")

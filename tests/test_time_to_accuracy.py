@@ -100,3 +100,32 @@ def test_a_method_without_write_steps_is_tested_once_and_named(tta, tmp_path):
     assert {"test_em_N1", "test_em"} <= set(seed) and not any("_K" in key for key in seed)
     table = (tmp_path / "out" / "spec.md").read_text()
     assert "(spec; RMT x1;" in table and "| test EM 1 pairs | test EM 2 pairs |" in table
+
+
+def test_choose_steps_picks_the_write_on_validation_and_tests_it(tta, tmp_path):
+    spec = tiny_run_spec(steps=2, batch_size=4, warmup_steps=1, eval_every=2, eval_examples=8, log_every=1)
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps(spec))
+    common = ["--config", str(config), "--test-examples", "10", "--eval-steps", "1", "--milestones", "2"]
+    common += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--valid-examples", "6"]
+    assert tta.main([*common, "--choose-steps", "1,2", "--choose-lrs", "0.5,1"]) == 0
+    (seed,) = json.loads((tmp_path / "out" / "spec.json").read_text())["seeds"]
+    grid = seed["chosen_write_grid"]
+    assert [(k, lr) for k, lr, _ in grid] == [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)]
+    chosen = seed["chosen_write"]
+    assert chosen["valid_em"] == max(em for _, _, em in grid)
+    assert 0.0 <= seed["test_em_chosen"] <= 1.0
+    row = (tmp_path / "out" / "spec.md").read_text()
+    assert "WRITE chosen on validation" in row and f"(K={chosen['steps']}, lr {chosen['lr']:g})" in row
+
+
+def test_a_method_without_write_steps_gets_no_chosen_write(tta, tmp_path):
+    spec = tiny_run_spec(steps=2, batch_size=4, warmup_steps=1, eval_every=2, eval_examples=8, log_every=1)
+    spec["method"] = {"name": "rmt", "num_memory": 2, "steps": 1}
+    config = tmp_path / "spec.json"
+    config.write_text(json.dumps(spec))
+    args = ["--config", str(config), "--test-examples", "10", "--milestones", "2", "--choose-steps", "1,2"]
+    assert tta.main([*args, "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    (seed,) = json.loads((tmp_path / "out" / "spec.json").read_text())["seeds"]
+    assert "chosen_write" not in seed
+    assert "WRITE chosen" not in (tmp_path / "out" / "spec.md").read_text()

@@ -1,8 +1,10 @@
-"""Evaluation: exact match (teacher forced and generated), token accuracy, READ loss, WRITE curve."""
+"""Evaluation: exact match (teacher forced and generated), token accuracy, READ loss, WRITE curve;
+and the choice of test-time WRITE settings (K, inner lr) on held-out examples."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -76,3 +78,36 @@ def evaluate(
     if measure_final and write_curve is not None:
         result["write_loss_final"] = final_sum / n
     return result
+
+
+@dataclass(frozen=True)
+class WriteSetting:
+    """A test-time WRITE setting and the exact match it scored."""
+
+    steps: int  # K, inner gradient steps
+    lr: float  # inner step size
+    exact_match: float
+
+
+def choose_write_setting(
+    model: MemoryModel,
+    examples: Sequence[Example],
+    steps: Sequence[int],
+    lrs: Sequence[float],
+    batch_size: int = 64,
+) -> tuple[WriteSetting, list[WriteSetting]]:
+    """Score every (K, inner lr) of the grid on `examples` and return the best with all scores.
+
+    Pass validation examples, never the test split: the choice is a hyperparameter (the paper's
+    test-time extrapolation, Table 3, raises K at evaluation). Ties go to fewer steps, the cheaper
+    WRITE, then to the smaller lr.
+    """
+    if not steps or not lrs:
+        raise ValueError("choose_write_setting needs at least one number of steps and one lr")
+    scored = [
+        WriteSetting(k, lr, float(evaluate(model, examples, batch_size, steps=k, lr=lr)["exact_match"]))
+        for k in steps
+        for lr in lrs
+    ]
+    best = max(scored, key=lambda s: (s.exact_match, -s.steps, -s.lr))
+    return best, scored
