@@ -114,6 +114,21 @@ def test_eval_sweeps_write_steps(config, tmp_path, capsys):
     assert rows[1]["exact_match"] == expected["exact_match"] and rows[1]["loss"] == pytest.approx(expected["loss"])
 
 
+def test_eval_sweeps_steps_by_inner_lr(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=1"])
+    capsys.readouterr()
+    assert main(["eval", str(out / "last"), "--examples", "6", "--steps", "1,2", "--lr", "0.5,2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(r["write_steps"], r["write_lr"]) for r in rows] == [(1, 0.5), (1, 2.0), (2, 0.5), (2, 2.0)]
+    model, task, spec = load_checkpoint(out / "last")
+    examples = task.make_split("test", 6, spec.get("train", {}).get("seed", 0))
+    assert rows[3]["loss"] == pytest.approx(evaluate(model, examples, 100, steps=2, lr=2.0)["loss"])
+    assert rows[3]["write_loss"] != rows[2]["write_loss"]  # the lr reached the WRITE
+    assert main(["eval", str(out / "last"), "--examples", "6", "--lr", "-1"]) == 2
+    assert "lr" in capsys.readouterr().err
+
+
 def test_data_export(config, tmp_path):
     path = tmp_path / "valid.jsonl"
     assert main(["data", "--config", str(config), "-n", "5", "--out", str(path)]) == 0

@@ -14,6 +14,7 @@ Every error is reported as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ import torch
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint, load_spec
 from gradmem.checkpoint import recover
-from gradmem.cli_options import int_list
+from gradmem.cli_options import float_list, int_list
 from gradmem.data import save_jsonl
 from gradmem.errors import ConfigError, GradmemError
 from gradmem.serve.cli_memory import add_memory_commands
@@ -149,13 +150,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed = spec.get("train", {}).get("seed", 0) if args.seed is None else args.seed
         examples = task.make_split(args.split, args.examples, seed)
     results = []
-    for steps in args.steps or [None]:
+    for steps, lr in itertools.product(args.steps or [None], args.lr or [None]):
         result = evaluate(
             model,
             examples,
             args.batch_size,
             steps=steps,
-            lr=args.lr,
+            lr=lr,
             generate=args.generate,
             eos_id=None,
             pad_id=task.tokenizer.pad_id,
@@ -165,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             text = score_answers(model, task.tokenizer, examples, answers, batch_size=args.batch_size, steps=steps)
             result.update(text_exact_match=text["exact_match"], text_f1=text["f1"])
-        results.append({"write_steps": steps, **result})
+        results.append({"write_steps": steps, **({"write_lr": lr} if lr is not None else {}), **result})
         print(json.dumps(results[-1]), flush=True)
     if args.out:
         source = {"data": args.data} if args.data else {"split": args.split}
@@ -242,7 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=int_list, default=None, help="WRITE steps at evaluation, comma-separated for a sweep"
     )
-    p.add_argument("--lr", type=float, default=None, help="inner lr at evaluation")
+    p.add_argument(
+        "--lr",
+        type=float_list,
+        default=None,
+        help="inner lr at evaluation, comma-separated for a sweep (with --steps: every pair)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--generate", action="store_true", help="also score greedy generation")
     p.add_argument("--out", default=None, help="write the results as JSON here")
