@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")
     parser.add_argument("--out", default=None, help="results folder (default results/time_to_accuracy)")
     args = parser.parse_args(argv)
+    if any(k < 0 for k in args.choose_steps or []) or not all(lr > 0 for lr in args.choose_lrs or []):
+        parser.error("--choose-steps must be >= 0 and --choose-lrs > 0")  # before any training or scoring
     torch.set_num_threads(args.threads)
 
     base = apply_overrides(json.loads(Path(args.config).read_text()), args.set + [f"train.max_minutes={args.minutes}"])

@@ -129,3 +129,10 @@ def test_a_method_without_write_steps_gets_no_chosen_write(tta, tmp_path):
     (seed,) = json.loads((tmp_path / "out" / "spec.json").read_text())["seeds"]
     assert "chosen_write" not in seed
     assert "WRITE chosen" not in (tmp_path / "out" / "spec.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [["--choose-steps", "-1"], ["--choose-steps", "2", "--choose-lrs", "0.5,nan"]])
+def test_a_bad_write_grid_is_a_usage_error_before_any_work(tta, tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        tta.main(["--config", str(tmp_path / "unread.json"), *bad])
+    assert stop.value.code == 2 and "--choose-lrs > 0" in capsys.readouterr().err
