@@ -99,3 +99,20 @@ def test_eval_data_scores_free_text_answers(tmp_path, tokenizer_spec, capsys):
         batch_size=2,
     )
     assert (result["text_exact_match"], result["text_f1"]) == (direct["exact_match"], direct["f1"])
+
+
+def test_free_text_answers_are_written_with_the_given_steps_and_lr(tmp_path, tokenizer_spec):
+    path = write_lines(tmp_path / "q.jsonl", LINES)
+    task = QATask(test=str(path), tokenizer=tokenizer_spec)
+    spec = {
+        "task": {"name": "qa", "test": str(path), "tokenizer": tokenizer_spec},
+        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+        "train": {},
+    }
+    model = build_model(spec)
+    data = load_data_file(path, task, model.max_sequence_tokens)
+    seen, write = [], model.write
+    model.write = lambda context, **kw: seen.append((kw["steps"], kw["lr"])) or write(context, **kw)
+    score_answers(model, task.tokenizer, data.examples, data.answers, batch_size=2, steps=3, lr=0.25)
+    assert seen == [(3, 0.25), (3, 0.25)]  # both batches of the three questions

@@ -164,7 +164,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if answers is not None and args.generate:
             from gradmem.text_eval import score_answers
 
-            text = score_answers(model, task.tokenizer, examples, answers, batch_size=args.batch_size, steps=steps)
+            text = score_answers(
+                model, task.tokenizer, examples, answers, batch_size=args.batch_size, steps=steps, lr=lr
+            )
             result.update(text_exact_match=text["exact_match"], text_f1=text["f1"])
         results.append({"write_steps": steps, **({"write_lr": lr} if lr is not None else {}), **result})
         print(json.dumps(results[-1]), flush=True)

@@ -24,6 +24,7 @@ def generate_answers(
     max_new_tokens: int = 16,
     batch_size: int = 16,
     steps: int | None = None,
+    lr: float | None = None,
 ) -> list[str]:
     """Write each example's context, generate greedily from [memory; query] until EOS, decode."""
     device = next(model.parameters()).device
@@ -33,7 +34,7 @@ def generate_answers(
     with torch.no_grad():
         for batch in iterate_batches(examples, batch_size, tokenizer.pad_id):
             batch = batch.to(device)
-            memory = model.write(batch.context, steps=steps)
+            memory = model.write(batch.context, steps=steps, lr=lr)
             out = model.generate(memory, batch.query, max_new_tokens, tokenizer.eos_id)  # (B, T), -1 after stop
             answers += [tokenizer.decode(row).strip() for row in generated_rows(out, tokenizer.eos_id)]
     model.train(was_training)
@@ -48,9 +49,11 @@ def score_answers(
     max_new_tokens: int = 16,
     batch_size: int = 16,
     steps: int | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
-    """SQuAD EM / F1 (%) of the answers generated for `examples` against each one's ground truths."""
-    predictions = generate_answers(model, tokenizer, examples, max_new_tokens, batch_size, steps)
+    """SQuAD EM / F1 (%) of the answers generated for `examples` against each one's ground truths;
+    `steps` / `lr` override the WRITE's K and inner lr, as in `evaluate`."""
+    predictions = generate_answers(model, tokenizer, examples, max_new_tokens, batch_size, steps, lr)
     return {**squad_scores(predictions, answers), "predictions": predictions}
 
 
