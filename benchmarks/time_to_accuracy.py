@@ -33,7 +33,6 @@ from report import markdown_table, mean_std  # noqa: E402
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
 from gradmem.cli_options import float_list, int_list  # noqa: E402
 from gradmem.evaluate import choose_write_setting, evaluate  # noqa: E402
-from gradmem.inner_optim import InnerOptimConfig  # noqa: E402
 from gradmem.train import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,8 +116,7 @@ def score_chosen_write(model: Any, spec: dict[str, Any], pairs: int, args: argpa
     """Choose the test-time WRITE (K, inner lr) on the run's validation split, then test with it."""
     task = build_task({"task": {**spec["task"], "num_pairs": pairs}})
     valid = task.make_split("valid", args.valid_examples, spec["train"]["seed"])
-    trained_lr = spec["method"].get("write", {}).get("optim", {}).get("lr", InnerOptimConfig().lr)
-    lrs = args.choose_lrs or [trained_lr]
+    lrs = args.choose_lrs or [model.method.config.write.optim.lr]  # the trained lr, as the model holds it
     best, grid = choose_write_setting(model, valid, args.choose_steps, lrs, batch_size=250)
     test = task.make_split("test", args.test_examples, args.test_seed)
     return {

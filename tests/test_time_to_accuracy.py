@@ -8,6 +8,8 @@ import json
 import pytest
 from conftest import benchmarks_on_path, tiny_run_spec
 
+from gradmem.inner_optim import InnerOptimConfig
+
 
 @pytest.fixture(scope="module")
 def tta():
@@ -117,6 +119,9 @@ def test_choose_steps_picks_the_write_on_validation_and_tests_it(tta, tmp_path):
     assert 0.0 <= seed["test_em_chosen"] <= 1.0
     row = (tmp_path / "out" / "spec.md").read_text()
     assert "WRITE chosen on validation" in row and f"(K={chosen['steps']}, lr {chosen['lr']:g})" in row
+    assert tta.main([*common, "--choose-steps", "1", "--report-only"]) == 0  # no --choose-lrs: the trained lr
+    (seed,) = json.loads((tmp_path / "out" / "spec.json").read_text())["seeds"]
+    assert [lr for _, lr, _ in seed["chosen_write_grid"]] == [InnerOptimConfig().lr]  # the spec sets none
 
 
 def test_a_method_without_write_steps_gets_no_chosen_write(tta, tmp_path):
