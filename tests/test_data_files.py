@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_model
 
-from gradmem.data import save_jsonl
+from gradmem.data import load_jsonl, save_jsonl
 from gradmem.data_files import load_examples
 from gradmem.evaluate import evaluate
 from gradmem.tasks import BabiTask, KVTask
@@ -70,6 +70,19 @@ def test_a_bad_line_is_named(tmp_path: Path, line, message: str) -> None:
         load_examples(path, KVTask(num_pairs=1), max_tokens=100)
     assert str(err.value).startswith(f"{path}:2: ")
     assert message in str(err.value)
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path: Path) -> None:
+    """Editors on Windows save UTF-8 with a BOM; the file reads as without one (ids and questions too)."""
+    task = KVTask(num_pairs=2)
+    plain = write_lines(tmp_path / "plain.jsonl", kv_strings(task, 5, seed=3))
+    marked = tmp_path / "bom.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_examples(marked, task) == load_examples(plain, task)
+    ids = tmp_path / "ids.jsonl"
+    save_jsonl(load_examples(plain, task), ids)
+    ids.write_bytes(b"\xef\xbb\xbf" + ids.read_bytes())
+    assert load_jsonl(ids) == load_examples(plain, task)
 
 
 def test_babi_strings_match_its_own_examples() -> None:

@@ -42,6 +42,14 @@ def test_questions_load_with_one_or_several_answers(tmp_path):
     assert items[1].context == LINES[1]["context"] and items[1].question == "Where is Sandra ?"
 
 
+def test_a_question_file_with_a_byte_order_mark_loads(tmp_path):
+    (tmp_path / "plain").mkdir(), (tmp_path / "marked").mkdir()
+    plain = write_lines(tmp_path / "plain" / "q.jsonl", LINES)  # same name: an item's id holds the file name
+    marked = tmp_path / "marked" / "q.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_questions(marked) == load_questions(plain)
+
+
 @pytest.mark.parametrize(
     "line, message",
     [

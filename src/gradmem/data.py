@@ -119,7 +119,7 @@ def save_jsonl(examples: Iterable[Example], path: str | Path) -> None:
 def load_jsonl(path: str | Path) -> list[Example]:
     """Read examples written by `save_jsonl`; a malformed line raises with its line number."""
     examples = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -57,7 +57,7 @@ def load_data_file(path: str | Path, task: Any, max_tokens: int | None = None) -
 
 
 def _is_question_file(path: str | Path) -> bool:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         first = next((line for line in f if line.strip()), "")
     try:
         record = json.loads(first)
@@ -69,7 +69,7 @@ def _is_question_file(path: str | Path) -> bool:
 def load_examples(path: str | Path, task: Any, max_tokens: int | None = None) -> list[Example]:
     """Every context/query/target example of `path` (strings through `task.encode_strings`, or ids)."""
     examples = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue

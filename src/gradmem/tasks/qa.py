@@ -34,7 +34,7 @@ class QAConfig:
 def load_questions(path: str | Path) -> list[SquadItem]:
     """Every question of a JSONL file; a line that does not fit raises a ValueError naming it."""
     items = []
-    with open(Path(path).expanduser(), encoding="utf-8") as f:
+    with open(Path(path).expanduser(), encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:
