@@ -62,11 +62,14 @@ def test_write_then_ask_without_the_context(config, tmp_path, capsys, monkeypatc
     with torch.no_grad():  # the answers by hand: greedy decode of 8 tokens from the memory file
         ids = model.generate(memory.repeat(2), pad_right([task.tokenizer.encode(q) for q in ("?!ab:", "?!ef:")]), 8)
     assert [a["answer"] for a in answers] == [task.tokenizer.decode(row.tolist()) for row in ids]
-    # the same text from stdin: found in the store by its id, nothing written again
-    monkeypatch.setattr("sys.stdin", io.StringIO("!ab:cd!!ef:gh!|"))
+    # the same text from stdin, and saved with a byte-order mark: found in the store by its id
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeff!ab:cd!!ef:gh!|"))
     assert main(["write", str(out / "last"), *store]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["id"] == written["id"] and not again["created"]
+    context.write_bytes(b"\xef\xbb\xbf!ab:cd!!ef:gh!|\r\n")
+    assert main(["write", str(out / "last"), "--context", str(context), "--quiet", *store]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["id"] == written["id"]
     assert main(["ask", str(out / "last"), written["id"], "-q", "?!ab:", *store]) == 0
     assert [json.loads(line)["answer"] for line in capsys.readouterr().out.strip().splitlines()] == [
         answers[0]["answer"]

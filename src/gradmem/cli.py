@@ -35,7 +35,7 @@ from gradmem.spec_check import validate_spec
 
 def _load_spec(args: argparse.Namespace, overrides: bool = True) -> dict[str, Any]:
     try:
-        spec = json.loads(Path(args.config).read_text())
+        spec = json.loads(Path(args.config).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read config {args.config}: {err}") from err
     spec = apply_overrides(spec, args.set or []) if overrides and isinstance(spec, dict) else spec

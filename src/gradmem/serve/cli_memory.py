@@ -54,7 +54,11 @@ def cmd_write(args: argparse.Namespace) -> int:
     from gradmem.serve.memory_io import memory_paths
 
     engine = open_engine(args)
-    text = sys.stdin.read() if args.context == "-" else Path(args.context).read_text(encoding="utf-8")
+    text = (
+        sys.stdin.read().removeprefix("\ufeff")
+        if args.context == "-"
+        else Path(args.context).read_text(encoding="utf-8-sig")
+    )
     text = text.strip()
     total = engine.settings(args.steps, args.lr, args.target_loss)["steps"]
 
@@ -107,7 +111,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
     memory, _, _ = resolve_memory(engine, ref)
     queries = list(args.queries)
     if args.queries_file:
-        queries += [q.strip() for q in Path(args.queries_file).read_text().splitlines() if q.strip()]
+        queries += [
+            q.strip() for q in Path(args.queries_file).read_text(encoding="utf-8-sig").splitlines() if q.strip()
+        ]
     if not queries:
         raise InvalidInput("give at least one query")
     answers = engine.answer([(memory, q) for q in queries], args.max_new_tokens)  # one batched decode
@@ -120,7 +126,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     engine = open_engine(args)
     memory, meta, context = resolve_memory(engine, args.memory)
     if args.context:
-        context = Path(args.context).read_text(encoding="utf-8").strip()
+        context = Path(args.context).read_text(encoding="utf-8-sig").strip()
     report = engine.reconstruct_memory(memory, meta, context)
     if args.json:
         print(json.dumps(report))

@@ -231,7 +231,7 @@ class BabiTask:
         if split not in self._files:
             name = "test" if split == "test" else "train"
             path = find_babi_file(self.config.data_path, self.config.task, name)
-            stories = parse_babi(Path(path).read_text(encoding="utf-8"))
+            stories = parse_babi(Path(path).read_text(encoding="utf-8-sig"))
             if split != "test":
                 cut = int(len(stories) * 0.9)
                 stories = stories[:cut] if split == "train" else stories[cut:]

@@ -40,7 +40,7 @@ class SquadItem:
 
 def load_squad(path: str | Path) -> list[SquadItem]:
     """Every question of a SQuAD v1.1 JSON file, in file order."""
-    data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    data = json.loads(Path(path).expanduser().read_text(encoding="utf-8-sig"))
     if "data" not in data:
         raise ValueError(f"{path} is not a SQuAD file (no 'data' key)")
     items = []
