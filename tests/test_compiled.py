@@ -15,7 +15,7 @@ import torch
 from conftest import kv_batch, tiny_model, tiny_run_spec
 
 from gradmem.build import build_model
-from gradmem.compiled import CompiledStep, relative_error, without_bf16
+from gradmem.compiled import MAX_CHECK_FAILURES, CompiledStep, CompiledStepMismatch, relative_error, without_bf16
 from gradmem.train import Trainer
 
 
@@ -88,6 +88,45 @@ def test_a_graph_that_disagrees_with_eager_is_refused():
         step._check(wrong, real, ids)
     with pytest.raises(ValueError, match="max_graphs"):
         CompiledStep(model, max_graphs=0)
+
+
+def test_a_failed_check_leaves_the_batch_to_eager_then_retries(monkeypatch):
+    # a check that fails twice, then passes: the first two batches return None (the caller runs
+    # them eagerly), the third is traced again and used from then on
+    step = CompiledStep(tiny_model(write={"steps": 1}), backend="eager")
+    verdicts = iter([False, False, True])
+
+    def check(compiled, real, ids):
+        if not next(verdicts):
+            raise CompiledStepMismatch("the compiled step disagrees with the eager step (stand-in)")
+
+    monkeypatch.setattr(step, "_check", check)
+    batch = kv_batch()
+    for attempt in (1, 2):
+        with pytest.warns(RuntimeWarning, match=f"check {attempt} of {MAX_CHECK_FAILURES} failed"):
+            assert step(batch) is None
+    result = step(batch)
+    assert step.compiles == 3 and result is not None
+    for fast, ref in zip(result.grads, eager_gradients(step.model, batch)[1]):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_a_signature_that_always_fails_stays_eager_and_no_fallback_raises(monkeypatch):
+    def failing(compiled, real, ids):
+        raise CompiledStepMismatch("the compiled step disagrees with the eager step (stand-in)")
+
+    step = CompiledStep(tiny_model(write={"steps": 1}), backend="eager")
+    monkeypatch.setattr(step, "_check", failing)
+    batch = kv_batch()
+    with pytest.warns(RuntimeWarning):
+        for _ in range(MAX_CHECK_FAILURES):
+            assert step(batch) is None
+    assert step(batch) is None and step(batch) is None  # no more tracing once given up
+    assert step.compiles == MAX_CHECK_FAILURES
+    strict = CompiledStep(tiny_model(write={"steps": 1}), backend="eager", eager_fallback=False)
+    monkeypatch.setattr(strict, "_check", failing)
+    with pytest.raises(CompiledStepMismatch, match="disagrees"):
+        strict(batch)
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -70,7 +70,12 @@ class Trainer:
         self._tasks: dict[int, Any] = {}
         self._valid: dict[int, list] = {}
         self._compiled = (
-            CompiledStep(model, backend=self.cfg.compile_backend, compile_after=self.cfg.compile_after)
+            CompiledStep(
+                model,
+                backend=self.cfg.compile_backend,
+                compile_after=self.cfg.compile_after,
+                eager_fallback=self.parallel.world_size == 1,  # ranks may not split between the two paths
+            )
             if self.cfg.compile
             else None
         )
