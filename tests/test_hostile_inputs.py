@@ -87,6 +87,27 @@ def test_non_finite_numbers_and_bad_text_get_a_readable_422(tmp_path):
         assert '"x"' not in r.text and "12" not in r.text  # the input is never echoed
 
 
+def test_unknown_fields_and_loose_counts_are_refused(tmp_path):
+    # a typo such as "step" was ignored and the write ran with the default steps
+    with make_client(tmp_path) as c:
+        for body, field in (
+            ({"text": TEXT, "step": 5}, "step"),
+            ({"text": TEXT, "steps": True}, "steps"),
+            ({"text": TEXT, "steps": "3"}, "steps"),
+            ({"text": TEXT, "steps": 2.5}, "steps"),
+        ):
+            r = c.post("/v1/memories", json=body)
+            assert r.status_code == 422 and r.json()["detail"].startswith(f"{field}: "), body
+        mid = c.post("/v1/memories", json={"text": TEXT, "steps": 2}).json()["id"]
+        for body, field in (
+            ({"questions": ["?!ab:"], "max_tokens": 4}, "max_tokens"),
+            ({"questions": ["?!ab:"], "max_new_tokens": True}, "max_new_tokens"),
+        ):
+            r = c.post(f"/v1/memories/{mid}/ask", json=body)
+            assert r.status_code == 422 and r.json()["detail"].startswith(f"{field}: "), body
+        assert c.get("/health").json()["jobs"] == 1  # only the legal write reached the model
+
+
 def test_characters_outside_the_vocabulary_are_named(tmp_path):
     with make_client(tmp_path) as c:
         for text, named in (

@@ -1,9 +1,11 @@
 """Request and response bodies of the HTTP service (gradmem.serve.service), validated by pydantic:
-text UTF-8 cannot carry or that is only whitespace is refused before it reaches the model."""
+text UTF-8 cannot carry or that is only whitespace is refused before it reaches the model. Request
+bodies are strict: an unknown field (a typo such as "step") is refused rather than silently
+ignored, and counts must be JSON integers (not true, "5" or 5.5)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 def _clean_text(value: str, what: str) -> str:
@@ -20,8 +22,10 @@ def _clean_text(value: str, what: str) -> str:
 
 
 class WriteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     text: str = Field(min_length=1, description="the context to write into memory")
-    steps: int | None = Field(None, ge=0, description="maximum WRITE steps (default: the checkpoint's)")
+    steps: int | None = Field(None, ge=0, strict=True, description="maximum WRITE steps (default: the checkpoint's)")
     lr: float | None = Field(
         None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)"
     )
@@ -36,8 +40,10 @@ class WriteBody(BaseModel):
 
 
 class AskBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     questions: list[str] = Field(min_length=1, description="one or many questions about the memory")
-    max_new_tokens: int | None = Field(None, ge=1, description="answer length in tokens")
+    max_new_tokens: int | None = Field(None, ge=1, strict=True, description="answer length in tokens")
 
     @field_validator("questions")
     @classmethod
