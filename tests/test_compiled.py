@@ -15,7 +15,15 @@ import torch
 from conftest import kv_batch, tiny_model, tiny_run_spec
 
 from gradmem.build import build_model
-from gradmem.compiled import MAX_CHECK_FAILURES, CompiledStep, CompiledStepMismatch, relative_error, without_bf16
+from gradmem.compiled import (
+    INDUCTOR_CACHE,
+    MAX_CHECK_FAILURES,
+    CompiledStep,
+    CompiledStepMismatch,
+    relative_error,
+    use_persistent_inductor_cache,
+    without_bf16,
+)
 from gradmem.train import Trainer
 
 
@@ -221,3 +229,11 @@ def test_compile_stages_last_compiles_only_the_last_curriculum_stage(tmp_path):
     assert trainer._compiled.compiles == 1
     (context_shape, _, _), *_ = next(iter(trainer._compiled._graphs))  # the one graph: the last stage's
     assert context_shape[1] > 7 * 1 + 1  # longer than a 1-pair context (7N + 1 tokens): the 2-pair stage
+
+
+def test_compiled_kernels_are_kept_outside_tmp_unless_the_user_chose(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "-")  # recorded first, so teardown restores the real state
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert use_persistent_inductor_cache() == str(INDUCTOR_CACHE.expanduser())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert use_persistent_inductor_cache() == str(tmp_path)

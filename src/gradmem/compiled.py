@@ -24,10 +24,12 @@ Each failure is a RuntimeWarning.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +49,15 @@ BF16_NOISE_FACTOR = 3.0
 # where other batches of that model and shape are 0.01-0.15 apart: retrying is worth a recompile
 # (seconds, from Inductor's cache); a wrong graph fails every time.
 MAX_CHECK_FAILURES = 3
+# Inductor keeps compiled kernels in /tmp by default, so a reboot costs every shape its compile
+# again (minutes each on a CPU); gradmem keeps them here unless TORCHINDUCTOR_CACHE_DIR says otherwise.
+INDUCTOR_CACHE = Path("~/.cache/gradmem/inductor")
+
+
+def use_persistent_inductor_cache() -> str:
+    """Point Inductor's on-disk cache at INDUCTOR_CACHE unless the environment (or an earlier
+    compile in this process) already chose one; returns the directory in use."""
+    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE.expanduser()))
 
 
 class CompiledStepMismatch(RuntimeError):
@@ -212,6 +223,8 @@ class CompiledStep:
 
         step = self._step_function(batch)
         ids = (batch.context.ids, batch.query.ids, batch.target.ids)
+        if self.backend != "eager":
+            use_persistent_inductor_cache()
         trace_state = self._fresh_state()
         # Real-tensor tracing lets Python ints read from the closed-over lengths be baked in.
         graph = make_fx(step, _error_on_data_dependent_ops=False)(trace_state, *ids)
