@@ -33,7 +33,7 @@ from report import markdown_table, mean_std  # noqa: E402
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
 from gradmem.cli_options import float_list, int_list  # noqa: E402
 from gradmem.evaluate import choose_write_setting, evaluate  # noqa: E402
-from gradmem.train import Trainer  # noqa: E402
+from gradmem.train import Trainer, read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,11 +55,6 @@ def milestones_reached(
         if n in reached and reached[n] is None and r["exact_match"] >= target:
             reached[n] = {"step": r["step"], "minutes": round(r["elapsed_s"] / 60, 2), "exact_match": r["exact_match"]}
     return reached
-
-
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def train_seed(spec: dict[str, Any], run: Path) -> None:
@@ -86,7 +81,7 @@ def train_seed(spec: dict[str, Any], run: Path) -> None:
 
 
 def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dict[str, Any]:
-    records = read_metrics(run)
+    records = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
     pairs = stage_pairs(spec)
     last = [r for r in records if r.get("kind") == "eval"]
     row: dict[str, Any] = {

@@ -10,8 +10,9 @@ from conftest import TINY, kv_batch, tiny_model
 
 from gradmem.build import apply_overrides, build_model, load_checkpoint, save_checkpoint
 from gradmem.data import pad_right
+from gradmem.errors import CheckpointError
 from gradmem.serve.memory_io import load_memory, save_memory
-from gradmem.train import Trainer
+from gradmem.train import Trainer, read_metrics
 
 SPEC = {
     "task": {"name": "kv", "num_pairs": 2},
@@ -47,6 +48,42 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     second_half, trainer = train_losses(SPEC, tmp_path / "split", resume=True)
     assert trainer.step == 6
     assert first_half + second_half == pytest.approx(full, abs=1e-6)
+
+
+def test_a_resume_after_a_crash_logs_each_step_once(tmp_path):
+    def crash_at_step_4(record):  # called after the record is written: step 4 is logged, step 3 saved
+        if record["kind"] == "train" and record["step"] == 4:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer.from_spec(build_model(SPEC), SPEC, tmp_path, on_log=crash_at_step_4).train()
+    train_losses(SPEC, tmp_path, resume=True)
+    raw = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in raw if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in raw if r["kind"] == "eval"] == [3, 6]
+    # a log from before the cut existed: the records the resume repeats replace the lost sitting's
+    old = tmp_path / "old.jsonl"
+    steps = [("train", 1), ("train", 2), ("eval", 2), ("train", 3), ("train", 4), ("eval", 4), ("train", 3)]
+    old.write_text(
+        "".join(json.dumps({"kind": k, "step": n, "sitting": i > 5}) + "\n" for i, (k, n) in enumerate(steps))
+    )
+    assert [(r["kind"], r["step"], r["sitting"]) for r in read_metrics(old)] == [
+        ("train", 1, False),
+        ("train", 2, False),
+        ("eval", 2, False),
+        ("train", 3, True),
+    ]
+
+
+def test_a_resume_cannot_cut_the_curriculum_below_the_stage_reached(tmp_path):
+    train = {"curriculum": [{"num_pairs": 1}, {}], "stage_steps": [2], "steps": 3, "checkpoint_every": 3}
+    spec = {**SPEC, "train": {**SPEC["train"], **train}}
+    _, trainer = train_losses(spec, tmp_path)
+    assert trainer.stage == 1
+    shorter = {**spec, "train": {**spec["train"], "curriculum": [], "stage_steps": None, "steps": 6}}
+    with pytest.raises(CheckpointError, match="curriculum stage 2 but this spec has 1 stage"):
+        Trainer.from_spec(build_model(shorter), shorter, tmp_path).resume()
 
 
 def test_fixed_stage_schedule_ignores_the_em(tmp_path):

@@ -70,12 +70,13 @@ def test_last_stage_steps_ends_the_run_and_spreads_the_decay_over_the_last_stage
 
 
 def test_max_stage_steps_moves_on_from_a_stage_stuck_below_the_advance_threshold(tmp_path):
-    # advance_exact_match above 1 is never met: without the cap the run would stay on stage 0
+    # advance_exact_match 1 (every example exact) is not met in a few steps: without the cap the run
+    # would stay on stage 0
     spec = apply_overrides(
         SPEC,
         [
             'train.curriculum=[{"num_pairs": 1}, {"num_pairs": 2}, {"num_pairs": 3}]',
-            "train.advance_exact_match=1.5",
+            "train.advance_exact_match=1",
             "train.eval_every=2",
             "train.steps=10",
             "train.max_stage_steps=4",
@@ -87,6 +88,23 @@ def test_max_stage_steps_moves_on_from_a_stage_stuck_below_the_advance_threshold
     assert stages == {2: 0, 4: 0, 6: 1, 8: 1, 10: 2}  # each evaluated stage, then left after 4 steps
     assert trainer.last_stage_start == 8
     assert load_trainer_state(tmp_path / "last")["stage_start"] == 8
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("log_every", 0, "log_every must be >= 1"),  # was a ZeroDivisionError at the first step
+        ("eval_examples", 0, "eval_examples must be >= 1"),  # was an error at the first evaluation
+        ("eval_batch_size", 0, "eval_batch_size must be >= 1"),
+        ("early_stop_patience", 0, "early_stop_patience"),  # stopped at the first evaluation
+        ("grad_clip", -1.0, "grad_clip must be > 0"),  # clip_grad_norm_ with -1 flips every gradient
+        ("advance_exact_match", 90, "exact-match fraction"),  # 90 % meant as 90: never advances
+        ("target_exact_match", 1.5, "exact-match fraction"),
+    ],
+)
+def test_settings_that_would_fail_late_or_silently_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
 
 
 def test_max_stage_steps_must_be_positive():

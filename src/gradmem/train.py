@@ -33,6 +33,25 @@ from gradmem.train_config import SCHEDULES, Stage, TrainConfig, curriculum, lr_f
 __all__ = ["SCHEDULES", "Stage", "TrainConfig", "Trainer", "curriculum", "lr_factor"]
 
 
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, without those a resume superseded: logs written before
+    the resume-time cut existed repeat the steps between the last checkpoint and the crash; a step
+    that goes back drops every earlier record from that step on."""
+    records: list[dict[str, Any]] = []
+    last_step: dict[str, int] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        step, kind = record.get("step", 0), record.get("kind", "")
+        if step <= last_step.get(kind, -1):
+            records = [r for r in records if r.get("step", 0) < step]
+            last_step = {k: min(v, step - 1) for k, v in last_step.items()}
+        records.append(record)
+        last_step[kind] = step
+    return records
+
+
 class Trainer:
     """Runs (and resumes) one training run in `out_dir`."""
 
@@ -149,11 +168,27 @@ class Trainer:
             state["best"],
             state["bad_evals"],
         )
+        if self.stage >= len(self.stages):
+            raise CheckpointError(
+                f"checkpoint {self.out_dir / 'last'} is at curriculum stage {self.stage + 1} but this spec has "
+                f"{len(self.stages)} stage(s): a resume may change the curriculum, not cut it below the stage reached"
+            )
+        self._cut_metrics_after(self.step)
         self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
         # checkpoints from before stage_start was saved: the last stage's start, else count from the resume
         older = state.get("last_stage_start")
         self.stage_start = state.get("stage_start", self.step if older is None else older)
         return True
+
+    def _cut_metrics_after(self, step: int) -> None:
+        """Drop the log lines of steps after `step`: the steps a crash lost are trained (and logged) again."""
+        path = self.out_dir / "metrics.jsonl"
+        if not self.parallel.is_main or not path.exists():
+            return
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        partial.replace(path)  # atomic: a crash here leaves the old log, never half of one
 
     @property
     def last_stage_start(self) -> int | None:

@@ -56,8 +56,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.compile_after < 0:
             raise ValueError(f"compile_after must be >= 0, got {self.compile_after}")
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
+        counts = (
+            "steps",
+            "batch_size",
+            "eval_every",
+            "eval_examples",
+            "eval_batch_size",
+            "checkpoint_every",
+            "log_every",
+        )
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ValueError(f"early_stop_patience must be >= 1 or None, got {self.early_stop_patience}")
+        if self.grad_clip is not None and not self.grad_clip > 0:  # a negative norm flips every gradient
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        for name in ("advance_exact_match", "target_exact_match"):  # fractions: 90 would never be reached
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} is an exact-match fraction in [0, 1], got {value}")
         floats = (self.lr, self.weight_decay, self.min_lr_ratio, self.advance_exact_match, self.grad_clip or 1.0)
         if not all(math.isfinite(x) for x in floats):  # an infinite lr trains straight to NaN weights
             raise ValueError(
