@@ -159,6 +159,16 @@ def test_resume_continues_the_saved_spec(config, tmp_path, capsys):
     assert "only train.* settings may change" in line
 
 
+def test_training_into_a_run_folder_needs_resume(config, tmp_path, capsys):
+    # a repeated command once restarted at step 0 over the old run's checkpoints and log
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=2"]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    line = one_line_error(*run(["train", "--config", str(config), "--out", str(out), "--set", "train.steps=1"], capsys))
+    assert "already holds a run; add --resume" in line
+    assert (out / "metrics.jsonl").read_text() == before
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     line = one_line_error(*run(["eval", str(tmp_path), "--batch-size", "0"], capsys))
     assert "--batch-size: must be >= 1, got 0" in line

@@ -67,6 +67,11 @@ def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
     last = Path(args.out) / "last"
     if args.resume:
         recover(last)  # a save interrupted by a crash is finished or undone first
+    elif any((Path(args.out) / name).exists() for name in ("last", "best", "metrics.jsonl")):
+        raise ConfigError(  # starting over would replace its checkpoints and mix two runs in one log
+            f"{args.out} already holds a run; add --resume to continue it, or give another --out "
+            "(or delete the folder) to start a new one"
+        )
     if not (args.resume and (last / "spec.json").exists()):
         if args.config is None:
             raise ConfigError("--config is needed to start a run (only --resume of an existing run goes without)")
@@ -226,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUT/last if it exists (a damaged or partial last/ is refused with the reason)",
+        help="continue from OUT/last if it exists (a damaged or partial last/ is refused with the reason); "
+        "without it, an OUT that already holds a run is refused",
     )
     p.set_defaults(func=cmd_train)
 
