@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from test_checkpoint import SPEC
 
 from gradmem.build import build_model, load_checkpoint, save_checkpoint
-from gradmem.checkpoint import recover
+from gradmem.checkpoint import recover, write_folder
 from gradmem.cli import main
 from gradmem.errors import CheckpointError, TrainingDiverged
 from gradmem.train import Trainer
@@ -140,6 +140,21 @@ def test_a_save_switches_the_whole_folder_and_a_crash_between_renames_recovers(t
     recover(tmp_path / "last")
     assert json.loads((tmp_path / "last" / "spec.json").read_text())["note"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_reading_a_checkpoint_leaves_a_save_in_progress_alone(tmp_path):
+    # `gradmem eval runs/x/best` while the run saves best/: the reader deleted the half-written
+    # folder and the training run died on its next file
+    model = build_model(SPEC)
+    save_checkpoint(tmp_path / "best", model, SPEC)
+
+    def read_midway(folder):
+        torch.save({}, folder / "half.pt")
+        load_checkpoint(tmp_path / "best")  # a reader, between the writer's files
+        assert (folder / "half.pt").exists()
+
+    write_folder(tmp_path / "best", read_midway)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # the writer's own switch cleaned up
 
 
 def test_resume_continues_the_saved_spec(config, tmp_path, capsys):

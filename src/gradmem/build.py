@@ -76,7 +76,7 @@ def save_checkpoint(
 
 def load_spec(directory: str | Path) -> dict[str, Any]:
     """The run spec of a checkpoint folder."""
-    recover(directory)
+    recover(directory, remove_leftovers=False)  # a reader: a training run may be saving beside it
     path = Path(directory) / "spec.json"
     if not path.exists():
         raise CheckpointError(f"{directory} is not a gradmem checkpoint (no spec.json)")
