@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+import torch
 
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
 from conftest import tiny_model  # noqa: E402
@@ -141,6 +142,24 @@ def test_a_damaged_memory_is_skipped_and_reported(tmp_path):
         r = c.post(f"/v1/memories/{good}/ask", json={"questions": ["?!ab:"]})
         assert r.status_code == 409 and "damaged" in r.json()["detail"]
         assert str(tmp_path) not in r.text
+
+
+def test_a_diverged_write_is_not_stored_and_an_old_one_does_not_break_the_listing(tmp_path):
+    engine = Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(tmp_path), EngineConfig(chunk_tokens=100))
+    with TestClient(create_app(engine, ServiceConfig(), checkpoint="tiny")) as c:
+        r = c.post("/v1/memories", json={"text": TEXT, "steps": 3, "lr": 1e-3})
+        assert r.status_code == 201
+        good = r.json()["id"]
+        with torch.no_grad():  # a write head this large makes any inner step overflow
+            engine.model.method.write_head.weight.mul_(1e30)
+        r = c.post("/v1/memories", json={"text": "!xy:zw!|", "steps": 3, "lr": 100})
+        assert r.status_code == 422 and "the write diverged" in r.json()["detail"]
+        assert [m["id"] for m in c.get("/v1/memories").json()] == [good]
+        # a NaN stored by an older version: listed as damaged, not a 500 for every listing
+        side = tmp_path / "objects" / f"{good}.json"
+        side.write_text(json.dumps({**json.loads(side.read_text()), "final_write_loss": float("nan")}))
+        r = c.get("/v1/memories")
+        assert r.status_code == 200 and r.json() == [] and r.headers["x-damaged-memories"] == "1"
 
 
 @pytest.mark.parametrize("code, status", [(errno.ENOSPC, 507), (errno.EROFS, 503), (errno.EACCES, 503)])

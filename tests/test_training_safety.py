@@ -196,6 +196,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "is not a gradmem checkpoint" in line
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--lr", "inf"], "inner lr must be a finite number > 0, got inf"),  # stored a NaN memory
+        (["--lr", "nan"], "inner lr must be a finite number > 0, got nan"),
+        (["--target-loss", "nan"], "target loss must be a finite number >= 0"),  # stored M0 as "written"
+        (["--steps", "-1"], "write steps must be >= 0"),
+    ],
+)
+def test_write_settings_the_service_refuses_are_refused_on_the_command_line(tmp_path, capsys, option, message):
+    save_checkpoint(tmp_path / "ck", build_model(SPEC), SPEC)
+    (tmp_path / "ctx.txt").write_text("!ab:cd!|")
+    args = ["write", str(tmp_path / "ck"), "--context", str(tmp_path / "ctx.txt"), "--store", str(tmp_path / "s")]
+    assert message in one_line_error(*run(args + option, capsys))
+    assert not list((tmp_path / "s").glob("**/*.safetensors"))  # nothing stored
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path):
     from test_store import fake_memory
 

@@ -10,6 +10,7 @@ settings in a `MemoryStore`, so the same document is only written once.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -68,8 +69,15 @@ class Engine:
         return self.cfg.max_blocks * self.chunk_tokens
 
     def settings(self, steps: int | None, lr: float | None, target_loss: float | None) -> dict[str, Any]:
-        """The effective write settings (part of a memory's store key)."""
+        """The effective write settings (part of a memory's store key); InvalidInput for steps < 0,
+        an lr that is not a finite number > 0 or a target loss that is not a finite number >= 0."""
         cfg = self.model.method.config.write
+        if steps is not None and steps < 0:
+            raise InvalidInput(f"write steps must be >= 0, got {steps}")
+        if lr is not None and not 0 < lr < math.inf:
+            raise InvalidInput(f"the inner lr must be a finite number > 0, got {lr}")
+        if target_loss is not None and not 0 <= target_loss < math.inf:
+            raise InvalidInput(f"the target loss must be a finite number >= 0, got {target_loss}")
         return {
             "steps": cfg.steps if steps is None else int(steps),
             "lr": cfg.optim.lr if lr is None else float(lr),
@@ -161,6 +169,11 @@ class Engine:
                         on_step(i, step, float(loss.cpu()[owner_t == i].mean()))
 
             memory = self.write_rows(rows, steps, lr, target_loss, on_loss)
+            if not torch.isfinite(memory.prefix).all():  # stored, it would answer nonsense and break listings
+                raise InvalidInput(
+                    f"the write diverged (the memory holds non-finite values) at inner lr {settings['lr']:g}; "
+                    "nothing was stored: use a smaller lr"
+                )
             for key, i in todo.items():
                 rows_i = (owner_t == i).nonzero()[:, 0]
                 blocks = len(rows_i)

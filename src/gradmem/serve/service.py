@@ -149,7 +149,9 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
 
     def described(meta: dict[str, Any]) -> dict[str, Any]:
         try:
-            return engine.describe(meta)
+            info = engine.describe(meta)
+            json.dumps(info, allow_nan=False)  # NaN (a diverged write stored by an older version) is not JSON
+            return info
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a sidecar the store let through
             raise InvalidInput(f"memory {meta.get('id')} has an unusable sidecar") from err
 
