@@ -11,6 +11,7 @@ from conftest import TINY
 
 from gradmem.build import build_model, save_checkpoint
 from gradmem.cli import main
+from gradmem.data import Example
 from gradmem.data_files import load_data_file
 from gradmem.tasks import QATask
 from gradmem.tasks.qa import load_questions
@@ -124,3 +125,22 @@ def test_free_text_answers_are_written_with_the_given_steps_and_lr(tmp_path, tok
     model.write = lambda context, **kw: seen.append((kw["steps"], kw["lr"])) or write(context, **kw)
     score_answers(model, task.tokenizer, data.examples, data.answers, batch_size=2, steps=3, lr=0.25)
     assert seen == [(3, 0.25), (3, 0.25)]  # both batches of the three questions
+
+
+def test_free_text_answers_may_be_longer_than_sixteen_tokens(tmp_path, tokenizer_spec):
+    # a fixed 16-token cap scored every longer reference answer as wrong
+    task = QATask(test=str(write_lines(tmp_path / "q.jsonl", LINES)), tokenizer=tokenizer_spec)
+    spec = {
+        "task": {"name": "qa", "test": "unused", "tokenizer": tokenizer_spec},
+        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
+        "train": {},
+    }
+    model = build_model(spec)
+    long = Example(context=[5, 6, 7], query=[8], target=[9] * 24, answer_len=23)
+    lengths, generate = [], model.generate
+    model.generate = lambda memory, query, max_new_tokens, *a: (
+        lengths.append(max_new_tokens) or generate(memory, query, max_new_tokens, *a)
+    )
+    score_answers(model, task.tokenizer, [long], [("a long answer",)])
+    assert lengths == [24]

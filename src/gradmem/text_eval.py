@@ -46,13 +46,16 @@ def score_answers(
     tokenizer: Any,
     examples: Sequence[Example],
     answers: Sequence[Sequence[str]],
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     batch_size: int = 16,
     steps: int | None = None,
     lr: float | None = None,
 ) -> dict[str, Any]:
     """SQuAD EM / F1 (%) of the answers generated for `examples` against each one's ground truths;
-    `steps` / `lr` override the WRITE's K and inner lr, as in `evaluate`."""
+    `steps` / `lr` override the WRITE's K and inner lr, as in `evaluate`. `max_new_tokens` defaults
+    to the longest target, at least 16: a fixed cap scored every longer answer as wrong."""
+    if max_new_tokens is None:
+        max_new_tokens = max([16, *(len(e.target) for e in examples)])
     predictions = generate_answers(model, tokenizer, examples, max_new_tokens, batch_size, steps, lr)
     return {**squad_scores(predictions, answers), "predictions": predictions}
 
@@ -61,7 +64,7 @@ def evaluate_squad(
     model: MemoryModel,
     task: Any,
     items: Sequence[SquadItem],
-    max_new_tokens: int = 16,
+    max_new_tokens: int | None = None,
     batch_size: int = 16,
     steps: int | None = None,
 ) -> dict[str, Any]:
