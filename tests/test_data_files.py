@@ -60,6 +60,8 @@ def test_strings_and_token_ids_score_the_same(tmp_path: Path) -> None:
         ({"context": "!ab:cd!|", "query": "?!ab:", "target": "c"}, "shorter than the task's 2-character value"),
         ({"context": "!ab:cd!|" * 40, "query": "?!ab:", "target": "cd!|"}, "the model writes at most 100"),
         ({"context": [5, 6], "query": [7], "target": [9999, 2], "answer_len": 1}, "outside the vocabulary"),
+        ({"context": [5, 6], "query": [7], "target": [True, 2], "answer_len": 1}, "outside the vocabulary"),
+        ({"context": [5, 6], "query": [7], "target": [8, 2], "answer_len": 1.5}, "answer_len must be an integer"),
         ({"context": "!ab:cd!|", "query": [7], "target": "cd!|"}, "must all be strings or all be lists"),
     ],
 )

@@ -31,6 +31,8 @@ class Example:
             raise ValueError("an example needs a non-empty query")
         if not self.target:
             raise ValueError("an example needs a non-empty target")
+        if isinstance(self.answer_len, bool) or not isinstance(self.answer_len, int):  # 1.5 or true from a file
+            raise ValueError(f"answer_len must be an integer, got {self.answer_len!r}")
         if not 0 < self.answer_len <= len(self.target):
             raise ValueError(f"answer_len={self.answer_len} must be in 1..{len(self.target)}")
 

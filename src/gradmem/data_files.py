@@ -117,7 +117,7 @@ def _check_known(tokenizer: Any, name: str, text: str) -> None:
 def _check_fits(example: Example, vocab_size: int, max_tokens: int | None) -> None:
     for name in TEXT_FIELDS:
         ids = getattr(example, name)
-        if not all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in ids):
             raise ValueError(f"{name} has token ids outside the vocabulary (0..{vocab_size - 1})")
     if max_tokens is None:
         return
