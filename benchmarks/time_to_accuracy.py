@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, mean_std  # noqa: E402
 
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
+from gradmem.cli import positive_int  # noqa: E402
 from gradmem.cli_options import float_list, int_list  # noqa: E402
 from gradmem.evaluate import choose_write_setting, evaluate  # noqa: E402
 from gradmem.train import Trainer, read_metrics  # noqa: E402
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=120.0, help="training budget per seed (train.max_minutes)")
     parser.add_argument("--milestones", type=int_list, default="4,8,16", help="numbers of pairs to time")
     parser.add_argument("--target", type=float, default=0.9, help="validation EM that counts as reached")
-    parser.add_argument("--test-examples", type=int, default=1000)
+    parser.add_argument("--test-examples", type=positive_int, default=1000)
     parser.add_argument("--test-seed", type=int, default=1000)
     parser.add_argument(
         "--eval-steps", type=int_list, default="1,2", help="WRITE steps K at test time, comma-separated"
@@ -252,17 +253,28 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="inner lrs to choose from with --choose-steps (default: the trained one)",
     )
-    parser.add_argument("--valid-examples", type=int, default=1000, help="validation examples for --choose-steps")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument(
+        "--valid-examples", type=positive_int, default=1000, help="validation examples for --choose-steps"
+    )
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads per process")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from the runs")
     parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")
     parser.add_argument("--out", default=None, help="results folder (default results/time_to_accuracy)")
     args = parser.parse_args(argv)
+    # every usage error before any training or scoring: a run can take hours
     if any(k < 0 for k in args.choose_steps or []) or not all(lr > 0 for lr in args.choose_lrs or []):
-        parser.error("--choose-steps must be >= 0 and --choose-lrs > 0")  # before any training or scoring
+        parser.error("--choose-steps must be >= 0 and --choose-lrs > 0")
+    if any(k < 0 for k in args.eval_steps) or min([*args.milestones, *(args.test_pairs or [])], default=1) < 1:
+        parser.error("--eval-steps must be >= 0, --milestones and --test-pairs >= 1")
+    if not 0 < args.minutes < float("inf") or not 0 <= args.target <= 1:
+        parser.error("--minutes must be a positive number and --target an exact-match fraction in [0, 1]")
+    try:
+        config = json.loads(Path(args.config).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError) as err:
+        parser.error(f"cannot read --config {args.config}: {err}")
     torch.set_num_threads(args.threads)
 
-    base = apply_overrides(json.loads(Path(args.config).read_text()), args.set + [f"train.max_minutes={args.minutes}"])
+    base = apply_overrides(config, args.set + [f"train.max_minutes={args.minutes}"])
     name = args.name or Path(args.config).stem
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "time_to_accuracy" / name
     if not args.report_only:

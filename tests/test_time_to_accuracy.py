@@ -141,3 +141,23 @@ def test_a_bad_write_grid_is_a_usage_error_before_any_work(tta, tmp_path, bad, c
     with pytest.raises(SystemExit) as stop:
         tta.main(["--config", str(tmp_path / "unread.json"), *bad])
     assert stop.value.code == 2 and "--choose-lrs > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--minutes", "0"], "--minutes must be a positive number"),
+        (["--target", "90"], "exact-match fraction"),  # 90 % meant as 90: never reached
+        (["--test-examples", "0"], "--test-examples: must be >= 1"),
+        (["--valid-examples", "0"], "--valid-examples: must be >= 1"),
+        (["--threads", "0"], "--threads: must be >= 1"),
+        (["--eval-steps", "-1"], "--eval-steps must be >= 0"),
+        (["--test-pairs", "0"], "--test-pairs >= 1"),
+        ([], "cannot read --config"),  # the config below does not exist
+    ],
+)
+def test_a_bad_option_is_a_usage_error_before_any_training(tta, tmp_path, bad, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        tta.main(["--config", str(tmp_path / "missing.json"), "--runs", str(tmp_path / "runs"), *bad])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
