@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY, kv_batch, tiny_model
 
-from gradmem.build import apply_overrides, build_model, load_checkpoint, save_checkpoint
+from gradmem.build import apply_overrides, build_model, load_checkpoint, load_scores, save_checkpoint
 from gradmem.data import pad_right
 from gradmem.errors import CheckpointError
 from gradmem.serve.memory_io import load_memory, save_memory
@@ -74,6 +74,26 @@ def test_a_resume_after_a_crash_logs_each_step_once(tmp_path):
         ("eval", 2, False),
         ("train", 3, True),
     ]
+
+
+def test_a_resume_keeps_the_score_of_a_best_saved_after_the_last_checkpoint(tmp_path):
+    # evaluations at 2, 4, 6, checkpoints at 3, 6; a crash at step 5 leaves last/ at step 3 and best/
+    # from step 4: the resumed run must beat best/'s score, not the step-2 score last/ holds
+    spec = apply_overrides(SPEC, ["train.eval_every=2", "train.checkpoint_every=3", "train.eval_examples=16"])
+    scores = iter([0.25, 0.5])  # what the evaluations at steps 2 and 4 report
+
+    def crash_at_step_5(record):
+        if record["kind"] == "train" and record["step"] == 5:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    trainer = Trainer.from_spec(build_model(spec), spec, tmp_path, on_log=crash_at_step_5)
+    trainer.run_eval = lambda: {"exact_match": next(scores)}
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert load_scores(tmp_path / "best") == {"step": 4, "stage": 0, "exact_match": 0.5}
+    resumed = Trainer.from_spec(build_model(spec), spec, tmp_path)
+    assert resumed.resume() and resumed.step == 3 and resumed.best == 0.5
 
 
 def test_a_resume_cannot_cut_the_curriculum_below_the_stage_reached(tmp_path):

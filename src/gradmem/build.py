@@ -32,6 +32,8 @@ from gradmem.reference_compat import reference_compat
 from gradmem.spec_check import validate_spec
 from gradmem.tasks import TASKS
 
+SCORES = "scores.json"  # in a checkpoint folder: what the model scored when it was saved
+
 
 def build_task(spec: dict[str, Any]) -> Any:
     """The task spec["task"] names (its other keys are the task's config); an unknown name lists the
@@ -59,19 +61,35 @@ def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
 
 
 def save_checkpoint(
-    directory: str | Path, model: MemoryModel, spec: dict[str, Any], trainer_state: dict[str, Any] | None = None
+    directory: str | Path,
+    model: MemoryModel,
+    spec: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+    scores: dict[str, Any] | None = None,
 ) -> Path:
-    """Save weights + spec (+ trainer state) with their checksums as one atomic folder switch: a
-    crash at any point leaves either the previous checkpoint or this one, never a mix. A frozen or
-    LoRA backbone loaded from a folder is saved as a reference (gradmem.checkpoint_weights)."""
+    """Save weights + spec (+ trainer state, + `scores.json`: what the model scored when saved)
+    with their checksums as one atomic folder switch: a crash at any point leaves either the
+    previous checkpoint or this one, never a mix. A frozen or LoRA backbone loaded from a folder is
+    saved as a reference (gradmem.checkpoint_weights)."""
 
     def write(folder: Path) -> None:
         save_weights(model, folder, spec["backbone"])
         if trainer_state is not None:
             torch.save(trainer_state, folder / "trainer.pt")
+        if scores is not None:
+            (folder / SCORES).write_text(json.dumps(scores, indent=2))
         (folder / "spec.json").write_text(json.dumps(spec, indent=2))
 
     return write_folder(directory, write)
+
+
+def load_scores(directory: str | Path) -> dict[str, Any] | None:
+    """What a checkpoint scored when it was saved (`best/` has it), or None."""
+    path = Path(directory) / SCORES
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (ValueError, OSError):
+        return None
 
 
 def load_spec(directory: str | Path) -> dict[str, Any]:

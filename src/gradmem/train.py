@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gradmem.build import build_task, load_trainer_state, save_checkpoint
+from gradmem.build import build_task, load_scores, load_trainer_state, save_checkpoint
 from gradmem.checkpoint_weights import load_weights
 from gradmem.compiled import CompiledStep
 from gradmem.data import Batch, collate
@@ -173,6 +173,11 @@ class Trainer:
                 f"checkpoint {self.out_dir / 'last'} is at curriculum stage {self.stage + 1} but this spec has "
                 f"{len(self.stages)} stage(s): a resume may change the curriculum, not cut it below the stage reached"
             )
+        saved_best = load_scores(self.out_dir / "best")
+        if saved_best is not None and saved_best.get("stage") == self.stage:
+            # best/ may come from steps after last/ that this resume trains again; unless the rerun is
+            # bit-exact (same machine and threads) it must beat that model, not an older score
+            self.best = max(self.best, float(saved_best["exact_match"]))
         self._cut_metrics_after(self.step)
         self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
         # checkpoints from before stage_start was saved: the last stage's start, else count from the resume
@@ -329,7 +334,8 @@ class Trainer:
         if em > self.best:
             self.best, self.bad_evals = em, 0
             if self.parallel.is_main:
-                save_checkpoint(self.out_dir / "best", self.model, self.spec)
+                scores = {"step": self.step, "stage": self.stage, "exact_match": em}
+                save_checkpoint(self.out_dir / "best", self.model, self.spec, scores=scores)
         else:
             self.bad_evals += 1
         if self.cfg.target_exact_match is not None and em >= self.cfg.target_exact_match:
