@@ -21,6 +21,13 @@ def test_every_setting_is_scored_as_evaluate_scores_it():
     assert best.exact_match == max(s.exact_match for s in grid)
 
 
+def test_evaluate_reports_each_scored_batch_for_a_progress_bar():
+    examples = generate_kv(KVConfig(num_pairs=2), 12, seed=3)
+    seen: list[int] = []
+    evaluate(tiny_model(), examples, 5, on_batch=seen.append)
+    assert seen == [5, 5, 2]
+
+
 def test_the_best_wins_and_ties_go_to_fewer_steps_then_the_smaller_lr(monkeypatch):
     scores = {(1, 0.5): 0.2, (1, 1.0): 0.7, (3, 0.5): 0.9, (3, 1.0): 0.9, (5, 0.5): 0.9, (5, 1.0): 0.8}
     module = importlib.import_module("gradmem.evaluate")  # the package's `evaluate` attribute is the function

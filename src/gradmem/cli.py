@@ -142,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from gradmem.evaluate import evaluate
 
     model, task, spec = load_checkpoint(args.checkpoint)
@@ -155,7 +157,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed = spec.get("train", {}).get("seed", 0) if args.seed is None else args.seed
         examples = task.make_split(args.split, args.examples, seed)
     results = []
-    for steps, lr in itertools.product(args.steps or [None], args.lr or [None]):
+    settings = list(itertools.product(args.steps or [None], args.lr or [None]))
+    # on a terminal only (disable=None): results go to stdout as JSON lines, the bar to stderr
+    bar = tqdm(total=len(settings) * len(examples), desc="eval", unit="ex", file=sys.stderr, disable=None)
+    for steps, lr in settings:
         result = evaluate(
             model,
             examples,
@@ -165,6 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             generate=args.generate,
             eos_id=None,
             pad_id=task.tokenizer.pad_id,
+            on_batch=bar.update,
         )
         if answers is not None and args.generate:
             from gradmem.text_eval import score_answers
@@ -174,7 +180,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
             result.update(text_exact_match=text["exact_match"], text_f1=text["f1"])
         results.append({"write_steps": steps, **({"write_lr": lr} if lr is not None else {}), **result})
-        print(json.dumps(results[-1]), flush=True)
+        bar.write(json.dumps(results[-1]), file=sys.stdout)
+        sys.stdout.flush()
+    bar.close()
     if args.out:
         source = {"data": args.data} if args.data else {"split": args.split}
         Path(args.out).write_text(

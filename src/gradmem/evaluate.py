@@ -3,7 +3,7 @@ and the choice of test-time WRITE settings (K, inner lr) on held-out examples.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,7 @@ def evaluate(
     pad_id: int = 0,
     swap_check: bool = False,
     measure_final: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, float | list[float]]:
     """Score a model on held-out examples. `steps`/`lr` override the WRITE config (test-time K).
 
@@ -33,7 +34,8 @@ def evaluate(
     READ loss when each query reads the memory of the previous example in its batch (the last
     example's for the first) -- no higher than `loss` means the answers do not come from the memory;
     a batch of one reads its own. With `measure_final`, write_loss_final: the mean reconstruction
-    loss after the last WRITE step (methods that write by gradient steps only).
+    loss after the last WRITE step (methods that write by gradient steps only). `on_batch` is called
+    with each batch's number of examples once it is scored (a progress bar).
     """
     if not examples:
         raise ValueError("evaluate needs at least one example")
@@ -62,6 +64,8 @@ def evaluate(
             if generate:
                 out = model.generate(memory, batch.query, int(batch.target.lengths.max()), eos_id)
                 gen_em += exact_match_generated(out, batch).float().sum().item()
+            if on_batch is not None:
+                on_batch(len(batch.answer_len))
     model.train(was_training)
     n = len(examples)
     result: dict[str, float | list[float]] = {
