@@ -68,6 +68,8 @@ def test_a_resume_after_a_crash_logs_each_step_once(tmp_path):
     old.write_text(
         "".join(json.dumps({"kind": k, "step": n, "sitting": i > 5}) + "\n" for i, (k, n) in enumerate(steps))
     )
+    with open(old, "a") as f:
+        f.write('{"kind": "train", "st')  # the last line, cut short by a crash mid-write
     assert [(r["kind"], r["step"], r["sitting"]) for r in read_metrics(old)] == [
         ("train", 1, False),
         ("train", 2, False),

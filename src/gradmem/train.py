@@ -30,7 +30,7 @@ from gradmem.evaluate import evaluate
 from gradmem.model import MemoryModel
 from gradmem.train_config import SCHEDULES, Stage, TrainConfig, curriculum, lr_factor
 
-__all__ = ["SCHEDULES", "Stage", "TrainConfig", "Trainer", "curriculum", "lr_factor"]
+__all__ = ["SCHEDULES", "Stage", "TrainConfig", "Trainer", "curriculum", "lr_factor", "read_metrics"]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -39,10 +39,14 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     that goes back drops every earlier record from that step on."""
     records: list[dict[str, Any]] = []
     last_step: dict[str, int] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # a line cut short by a crash mid-write
+                break
+            raise ValueError(f"{path}: line {number} is not JSON ({err})") from None
         step, kind = record.get("step", 0), record.get("kind", "")
         if step <= last_step.get(kind, -1):
             records = [r for r in records if r.get("step", 0) < step]
