@@ -154,7 +154,8 @@ def build_pretrained_models(
 def calls(model: MemoryModel, batch: Any, compiled: bool) -> dict[str, Callable[[], Any]]:
     """The three measured operations of one model on one batch (the training step eager or compiled)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step = CompiledStep(model) if compiled else None  # its first-call check allows bf16's rounding itself
+    # a variant measures the compiled step or fails: no silent eager fallback (its check allows bf16's rounding)
+    step = CompiledStep(model, eager_fallback=False) if compiled else None
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -76,6 +76,18 @@ def test_a_resume_after_a_crash_logs_each_step_once(tmp_path):
         ("eval", 2, False),
         ("train", 3, True),
     ]
+    # a finished run resumed: its last evaluation repeated at the same step replaces only that evaluation
+    old.write_text(
+        "".join(json.dumps({"kind": k, "step": 6, "n": i}) + "\n" for i, k in enumerate(["train", "eval", "eval"]))
+    )
+    assert [(r["kind"], r["n"]) for r in read_metrics(old)] == [("train", 0), ("eval", 2)]
+
+
+def test_a_resume_without_a_checkpoint_starts_the_log_over(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n{"kind": "tr')  # a crash at step 1
+    trainer = Trainer.from_spec(build_model(SPEC), SPEC, tmp_path)
+    assert not trainer.resume()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
 
 
 def test_a_resume_keeps_the_score_of_a_best_saved_after_the_last_checkpoint(tmp_path):
@@ -96,6 +108,20 @@ def test_a_resume_keeps_the_score_of_a_best_saved_after_the_last_checkpoint(tmp_
     assert load_scores(tmp_path / "best") == {"step": 4, "stage": 0, "exact_match": 0.5}
     resumed = Trainer.from_spec(build_model(spec), spec, tmp_path)
     assert resumed.resume() and resumed.step == 3 and resumed.best == 0.5
+
+
+def test_entering_a_stage_whose_best_exists_starts_from_its_score(tmp_path):
+    # last/ from stage 0, best/ from stage 1 (saved after it): replaying the advance must not reset
+    # the best score to -1, or the first evaluation on stage 1 would replace a better best/
+    spec = apply_overrides(SPEC, ['train.curriculum=[{"num_pairs": 1}, {}]', "train.stage_steps=[2]"])
+    trainer = Trainer.from_spec(build_model(spec), spec, tmp_path)
+    save_checkpoint(tmp_path / "best", trainer.model, spec, scores={"step": 4, "stage": 1, "exact_match": 0.75})
+    trainer._next_stage()
+    assert trainer.stage == 1 and trainer.best == 0.75
+    (tmp_path / "best" / "scores.json").write_text('{"stage": 1}')  # malformed: no score
+    trainer.stage = 0
+    trainer._next_stage()
+    assert trainer.best == -1.0
 
 
 def test_a_resume_cannot_cut_the_curriculum_below_the_stage_reached(tmp_path):

@@ -8,6 +8,7 @@ benchmarks/throughput.py runs it (variants *_compiled).
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import pytest
@@ -234,6 +235,29 @@ def test_compile_stages_last_compiles_only_the_last_curriculum_stage(tmp_path):
 def test_compiled_kernels_are_kept_outside_tmp_unless_the_user_chose(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "-")  # recorded first, so teardown restores the real state
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
-    assert use_persistent_inductor_cache() == str(INDUCTOR_CACHE.expanduser())
+    seen = []
+    # an Inductor compile (stood in for by the identity: real code generation takes minutes here)
+    # sees gradmem's cache directory, set before torch.compile is called
+    monkeypatch.setattr(
+        torch, "compile", lambda graph, **kw: seen.append(os.environ.get("TORCHINDUCTOR_CACHE_DIR")) or graph
+    )
+    CompiledStep(tiny_model(write={"steps": 1}), backend="inductor")(kv_batch())
+    assert seen == [str(INDUCTOR_CACHE.expanduser())]
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     assert use_persistent_inductor_cache() == str(tmp_path)
+
+
+def test_with_compile_after_a_failed_check_is_retried_on_the_next_call(monkeypatch):
+    step = CompiledStep(tiny_model(write={"steps": 1}), backend="eager", compile_after=5)
+    verdicts = iter([False, True])
+
+    def check(compiled, real, ids):
+        if not next(verdicts):
+            raise CompiledStepMismatch("the compiled step disagrees with the eager step (stand-in)")
+
+    monkeypatch.setattr(step, "_check", check)
+    batch = kv_batch()
+    assert [step(batch) for _ in range(5)] == [None] * 5 and step.compiles == 0  # eager while warming up
+    with pytest.warns(RuntimeWarning):
+        assert step(batch) is None
+    assert step(batch) is not None and step.compiles == 2

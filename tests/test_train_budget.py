@@ -97,7 +97,7 @@ def test_max_stage_steps_moves_on_from_a_stage_stuck_below_the_advance_threshold
         ("eval_examples", 0, "eval_examples must be >= 1"),  # was an error at the first evaluation
         ("eval_batch_size", 0, "eval_batch_size must be >= 1"),
         ("early_stop_patience", 0, "early_stop_patience"),  # stopped at the first evaluation
-        ("grad_clip", -1.0, "grad_clip must be > 0"),  # clip_grad_norm_ with -1 flips every gradient
+        ("grad_clip", -1.0, "grad_clip must be >= 0"),  # clip_grad_norm_ with -1 flips every gradient
         ("advance_exact_match", 90, "exact-match fraction"),  # 90 % meant as 90: never advances
         ("target_exact_match", 1.5, "exact-match fraction"),
     ],

@@ -87,17 +87,21 @@ def load_scores(directory: str | Path) -> dict[str, Any] | None:
     """What a checkpoint scored when it was saved (`best/` has it), or None."""
     path = Path(directory) / SCORES
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (ValueError, OSError):
+        scores = json.loads(path.read_text()) if path.is_file() else None
+        return scores if isinstance(scores.get("stage"), int) and float(scores["exact_match"]) >= 0 else None
+    except (ValueError, OSError, AttributeError, KeyError, TypeError):
         return None
 
 
 def load_spec(directory: str | Path) -> dict[str, Any]:
-    """The run spec of a checkpoint folder."""
-    recover(directory, remove_leftovers=False)  # a reader: a training run may be saving beside it
-    path = Path(directory) / "spec.json"
+    """The run spec of a checkpoint folder. A reader changes nothing on disk: a `.NAME.new-*` folder
+    beside it may be a training run's save in progress (the writer repairs an interrupted one)."""
+    directory = Path(directory)
+    path = directory / "spec.json"
     if not path.exists():
-        raise CheckpointError(f"{directory} is not a gradmem checkpoint (no spec.json)")
+        pending = any(directory.parent.glob(f".{directory.name}.new-*")) if directory.parent.is_dir() else False
+        note = "; a save of it is in progress or was interrupted (resuming the run repairs it)" if pending else ""
+        raise CheckpointError(f"{directory} is not a gradmem checkpoint (no spec.json){note}")
     try:
         return json.loads(path.read_text())
     except (ValueError, OSError) as err:

@@ -91,11 +91,11 @@ def _switch(new: Path, directory: Path) -> None:
     _fsync(directory.parent)
 
 
-def recover(directory: str | Path, remove_leftovers: bool = True) -> None:
+def recover(directory: str | Path) -> None:
     """Finish or undo a save that was interrupted, and remove its leftovers: with no `directory`,
     a complete new folder (its manifest verifies) takes its place, else the previous one returns.
-    Readers pass remove_leftovers=False: a `.NAME.new-*` folder beside an intact `NAME` may be a
-    save in progress by a live training run, which deleting would crash."""
+    Only a writer of `directory` may call it: for anyone else a `.NAME.new-*` folder may be a save
+    in progress, which touching would crash."""
     directory = Path(directory)
     if not directory.parent.is_dir():
         return
@@ -107,7 +107,7 @@ def recover(directory: str | Path, remove_leftovers: bool = True) -> None:
             os.rename(complete[-1], directory)
         elif old:
             os.rename(old[-1], directory)
-    for leftover in new + old if remove_leftovers else ():
+    for leftover in new + old:
         if leftover.exists():
             shutil.rmtree(leftover, ignore_errors=True)
 

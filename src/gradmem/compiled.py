@@ -159,6 +159,7 @@ class CompiledStep:
                 if not self.eager_fallback:
                     raise
                 self._failures[key] = failures = self._failures.get(key, 0) + 1
+                self._seen[key] = self.compile_after  # the retry is the next call, whatever compile_after says
                 then = "runs eagerly from now on" if failures >= MAX_CHECK_FAILURES else "is traced again next call"
                 warnings.warn(
                     f"{err}; check {failures} of {MAX_CHECK_FAILURES} failed: this batch runs eagerly, "

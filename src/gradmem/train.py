@@ -48,12 +48,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path}: line {number} is not JSON ({err})") from None
         step, kind = record.get("step", 0), record.get("kind", "")
-        if step <= last_step.get(kind, -1):
-            records = [r for r in records if r.get("step", 0) < step]
-            last_step = {k: min(v, step - 1) for k, v in last_step.items()}
+        if step <= last_step.get(kind, -1):  # the sitting after a resume: it replaces what it repeats
+            records = [r for r in records if _step(r) < step or (_step(r) == step and r.get("kind", "") != kind)]
+            last_step = {k: min(v, step) for k, v in last_step.items()}
         records.append(record)
         last_step[kind] = step
     return records
+
+
+def _step(record: dict[str, Any]) -> int:
+    return record.get("step", 0)
 
 
 class Trainer:
@@ -157,6 +161,7 @@ class Trainer:
         `last/` raises CheckpointError with the reason: restarting silently would overwrite it."""
         state = load_trainer_state(self.out_dir / "last")
         if state is None:
+            self._cut_metrics_after(0)  # a crash before the first checkpoint: the run starts over
             return False
         load_weights(self.model, self.out_dir / "last", next(self.model.parameters()).device)
         try:
@@ -177,11 +182,7 @@ class Trainer:
                 f"checkpoint {self.out_dir / 'last'} is at curriculum stage {self.stage + 1} but this spec has "
                 f"{len(self.stages)} stage(s): a resume may change the curriculum, not cut it below the stage reached"
             )
-        saved_best = load_scores(self.out_dir / "best")
-        if saved_best is not None and saved_best.get("stage") == self.stage:
-            # best/ may come from steps after last/ that this resume trains again; unless the rerun is
-            # bit-exact (same machine and threads) it must beat that model, not an older score
-            self.best = max(self.best, float(saved_best["exact_match"]))
+        self.best = max(self.best, self._score_of_best(self.stage))
         self._cut_metrics_after(self.step)
         self._elapsed_before = state.get("elapsed_s", 0.0)  # checkpoints from before it was saved count from 0
         # checkpoints from before stage_start was saved: the last stage's start, else count from the resume
@@ -323,10 +324,17 @@ class Trainer:
             return math.inf
         return sum(stage.steps or 0 for stage in self.stages[: self.stage + 1])
 
+    def _score_of_best(self, stage: int) -> float:
+        """The score best/ was saved at if it belongs to `stage`, else -1. best/ may come from steps
+        after last/ that a resume trains again; unless the rerun is bit-exact (same machine and
+        threads) it must beat that model, not an older score."""
+        saved = load_scores(self.out_dir / "best")
+        return float(saved["exact_match"]) if saved is not None and saved["stage"] == stage else -1.0
+
     def _next_stage(self) -> None:
         self.stage += 1
         self.stage_start = self.step
-        self.best, self.bad_evals = -1.0, 0
+        self.best, self.bad_evals = self._score_of_best(self.stage), 0
 
     def _after_eval(self, em: float, last_stage: int) -> bool:
         """Curriculum advance, early stopping and target check; returns whether to stop."""

@@ -24,7 +24,7 @@ class TrainConfig:
     warmup_steps: int = 100  # linear warmup from 0 to lr
     schedule: str = "constant"  # after warmup: "constant" | "cosine" | "linear" decay to min_lr_ratio * lr
     min_lr_ratio: float = 0.1  # floor of the decaying schedules
-    grad_clip: float | None = 1.0  # max global gradient norm; None = off
+    grad_clip: float | None = 1.0  # max global gradient norm; 0 or None = off
     eval_every: int = 200  # steps between evaluations
     eval_examples: int = 500  # held-out examples per evaluation
     eval_batch_size: int = 100  # batch size of evaluation
@@ -70,8 +70,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
             raise ValueError(f"early_stop_patience must be >= 1 or None, got {self.early_stop_patience}")
-        if self.grad_clip is not None and not self.grad_clip > 0:  # a negative norm flips every gradient
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.grad_clip is not None and not self.grad_clip >= 0:  # a negative norm flips every gradient
+            raise ValueError(f"grad_clip must be >= 0 (0 or None: off), got {self.grad_clip}")
         for name in ("advance_exact_match", "target_exact_match"):  # fractions: 90 would never be reached
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
