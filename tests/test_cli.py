@@ -52,6 +52,7 @@ def test_write_then_ask_without_the_context(config, tmp_path, capsys, monkeypatc
     written = json.loads(captured.out.strip().splitlines()[-1])
     assert written["context_tokens"] == 15 and len(written["write_loss"]) == 1 and written["created"]
     assert "step 0/1" in captured.err and "final" in captured.err  # progress: each step's loss
+    assert not list(tmp_path.glob("*.partial"))  # --out copies land whole, then are renamed in
     assert (
         main(["ask", str(out / "last"), "--memory", str(tmp_path / "mem"), "-q", "?!ab:", "-q", "?!ef:", *store]) == 0
     )

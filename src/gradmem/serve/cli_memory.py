@@ -80,8 +80,10 @@ def cmd_write(args: argparse.Namespace) -> int:
     if args.out:
         out_tensor, out_side = memory_paths(args.out)
         out_tensor.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tensor, out_tensor)
-        shutil.copyfile(side, out_side)
+        for source, target in ((tensor, out_tensor), (side, out_side)):  # each file whole or not at all
+            partial = target.with_name(target.name + ".partial")
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
         path = out_tensor
     meta = result.meta
     print(
