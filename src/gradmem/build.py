@@ -86,10 +86,12 @@ def save_checkpoint(
 def load_scores(directory: str | Path) -> dict[str, Any] | None:
     """What a checkpoint scored when it was saved (`best/` has it), or None."""
     path = Path(directory) / SCORES
+    if not path.is_file():
+        return None
     try:
-        scores = json.loads(path.read_text()) if path.is_file() else None
+        scores = json.loads(path.read_text())
         return scores if isinstance(scores.get("stage"), int) and float(scores["exact_match"]) >= 0 else None
-    except (ValueError, OSError, AttributeError, KeyError, TypeError):
+    except (ValueError, OSError, AttributeError, KeyError, TypeError):  # unreadable or malformed: no score
         return None
 
 

@@ -47,7 +47,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             if number == len(lines):  # a line cut short by a crash mid-write
                 break
             raise ValueError(f"{path}: line {number} is not JSON ({err})") from None
-        step, kind = record.get("step", 0), record.get("kind", "")
+        step, kind = _step(record), record.get("kind", "")
         if step <= last_step.get(kind, -1):  # the sitting after a resume: it replaces what it repeats
             records = [r for r in records if _step(r) < step or (_step(r) == step and r.get("kind", "") != kind)]
             last_step = {k: min(v, step) for k, v in last_step.items()}
@@ -195,7 +195,7 @@ class Trainer:
         path = self.out_dir / "metrics.jsonl"
         if not self.parallel.is_main or not path.exists():
             return
-        kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        kept = [r for r in read_metrics(path) if _step(r) <= step]
         partial = path.with_name(path.name + ".partial")
         partial.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         partial.replace(path)  # atomic: a crash here leaves the old log, never half of one
