@@ -131,6 +131,9 @@ def test_eval_sweeps_steps_by_inner_lr(config, tmp_path, capsys):
     assert rows[3]["write_loss"] != rows[2]["write_loss"]  # the lr reached the WRITE
     assert main(["eval", str(out / "last"), "--examples", "6", "--lr", "-1"]) == 2
     assert "lr" in capsys.readouterr().err
+    # an infinite step printed Infinity / NaN, which is not JSON
+    assert main(["eval", str(out / "last"), "--examples", "6", "--lr", "inf"]) == 2
+    assert "lr must be > 0 and finite, got inf" in capsys.readouterr().err
 
 
 def test_data_export(config, tmp_path):

@@ -78,8 +78,8 @@ class InnerOptimizer(NamedTuple):
 
 
 def _check_lr(lr: float) -> None:
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0 < lr < math.inf:  # an infinite step writes a NaN memory
+        raise ValueError(f"lr must be > 0 and finite, got {lr}")
 
 
 def _sgd_init(params: Params, cfg: InnerOptimConfig) -> InnerState:
