@@ -32,6 +32,7 @@ from gradmem.backbones import HFBackbone
 from gradmem.backbones.base import context_state_floats
 from gradmem.cli_options import int_list
 from gradmem.data import pad_right
+from gradmem.device import device_option
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 
@@ -74,7 +75,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--queries", type=int, default=10, help="queries timed per repetition (their mean is used)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_option, default="auto", help="auto (CUDA when available), cpu, cuda:N")
     parser.add_argument("--out", default="results/cost")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -20,13 +20,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from gradmem.device import device_option
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "perf"
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """Options every timing benchmark takes: where it runs, how often, where results go."""
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_option, default="auto", help="auto (CUDA when available), cpu, cuda:N")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")

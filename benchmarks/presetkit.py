@@ -27,6 +27,7 @@ from gradmem.build import apply_overrides, build_model
 from gradmem.checkpoint_weights import load_weights
 from gradmem.cli_options import int_list
 from gradmem.data import Example
+from gradmem.device import device_option
 from gradmem.evaluate import evaluate
 from gradmem.model import MemoryModel
 from gradmem.train import Trainer
@@ -110,7 +111,7 @@ def train_cell(
     when given and not resuming, and load the checkpoint to score."""
     torch.manual_seed(spec["train"].get("seed", 0))  # before the build: the seed fixes the initial weights
     model = build_model(spec).to(device)
-    trainer = Trainer.from_spec(model, spec, run_dir, on_log=on_log)
+    trainer = Trainer.from_spec(model, spec, run_dir, on_log=on_log, device=device)
     resumed = trainer.resume()
     if not resumed and source is not None:
         if not (checkpoint_of(source) / "model.safetensors").exists():
@@ -207,7 +208,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated method keys (default: all in the preset)")
     parser.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds (default: the preset's)")
     parser.add_argument("--set", nargs="*", default=[], help="base spec overrides, e.g. train.steps=500")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:1 ...")
+    parser.add_argument(
+        "--device", type=device_option, default="auto", help="auto (CUDA when available) | cpu | cuda | cuda:1 ..."
+    )
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="bf16 = autocast, fp32 weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--summary-only", action="store_true", help="rebuild the summary from saved cells")

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, plot_heatmap  # noqa: E402
 
 from gradmem.build import load_checkpoint  # noqa: E402
+from gradmem.device import device_option
 from gradmem.evaluate import evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lr", type=float, default=None, help="inner lr at evaluation (default: trained)")
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_option, default="auto", help="auto (CUDA when available), cpu, cuda:N")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "results" / "write_steps"), help="results folder")
     args = parser.parse_args(argv)

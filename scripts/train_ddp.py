@@ -42,7 +42,7 @@ def main() -> None:
             spec = apply_overrides(json.load(f), args.set)
         torch.manual_seed(spec.get("train", {}).get("seed", 0))  # same initial weights on every rank
         parallel = DataParallel.from_process_group(device)
-        trainer = Trainer.from_spec(build_model(spec).to(device), spec, args.out, parallel=parallel)
+        trainer = Trainer.from_spec(build_model(spec), spec, args.out, parallel=parallel, device=device)
         if args.resume:
             trainer.resume()
         started = time.time()

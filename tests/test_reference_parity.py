@@ -25,7 +25,14 @@ from gradmem.reference_compat import reference_compat
 FIXTURE = Path(__file__).parent / "fixtures" / "reference" / "gradmem_reference_cases"
 META = json.loads(FIXTURE.with_suffix(".json").read_text())
 CASES = {case["id"]: case for case in META["cases"]}
-RTOL, ATOL = 1e-10, 1e-12
+# HF eager attention takes its softmax in float32 (fixture README), so the last bits of every number
+# follow the CPU's float32 exp: the fixture was made on an AVX-512 CPU, where gradmem agrees to float64
+# rounding. Elsewhere (AVX2-only CPUs, e.g. AMD Zen 3) that float32 step rounds differently and the
+# second-order chain carries it to ~1e-5 relative (measured: 4e-6 to 3.2e-5 over the ten cases), so
+# the agreement is checked at 1e-4 there and a documented difference smaller than that is not pinned.
+SAME_FLOAT32_EXP = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+RTOL, ATOL = (1e-10, 1e-12) if SAME_FLOAT32_EXP else (1e-4, 1e-6)
+SAME, DIFFERENT = (1e-9, 1e-8) if SAME_FLOAT32_EXP else (1e-4, 1e-1)  # max_rel_diff bounds
 # Where gradmem's default differs from the reference on purpose: case id -> the option that differs.
 DIFFERS_BY_DEFAULT = {"v": "clip_eps", "vii": "adam_reference", "viii": "inner_loss_steps", "x": "read_loss"}
 
@@ -150,10 +157,12 @@ def test_defaults_agree_except_where_documented(case_id: str, tensors: dict[str,
     want = expected(case, tensors)
     want.pop("grad.projection.bias", None)  # the default projection has no bias (checked above under compat)
     diff = max_rel_diff(run_case(case, tensors, compat=False), want)
+    if case_id == "v" and not SAME_FLOAT32_EXP:
+        pytest.skip("clip_eps moves case v by ~4e-5, inside this CPU's float32-softmax noise")
     if case_id in DIFFERS_BY_DEFAULT:
-        assert diff > 1e-8, f"case {case_id}: the default was expected to differ by {DIFFERS_BY_DEFAULT[case_id]}"
+        assert diff > DIFFERENT, f"case {case_id}: the default was expected to differ by {DIFFERS_BY_DEFAULT[case_id]}"
     else:
-        assert diff < 1e-9, f"case {case_id}: the default differs from the reference by {diff:.2e}"
+        assert diff < SAME, f"case {case_id}: the default differs from the reference by {diff:.2e}"
 
 
 def test_ignore_context_id_drops_those_tokens_from_the_write_loss(tensors: dict[str, torch.Tensor]) -> None:

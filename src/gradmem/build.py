@@ -130,7 +130,8 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:
         return None
     verify(directory, ("model.safetensors", "spec.json", "trainer.pt"))
     try:
-        state = torch.load(Path(directory) / "trainer.pt", weights_only=True)
+        # map to the CPU: a run trained on a GPU resumes anywhere (the optimiser moves its state back)
+        state = torch.load(Path(directory) / "trainer.pt", map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {directory}: trainer.pt is damaged ({type(err).__name__})") from err
     needed = ("step", "stage", "best", "bad_evals", "optimizer", "torch_rng")

@@ -28,8 +28,9 @@ from gradmem.build import apply_overrides, build_model, build_task, load_checkpo
 from gradmem.checkpoint import recover
 from gradmem.cli_options import float_list, int_list
 from gradmem.data import save_jsonl
+from gradmem.device import device_name, device_option, peak_memory_mib, resolve_device
 from gradmem.errors import ConfigError, GradmemError
-from gradmem.serve.cli_memory import add_memory_commands
+from gradmem.serve.cli_memory import add_device_option, add_memory_commands
 from gradmem.spec_check import validate_spec
 
 
@@ -103,8 +104,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gradmem.train import Trainer
 
     spec = _train_spec(args)
+    if args.device is not None:  # recorded in the spec, so a --resume without it stays on this device
+        spec = apply_overrides(spec, [f"train.device={args.device}"])
+        validate_spec(spec)
+    device = resolve_device(spec.get("train", {}).get("device"))  # before building: a bad device fails at once
     torch.manual_seed(spec.get("train", {}).get("seed", 0))
-    model = build_model(spec)
+    model = build_model(spec)  # on the CPU, so a seed gives the same initial weights on every device
     bar: Any = None  # made after resuming, so an error is never printed behind a progress bar
 
     def on_log(record: dict[str, Any]) -> None:
@@ -119,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    trainer = Trainer.from_spec(model, spec, args.out, on_log)
+    trainer = Trainer.from_spec(model, spec, args.out, on_log, device=device)
+    print(f"gradmem train: on {device} ({device_name(device)})", file=sys.stderr)
     resumed = args.resume and trainer.resume()  # a partial or damaged last/ raises: never a silent restart
     bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
     if resumed:
@@ -136,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "exact_match": final.get("exact_match"),
         "seconds": round(time.time() - started, 1),
         "out": str(args.out),
+        "device": str(device),
+        **({"peak_gpu_mib": peak_memory_mib(device)} if device.type == "cuda" else {}),
     }
     print(json.dumps(summary))
     return 0
@@ -146,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from gradmem.evaluate import evaluate
 
-    model, task, spec = load_checkpoint(args.checkpoint)
+    model, task, spec = load_checkpoint(args.checkpoint, resolve_device(args.device))
     answers = None  # free-text ground truths of a question file (SQuAD EM / F1 of generated answers)
     if args.data:
         from gradmem.data_files import load_data_file
@@ -242,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from OUT/last if it exists (a damaged or partial last/ is refused with the reason); "
         "without it, an OUT that already holds a run is refused",
     )
+    p.add_argument(
+        "--device",
+        type=device_option,
+        default=None,
+        help="where to train: auto (CUDA when available), cpu, cuda or cuda:N; sets train.device "
+        "(default: the spec's, itself auto); a run may resume on another device",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out data")
@@ -268,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=100)
     p.add_argument("--generate", action="store_true", help="also score greedy generation")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    add_device_option(p)
     p.set_defaults(func=cmd_eval)
 
     add_memory_commands(sub)  # write, ask, inspect, store, serve

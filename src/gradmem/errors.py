@@ -57,3 +57,7 @@ class CheckpointError(GradmemError, ValueError):
 
 class TrainingDiverged(GradmemError, RuntimeError):
     """Training produced a non-finite loss or gradient; no checkpoint was written from it."""
+
+
+class OutOfDeviceMemory(GradmemError, RuntimeError):
+    """A step did not fit the device's memory; the message names the batch size to lower."""

@@ -24,6 +24,14 @@ from gradmem.build import build_task, load_scores, load_trainer_state, save_chec
 from gradmem.checkpoint_weights import load_weights
 from gradmem.compiled import CompiledStep
 from gradmem.data import Batch, collate
+from gradmem.device import (
+    out_of_memory_as_error,
+    peak_memory_mib,
+    reset_peak_memory,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+)
 from gradmem.distributed import DataParallel
 from gradmem.errors import CheckpointError, TrainingDiverged
 from gradmem.evaluate import evaluate
@@ -76,6 +84,7 @@ class Trainer:
         if not stages:
             raise ValueError("a run needs at least one stage")
         self.model = model
+        self.device = next(model.parameters()).device  # where the model was put: the run trains there
         self.parallel = parallel or DataParallel()  # data-parallel rank; only rank 0 logs and saves
         self.forward_model = self.parallel.wrap(model)  # DDP around the model when data-parallel
         self.cfg = cfg
@@ -115,9 +124,13 @@ class Trainer:
         out_dir: str | Path,
         on_log: Callable[[dict[str, Any]], None] | None = None,
         parallel: DataParallel | None = None,
+        device: str | torch.device | None = None,
     ) -> Trainer:
-        """The trainer of a run spec: its `train` section, its task and curriculum; checkpoints save `spec`."""
+        """The trainer of a run spec: its `train` section, its task and curriculum; checkpoints save `spec`.
+        The model is moved to `device` (default: the spec's `train.device`, `auto` = CUDA when available)
+        before the optimiser is made, so weights, optimiser state and batches all live there."""
         cfg = TrainConfig(**spec.get("train", {}))
+        model.to(resolve_device(cfg.device if device is None else device))
         return cls(model, cfg, curriculum(spec["task"], cfg), out_dir, spec, on_log, parallel)
 
     # -- data -----------------------------------------------------------------------------------
@@ -147,7 +160,7 @@ class Trainer:
             "last_stage_start": self.last_stage_start,
             "stage_start": self.stage_start,
             "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": rng_state(),
             "elapsed_s": self.elapsed(),
         }
 
@@ -163,10 +176,10 @@ class Trainer:
         if state is None:
             self._cut_metrics_after(0)  # a crash before the first checkpoint: the run starts over
             return False
-        load_weights(self.model, self.out_dir / "last", next(self.model.parameters()).device)
+        load_weights(self.model, self.out_dir / "last", self.device)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
+            self.optimizer.load_state_dict(state["optimizer"])  # moves its state to the parameters' device
+            set_rng_state(state["torch_rng"])
         except (ValueError, KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(
                 f"checkpoint {self.out_dir / 'last'}: its optimiser state does not fit this model ({err})"
@@ -222,12 +235,14 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------------
     def run_eval(self) -> dict[str, Any]:
-        result = evaluate(
-            self.model,
-            self.valid_set(self.stage),
-            self.cfg.eval_batch_size,
-            pad_id=self.task(self.stage).tokenizer.pad_id,
-        )
+        what = f"an evaluation batch of eval_batch_size {self.cfg.eval_batch_size}"
+        with out_of_memory_as_error(what, "lower train.eval_batch_size"):
+            result = evaluate(
+                self.model,
+                self.valid_set(self.stage),
+                self.cfg.eval_batch_size,
+                pad_id=self.task(self.stage).tokenizer.pad_id,
+            )
         record = {"kind": "eval", "step": self.step, "stage": self.stage, **result, "elapsed_s": self.elapsed()}
         self.log(record)
         return record
@@ -239,14 +254,19 @@ class Trainer:
         self.model.train()
         record: dict[str, Any] = {}
         self._started = time.time()
+        reset_peak_memory(self.device)
+        step_what = f"a training step of batch_size {self.cfg.batch_size}"
+        step_advice = (
+            "lower train.batch_size (the meta-gradient keeps every WRITE step's activations), "
+            "method.write.steps or the task's context length"
+        )
         while self.step < self.end_step():
             if self.stage < last_stage and self.step >= self._stage_end():
                 self._next_stage()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg, self.decay_window())
-            loss, read_loss, write_losses = self._gradients(
-                self.train_batch(self.step).to(next(self.model.parameters()).device)
-            )
+            with out_of_memory_as_error(step_what, step_advice):
+                loss, read_loss, write_losses = self._gradients(self.train_batch(self.step).to(self.device))
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
             self._check_finite(loss, grad_norm)
             self.optimizer.step()
@@ -263,6 +283,7 @@ class Trainer:
                         "write_loss": write_losses.mean(1).tolist() if write_losses is not None else [],
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "elapsed_s": self.elapsed(),
+                        **self._peak_memory(),
                     }
                 )
             done = out_of_time = self._out_of_time()
@@ -274,6 +295,11 @@ class Trainer:
             if done:
                 break
         return record or self.run_eval()
+
+    def _peak_memory(self) -> dict[str, float]:
+        """{"peak_gpu_mib": ...} since training (re)started, on CUDA; nothing on the CPU."""
+        peak = peak_memory_mib(self.device)
+        return {} if peak is None else {"peak_gpu_mib": peak}
 
     def _gradients(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Fill every trainable parameter's .grad for `batch`; returns (loss, READ loss, (K, B) write losses)."""

@@ -4,6 +4,7 @@ schedule, and the curriculum as a list of typed `Stage`s."""
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (and save) after this much training time, counted across resumes
     log_every: int = 10  # steps between training-loss log lines
     seed: int = 0  # seeds model init, data and the held-out set
+    device: str = "auto"  # where the run trains: "auto" (CUDA when available) | "cpu" | "cuda" | "cuda:N"
     curriculum: list[dict[str, Any]] = field(
         default_factory=list
     )  # task overrides per stage, e.g. [{"num_pairs": 1}, ...]
@@ -103,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"last_stage_steps must be >= 1 or None, got {self.last_stage_steps}")
         if self.max_stage_steps is not None and self.max_stage_steps < 1:
             raise ValueError(f"max_stage_steps must be >= 1 or None, got {self.max_stage_steps}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.compile_stages not in ("all", "last"):
             raise ValueError(f"compile_stages must be 'all' or 'last', got {self.compile_stages!r}")
 

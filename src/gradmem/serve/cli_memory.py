@@ -21,9 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from gradmem.cli_options import add_options, from_args
+from gradmem.device import device_option
 from gradmem.errors import InvalidInput, NotFound
 from gradmem.serve.engine import EngineConfig
 from gradmem.serve.store import MemoryStore
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    """`--device`, shared by every command that runs a model."""
+    p.add_argument(
+        "--device",
+        type=device_option,
+        default="auto",
+        help="where the model runs: auto (CUDA when available, else the CPU), cpu, cuda or cuda:N",
+    )
 
 
 def default_store() -> str:
@@ -32,9 +43,10 @@ def default_store() -> str:
 
 def open_engine(args: argparse.Namespace) -> Any:
     from gradmem.build import load_checkpoint
+    from gradmem.device import resolve_device
     from gradmem.serve.engine import Engine
 
-    model, task, _ = load_checkpoint(args.checkpoint)
+    model, task, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
     return Engine(model, task.tokenizer, MemoryStore(args.store), from_args(EngineConfig, args))
 
 
@@ -260,6 +272,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         help="memory store directory (default: $GRADMEM_STORE or ~/.cache/gradmem/store)",
     )
     add_options(p, EngineConfig, only=["max_blocks", "chunk_tokens"])
+    add_device_option(p)
 
 
 def add_memory_commands(sub: Any) -> None:

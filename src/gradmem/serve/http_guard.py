@@ -25,6 +25,7 @@ from gradmem.errors import (
     InvalidInput,
     LimitExceeded,
     NotFound,
+    OutOfDeviceMemory,
     Overloaded,
     StoreFull,
     StoreUnavailable,
@@ -39,6 +40,7 @@ STATUS: dict[type, int] = {  # the first match along an error's MRO wins
     StoreFull: 507,
     StoreUnavailable: 503,
     Overloaded: 503,
+    OutOfDeviceMemory: 503,  # the GPU was full for this request; a smaller one or a retry may fit
     Unauthorized: 401,
 }
 RETRY_AFTER = {503: "5"}  # seconds a client should wait before retrying

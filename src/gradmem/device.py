@@ -1,0 +1,109 @@
+"""Where tensors live: one place that turns a device name into a `torch.device`, reports peak GPU
+memory, carries random-number state across devices and turns out-of-memory into a clear error.
+
+Every command takes `--device` (default `auto`: CUDA when torch sees a GPU, else the CPU) and a run
+spec may say `train.device`. Models are built on the CPU first, so a seed gives the same initial
+weights on any device, then moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from gradmem.errors import ConfigError, OutOfDeviceMemory
+
+AUTO = "auto"
+
+
+def resolve_device(name: str | torch.device | None = AUTO) -> torch.device:
+    """The torch.device `name` stands for: `auto` (or None) is CUDA when available, else the CPU;
+    `cpu`, `cuda`, `cuda:N` as torch spells them. ConfigError for a name torch does not know or a
+    GPU this process cannot see (the message says what is visible)."""
+    if isinstance(name, torch.device):
+        device = name
+    else:
+        text = AUTO if name is None else str(name).strip().lower()
+        if text == AUTO:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(text)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+            raise ConfigError(f"device {device}: CUDA is not available (torch {torch.__version__}, {build}); use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {device}: this process sees {count} GPU(s) (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def device_option(text: str) -> str:
+    """An argparse `type` for `--device`: the resolved name ("cuda", "cpu", "cuda:1"), or a usage
+    error saying why (unknown name, no CUDA). argparse also passes a string default through it."""
+    import argparse
+
+    try:
+        return str(resolve_device(text))
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the hardware behind `device` (the GPU's model on CUDA)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window on a CUDA device (nothing to do on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    """Peak GPU memory allocated by tensors since the last reset, in MiB; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def rng_state() -> dict[str, Any]:
+    """The CPU and (when initialised) every CUDA generator's state, for an exact resume."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Any) -> None:
+    """Restore what `rng_state` saved; a CUDA state saved on a GPU machine is skipped on a CPU one
+    (the data stream is drawn on the CPU, so only dropout-like draws on the GPU would differ)."""
+    if isinstance(state, torch.Tensor):  # checkpoints written before CUDA state was kept
+        torch.set_rng_state(state.cpu())
+        return
+    torch.set_rng_state(state["cpu"].cpu())
+    saved = state.get("cuda")
+    if saved is not None and torch.cuda.is_available() and len(saved) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in saved])
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(what: str, advice: str) -> Iterator[None]:
+    """Turn torch's out-of-memory error inside the block into OutOfDeviceMemory naming `what`
+    (e.g. "a training step of batch_size 64") and `advice` (which setting to lower)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the failed step held, so the caller can go on or save
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+        raise OutOfDeviceMemory(f"out of device memory in {what}: {advice} ({first})") from err
