@@ -111,7 +111,8 @@ def _encode(task: Any, record: dict[str, str]) -> Example:
 def _check_known(tokenizer: Any, name: str, text: str) -> None:
     if tokenizer.unk_id is not None and tokenizer.unk_id in tokenizer.encode(text):
         named = unknown_characters(tokenizer, text) or ["some words"]
-        raise ValueError(f"{name} has characters outside the tokenizer's vocabulary: {', '.join(named)}")
+        # `unknown_characters` names words for a word tokenizer, characters for the others.
+        raise ValueError(f"{name} has words or characters outside the tokenizer's vocabulary: {', '.join(named)}")
 
 
 def _check_fits(example: Example, vocab_size: int, max_tokens: int | None) -> None:

@@ -13,6 +13,14 @@ size 70, so ids agree with the paper's published data.
 `HFTokenizer` adapts a Hugging Face tokenizer: either a model folder's own (`{"type": "hf", "path":
 ...}`, `{"type": "hf", "pretrained": "smollm2-135m"}`) or a `tokenizers.Tokenizer` built in-process
 and stored inline as JSON (`{"type": "hf", "json": ...}`), which is what the hermetic tests use.
+
+`WordTokenizer` is one token per word or punctuation mark over a fixed word list, for models trained
+from scratch on a closed vocabulary: `{"type": "word", "vocab": "babi"}` (every word gradmem's bAbI
+generator writes, `gradmem.tasks.babi.babi_vocabulary`) or `{"type": "word", "words": [...]}`.
+Its spec is short, so a checkpoint records the spec rather than the whole tokenizer.
+
+Every tokenizer names what it cannot encode with `unknown(text)` (characters, or words for
+`WordTokenizer`), so the checks of user input can say what to fix.
 """
 
 from __future__ import annotations
@@ -99,6 +107,10 @@ class CharTokenizer:
                 continue
             out.append(self._id_to_token[i])
         return "".join(out)
+
+    def unknown(self, text: str, most: int = 10) -> list[str]:
+        """Up to `most` distinct characters of `text` that encode to `[UNK]` (see `_unknown_characters`)."""
+        return _unknown_characters(self, text, most)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description, enough to rebuild the same tokenizer."""
@@ -194,6 +206,11 @@ class HFTokenizer:
         ids = [int(i) for i in ids if int(i) >= 0]
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special)
 
+    def unknown(self, text: str, most: int = 10) -> list[str]:
+        """Up to `most` distinct characters of `text` that encode to the unknown token (none for a
+        byte-level tokenizer, which can encode anything); see `_unknown_characters`."""
+        return _unknown_characters(self, text, most)
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.source)
 
@@ -218,13 +235,88 @@ def word_tokenizer(texts: Iterable[str]) -> HFTokenizer:
     return HFTokenizer.from_tokenizers(tokenizer)
 
 
+WORD_VOCABULARIES = ("babi",)  # the named word lists of {"type": "word", "vocab": NAME}
+
+
+class WordTokenizer(HFTokenizer):
+    """One token per word or punctuation mark of a fixed, case-sensitive word list.
+
+    Ids: [PAD]=0 [BOS]=1 [EOS]=2 [UNK]=3, then the words in sorted order, so the same list always
+    gives the same ids. Text is split on whitespace, and every punctuation character is a token of
+    its own ("Answer:" is "Answer" ":"). Built from a spec (`from_dict`): `{"type": "word", "vocab":
+    "babi"}` or `{"type": "word", "words": [...]}`; `to_dict` returns that spec unchanged.
+    """
+
+    def __init__(self, words: Iterable[str], source: dict[str, Any]) -> None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        # WhitespaceSplit + Punctuation rather than Whitespace: Whitespace keeps runs such as "?." as
+        # one piece, which a word list would then need as a word of its own.
+        splitter = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+        words = list(words)
+        for word in words:
+            pieces = [p for p, _ in splitter.pre_tokenize_str(word)] if isinstance(word, str) else None
+            if pieces != [word]:
+                # A word the splitter cuts up (or a non-string) could never be matched as one token.
+                raise ValueError(
+                    f"word tokenizer: {word!r} is not one word or one punctuation mark (it splits into {pieces})"
+                )
+        self.words = sorted(set(words))
+        vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *self.words])}
+        tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+        tokenizer.pre_tokenizer = splitter
+        tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins with spaces, none before . ? !
+        tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+        super().__init__(tokenizer, dict(source))
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> WordTokenizer:
+        """The tokenizer of `{"type": "word", "vocab": "babi"}` or `{"type": "word", "words": [...]}`."""
+        if spec.get("type") != "word":
+            raise ValueError(f"not a word tokenizer description: type={spec.get('type')!r}")
+        extra = sorted(set(spec) - {"type", "vocab", "words"})
+        if extra or ("vocab" in spec) == ("words" in spec):
+            raise ValueError(
+                'a word tokenizer spec is {"type": "word", "vocab": "babi"} or {"type": "word", "words": [...]}, '
+                f"got {spec!r}"
+            )
+        if "vocab" in spec:
+            if spec["vocab"] != "babi":
+                raise ValueError(f"unknown word vocabulary {spec['vocab']!r}; valid: {', '.join(WORD_VOCABULARIES)}")
+            from gradmem.tasks.babi import babi_vocabulary  # here: the tasks import this module
+
+            return cls(babi_vocabulary(), spec)
+        words = spec["words"]
+        if not isinstance(words, (list, tuple)) or not words:
+            raise ValueError(f"a word tokenizer's words must be a non-empty list of strings, got {words!r}")
+        return cls(words, spec)
+
+    def unknown(self, text: str, most: int = 10) -> list[str]:
+        """Up to `most` distinct words (or punctuation marks) of `text` outside the word list, each
+        repr'd (e.g. "'Marry'"), in order of first appearance."""
+        found: list[str] = []
+        for piece in dict.fromkeys(p for p, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(text)):
+            if self.tokenizer.token_to_id(piece) is None:
+                found.append(repr(piece))
+                if len(found) == most:
+                    break
+        return found
+
+    def __repr__(self) -> str:
+        named = f"vocab={self.source['vocab']!r}" if "vocab" in self.source else f"words={len(self.words)}"
+        return f"WordTokenizer({named}, vocab_size={self.vocab_size})"
+
+
 def build_tokenizer(spec: dict[str, Any] | None) -> Any:
-    """A tokenizer from its `to_dict` description: char, hf (path / pretrained / inline json)."""
+    """A tokenizer from its `to_dict` description: char, word (vocab / words), hf (path /
+    pretrained / inline json)."""
     if spec is None:
         raise ValueError('this task needs a tokenizer: e.g. {"type": "hf", "pretrained": "smollm2-135m"}')
     kind = spec.get("type")
     if kind == "char":
         return CharTokenizer.from_dict(spec)
+    if kind == "word":
+        return WordTokenizer.from_dict(spec)
     if kind == "hf":
         if "json" in spec:
             from tokenizers import Tokenizer
@@ -234,10 +326,20 @@ def build_tokenizer(spec: dict[str, Any] | None) -> Any:
             from gradmem.backbones.pretrained import resolve_model_path
 
             return HFTokenizer.from_folder(str(resolve_model_path(spec)), dict(spec))
-    raise ValueError(f"unknown tokenizer spec {spec!r}; valid types: char, hf (path | pretrained | json)")
+    raise ValueError(
+        f"unknown tokenizer spec {spec!r}; valid types: char, word (vocab | words), hf (path | pretrained | json)"
+    )
 
 
 def unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:
+    """What `tokenizer` cannot encode in `text`: its own `unknown` (words for a `WordTokenizer`),
+    or for a tokenizer without one the characters it maps to its unknown token."""
+    if hasattr(tokenizer, "unknown"):
+        return list(tokenizer.unknown(text, most))
+    return _unknown_characters(tokenizer, text, most)
+
+
+def _unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:
     """Up to `most` distinct characters of `text` the tokenizer maps to its unknown token, each as
     U+XXXX with its repr (control characters stay readable), in order of first appearance."""
     found: list[str] = []

@@ -111,9 +111,9 @@ class Engine:
         unk = self.tokenizer.unk_id
         if unk is None or unk not in ids:
             return ids
-        named = unknown_characters(self.tokenizer, text)
+        named = unknown_characters(self.tokenizer, text)  # words for a word tokenizer, else characters
         listed = ", ".join(named) if named else f"{ids.count(unk)} token(s)"
-        raise InvalidInput(f"{what} has characters outside the model's vocabulary: {listed}")
+        raise InvalidInput(f"{what} has words or characters outside the model's vocabulary: {listed}")
 
     def chunks(self, ids: list[int]) -> list[list[int]]:
         return [ids[i : i + self.chunk_tokens] for i in range(0, len(ids), self.chunk_tokens)]

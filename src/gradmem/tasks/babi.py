@@ -10,6 +10,15 @@ generates stories of the same five kinds, in the original text format (see `babi
 Generated data is NOT the bAbI benchmark: results on it must be labelled "generated bAbI-style".
 With `data_path`, the task reads the official files instead (train = first 90% of the train file's
 stories, valid = the last 10%, test = the test file).
+
+`task` may also be a list of tasks (a mix, e.g. [1, 2, 3, 4, 5]): every generated story is of a task
+drawn uniformly from the list with the story's own random generator, so one seed still gives one
+data set; with `data_path` the questions of every listed task's files are pooled. Questions are
+drawn per story, so a QA4 story (always one question) adds fewer questions than the others.
+
+`babi_vocabulary()` is every word the generator writes (and the question layout of
+`question_to_texts`): the closed vocabulary of the word tokenizer `{"type": "word", "vocab": "babi"}`
+(gradmem.tokenizers.WordTokenizer) that small models trained from scratch use.
 """
 
 from __future__ import annotations
@@ -35,21 +44,53 @@ DIRECTIONS = ("north", "south", "east", "west")
 SPLIT_OFFSETS = {"train": 0, "valid": 1, "test": 2}
 # Statements between questions, per task (QA3 needs an object carried through two places).
 DEFAULT_STATEMENTS = {1: 2, 2: 3, 3: 4, 4: 2, 5: 2}
+# The words of the generator's sentence and question templates (below) and of the example layout
+# of `question_to_texts`, beyond the names, places, objects and verbs of the tuples above. A test
+# checks every generated story against this list; add a word here with any template that uses it.
+# Changing the vocabulary changes the ids of {"type": "word", "vocab": "babi"}: old checkpoints of
+# word-tokenized models would then read different ids.
+TEMPLATE_WORDS = (
+    "the", "The", "to", "is", "of", "was", "before",  # statements and questions
+    "Where", "What", "Who", "did", "give", "received",  # question words
+    "Question", "Answer", ":", ".", "?",  # layout and punctuation
+)  # fmt: skip
+
+
+def babi_vocabulary() -> tuple[str, ...]:
+    """Every word and punctuation mark of generated bAbI-style stories (all five tasks) and of their
+    question layout, sorted and distinct: the "babi" vocabulary of the word tokenizer."""
+    phrases = (*PEOPLE, *GIVERS, *PLACES, *OBJECTS, *MOVES, *GRABS, *DROPS, *GIVES, *DIRECTIONS, *TEMPLATE_WORDS)
+    return tuple(sorted({word for phrase in phrases for word in phrase.split()}))
+
+
+def _task_list(task: Any) -> list[int]:
+    """The tasks of a `BabiConfig.task` value (one task or a mix); ValueError naming what is wrong."""
+    tasks = list(task) if isinstance(task, (list, tuple)) else [task]
+    if isinstance(task, (list, tuple)) and not tasks:
+        raise ValueError("a bAbI task mix needs at least one task, e.g. [1, 2, 3, 4, 5]; got []")
+    bad = [t for t in tasks if isinstance(t, bool) or not isinstance(t, int) or t not in range(1, 6)]
+    if bad:
+        raise ValueError(f"bAbI tasks are integers 1..5 (QA1-QA5) or a list of them; got {task!r} ({bad!r} invalid)")
+    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+    if repeated:
+        raise ValueError(f"a bAbI task mix lists each task once; {repeated} repeated in {task!r}")
+    return tasks
 
 
 @dataclass
 class BabiConfig:
     """Which bAbI task, generated or read from the official files."""
 
-    task: int = 1  # 1..5 (QA1-QA5)
+    task: int | list[int] = 1  # 1..5 (QA1-QA5), or a list of distinct ones: a uniform mix per story
     data_path: str | None = None  # folder (or file) of the official release; None = generate
     questions_per_story: int = 5  # generated stories: questions asked per story (QA4: always 1)
     statements_per_question: int | None = None  # generated: statements before each question; None = per-task default
     tokenizer: dict[str, Any] | None = None  # e.g. {"type": "hf", "pretrained": "smollm2-135m"}
 
     def __post_init__(self) -> None:
-        if self.task not in range(1, 6):
-            raise ValueError(f"bAbI task must be 1..5, got {self.task}")
+        tasks = _task_list(self.task)
+        if isinstance(self.task, tuple):
+            self.task = tasks  # a list, as JSON reads it back: to_dict round trips
         if self.questions_per_story < 1 or (self.statements_per_question or 1) < 1:
             raise ValueError("questions_per_story and statements_per_question must be >= 1")
 
@@ -175,23 +216,34 @@ def _relation_story(rng: random.Random) -> Story:
     return lines
 
 
+def config_tasks(cfg: BabiConfig) -> list[int]:
+    """The tasks of `cfg`: [cfg.task] for one task, the list for a mix."""
+    return list(cfg.task) if isinstance(cfg.task, list) else [cfg.task]
+
+
 def generate_story(cfg: BabiConfig, rng: random.Random) -> Story:
-    """One bAbI-style story of task `cfg.task` (statements with interleaved questions)."""
-    if cfg.task == 4:
+    """One bAbI-style story of task `cfg.task` (statements with interleaved questions); for a mix, of
+    a task drawn uniformly from the list with `rng` (a one-task list draws nothing: same data as the
+    plain task)."""
+    tasks = config_tasks(cfg)
+    task = tasks[0] if len(tasks) == 1 else rng.choice(tasks)
+    if task == 4:
         return _relation_story(rng)
     world = _World(rng)
-    per_question = cfg.statements_per_question or DEFAULT_STATEMENTS[cfg.task]
+    per_question = cfg.statements_per_question or DEFAULT_STATEMENTS[task]
     asked = 0
     while asked < cfg.questions_per_story:
         for _ in range(per_question):
-            if cfg.task == 1:
+            if task == 1:
                 world.move()
-            elif cfg.task == 5:
+            elif task == 5:
                 world.give() if rng.random() < 0.7 else world.move()
             else:
                 world.move() if rng.random() < 0.5 or not world.person_at else world.handle_object()
-        asked += _question(cfg.task, world)
-        if len(world.lines) > 40 * cfg.questions_per_story * per_question:
+        asked += _question(task, world)
+        # Bounded by the task's default pace too: with fewer statements per question, QA3 still needs an
+        # object carried through two places, which takes ~35 statements in 1% of stories.
+        if len(world.lines) > 40 * cfg.questions_per_story * max(per_question, DEFAULT_STATEMENTS[task]):
             raise RuntimeError("bAbI generator could not ask its questions; raise statements_per_question")
     return world.lines
 
@@ -228,14 +280,25 @@ class BabiTask:
         return answer_example(self.tokenizer, context, query, target)
 
     def _file_questions(self, split: str) -> list[BabiQuestion]:
+        """The questions of `split` in the official files; for a mix, every task's pooled in task order."""
         if split not in self._files:
             name = "test" if split == "test" else "train"
-            path = find_babi_file(self.config.data_path, self.config.task, name)
-            stories = parse_babi(Path(path).read_text(encoding="utf-8-sig"))
-            if split != "test":
-                cut = int(len(stories) * 0.9)
-                stories = stories[:cut] if split == "train" else stories[cut:]
-            self._files[split] = [q for story in stories for q in story_questions(story)]
+            tasks = config_tasks(self.config)
+            if len(tasks) > 1 and Path(str(self.config.data_path)).expanduser().is_file():
+                # find_babi_file returns a file path as is, whatever the task: the mix would read it N times.
+                raise ValueError(
+                    f"a bAbI task mix reads one file per task: data_path must be the release's folder, "
+                    f"got the file {self.config.data_path}"
+                )
+            pooled: list[BabiQuestion] = []
+            for task in tasks:
+                path = find_babi_file(str(self.config.data_path), task, name)
+                stories = parse_babi(Path(path).read_text(encoding="utf-8-sig"))
+                if split != "test":  # the 90/10 cut is per task, so every task is in both splits
+                    cut = int(len(stories) * 0.9)
+                    stories = stories[:cut] if split == "train" else stories[cut:]
+                pooled.extend(q for story in stories for q in story_questions(story))
+            self._files[split] = pooled
         return self._files[split]
 
     def questions(self, split: str, num_examples: int, seed: int) -> list[BabiQuestion]:
@@ -259,4 +322,4 @@ class BabiTask:
 
     def describe(self) -> str:
         source = f"files at {self.config.data_path}" if self.config.data_path else "generated bAbI-style"
-        return f"babi: QA{self.config.task}, {source}"
+        return f"babi: {'+'.join(f'QA{t}' for t in config_tasks(self.config))}, {source}"
