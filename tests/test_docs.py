@@ -66,6 +66,10 @@ PARSE_ONLY = {
     r"--variants \S*_compiled": "torch.compile with inductor: minutes of compilation on CPU "
     "(tests/test_compiled.py runs the compiled step with the eager backend)",
     r"^gradmem eval runs/babi_qa1/": "scores the checkpoint of the GPU torchrun run above it",
+    r"^python -m pytest -q -m cuda": "the cuda tests (skipped without a GPU; tests/test_gpu_run.py dry-runs them)",
+    r"scripts/gpu_run\.py": "the whole GPU call; tests/test_gpu_run.py runs it at toy size on the CPU",
+    r"download\.pytorch\.org": "installs a CUDA torch from the network",
+    r"^pip install -e": "installs packages (the extras are checked against pyproject.toml)",
 }
 # commands that run only under the `pretrained` marker: pattern -> what they need
 PRETRAINED = {
@@ -226,6 +230,10 @@ def test_shell_commands_parse(where: str, command: str) -> None:
         from gradmem.cli import build_parser
 
         _check_paths(words)
+        if not torch.cuda.is_available():  # --device checks that CUDA is there; the option names are what is checked
+            words = [
+                ("cpu" if w.startswith("cuda") and prev == "--device" else w) for prev, w in zip(["", *words], words)
+            ]
         try:
             build_parser().parse_args(words[1:])
         except SystemExit as exit_:
