@@ -60,6 +60,53 @@ def test_baselines_on_cuda_equal_the_cpu_in_float64(method, cfg):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("attention", ["sdpa_explicit", "sdpa_hvp"])
+def test_double_backward_attention_kernels_on_cuda_equal_math_on_the_cpu(attention):
+    """The fused-forward kernels with a hand-written differentiable backward (gradmem.attention),
+    second order through two WRITE steps; float32, since fused SDPA kernels on CUDA have no float64."""
+    from conftest import TINY
+
+    from gradmem.backbones import LlamaBackbone, LlamaConfig
+    from gradmem.methods import build_method
+    from gradmem.model import MemoryModel
+
+    def model_with(kernel: str) -> MemoryModel:
+        torch.manual_seed(0)
+        backbone = LlamaBackbone(LlamaConfig(**TINY, attention=kernel))
+        return MemoryModel(backbone, build_method("gradmem", backbone, {"num_memory": 3, "write": {"steps": 2}}))
+
+    batch = kv_batch(n=4, pairs=2)
+    want = meta_gradients(model_with("math"), batch)
+    got = meta_gradients(model_with(attention).to(CUDA), batch.to(CUDA))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-5)
+
+
+def test_data_parallel_training_step_on_cuda(tmp_path):
+    """scripts/train_ddp.py's path in one process: NCCL on CUDA (gloo for the CPU dry run)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from gradmem.distributed import DataParallel
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = "nccl" if CUDA.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        spec = tiny_run_spec(steps=3, batch_size=4, log_every=1, eval_every=3, eval_examples=8)
+        torch.manual_seed(0)
+        device = torch.device("cuda", torch.cuda.current_device()) if CUDA.type == "cuda" else CUDA
+        parallel = DataParallel.from_process_group(device)
+        trainer = Trainer.from_spec(build_model(spec), spec, tmp_path, parallel=parallel, device=device)
+        trainer.train()
+        assert trainer.step == 3 and (tmp_path / "last").exists()
+    finally:
+        dist.destroy_process_group()
+
+
 def test_reference_fixture_cases_hold_on_cuda():
     """The authors' code's float64 numbers (tests/fixtures/reference), computed on the GPU."""
     from safetensors.torch import load_file
