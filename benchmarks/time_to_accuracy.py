@@ -33,6 +33,7 @@ from report import markdown_table, mean_std  # noqa: E402
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
 from gradmem.cli import positive_int  # noqa: E402
 from gradmem.cli_options import float_list, int_list  # noqa: E402
+from gradmem.device import device_option  # noqa: E402
 from gradmem.evaluate import choose_write_setting, evaluate  # noqa: E402
 from gradmem.train import Trainer, read_metrics  # noqa: E402
 
@@ -95,7 +96,7 @@ def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dic
     }
     best = run / "best"
     if (best / "spec.json").exists():
-        model, _, _ = load_checkpoint(best)
+        model, _, _ = load_checkpoint(best, args.device)
         for n in args.test_pairs or [pairs[-1]]:
             task = build_task({"task": {**spec["task"], "num_pairs": n}})
             test = task.make_split("test", args.test_examples, args.test_seed)
@@ -257,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         "--valid-examples", type=positive_int, default=1000, help="validation examples for --choose-steps"
     )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads per process")
+    parser.add_argument(
+        "--device", type=device_option, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild the table and plot from the runs")
     parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")
     parser.add_argument("--out", default=None, help="results folder (default results/time_to_accuracy)")
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"cannot read --config {args.config}: {err}")
     torch.set_num_threads(args.threads)
 
-    base = apply_overrides(config, args.set + [f"train.max_minutes={args.minutes}"])
+    base = apply_overrides(config, args.set + [f"train.max_minutes={args.minutes}", f"train.device={args.device}"])
     name = args.name or Path(args.config).stem
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "time_to_accuracy" / name
     if not args.report_only:
