@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_run_spec
+from conftest import kv_batch, tiny_run_spec
 
 from gradmem.build import build_model
 from gradmem.cli import main
@@ -112,3 +112,34 @@ def test_random_state_round_trips_and_old_checkpoints_still_restore():
     assert torch.equal(torch.rand(3), first)
     set_rng_state(state["cpu"])  # the bare CPU tensor older trainer.pt files hold
     assert torch.equal(torch.rand(3), first)
+
+
+def _bf16_model(setting):
+    spec = tiny_run_spec()
+    spec["backbone"]["bf16"] = setting
+    torch.manual_seed(0)
+    return build_model(spec)
+
+
+def test_bf16_auto_follows_the_cpu_features(monkeypatch):
+    import gradmem.device as device
+
+    batch = kv_batch(n=4, pairs=2)
+    model = _bf16_model("auto")
+    want = None
+    for flags, on in (([], False), (["amx_bf16"], True), (["avx512_bf16"], True)):
+        monkeypatch.setattr(device, "cpu_bf16_flags", lambda flags=flags: flags)
+        device.fast_bf16.cache_clear()
+        assert model.backbone.uses_bf16("cpu") is on
+        with torch.no_grad():
+            got = model(batch).loss
+        want = got if want is None else want  # the fp32 loss, from the CPU without bf16 features
+        assert torch.equal(got, want) != on  # bf16 rounding only where the CPU has the features
+        note = device.precision_note("auto", torch.device("cpu"))
+        assert note.startswith(f"bf16 autocast {'on' if on else 'off'} (auto: ")
+    device.fast_bf16.cache_clear()
+
+
+def test_bf16_takes_true_false_or_auto_only():
+    with pytest.raises(ValueError, match='true, false or "auto"'):
+        _bf16_model("yes")

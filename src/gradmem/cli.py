@@ -28,7 +28,7 @@ from gradmem.build import apply_overrides, build_model, build_task, load_checkpo
 from gradmem.checkpoint import recover
 from gradmem.cli_options import float_list, int_list
 from gradmem.data import save_jsonl
-from gradmem.device import device_name, device_option, peak_memory_mib, resolve_device
+from gradmem.device import device_name, device_option, peak_memory_mib, precision_note, resolve_device
 from gradmem.errors import ConfigError, GradmemError
 from gradmem.serve.cli_memory import add_device_option, add_memory_commands
 from gradmem.spec_check import validate_spec
@@ -125,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
 
     trainer = Trainer.from_spec(model, spec, args.out, on_log, device=device)
-    print(f"gradmem train: on {device} ({device_name(device)})", file=sys.stderr)
+    precision = precision_note(spec["backbone"].get("bf16", False), device)
+    print(f"gradmem train: on {device} ({device_name(device)}), {precision}", file=sys.stderr)
     resumed = args.resume and trainer.resume()  # a partial or damaged last/ raises: never a silent restart
     bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
     if resumed:

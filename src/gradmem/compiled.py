@@ -73,9 +73,11 @@ def relative_error(reference: Tensor, other: Tensor) -> float:
 
 @contextmanager
 def without_bf16(model: MemoryModel) -> Iterator[bool]:
-    """Inside: the backbone computes in fp32 even if its option `bf16` is on; yields whether it was."""
+    """Inside: the backbone computes in fp32 even if its option `bf16` is on (or "auto" resolves to on
+    for the model's device); yields whether it was."""
     options = getattr(model.backbone, "options", None)
-    if not getattr(options, "bf16", False):
+    device_type = next(model.parameters()).device.type
+    if options is None or not model.backbone.uses_bf16(device_type):
         yield False
         return
     model.backbone.options = replace(options, bf16=False)

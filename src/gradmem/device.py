@@ -9,7 +9,9 @@ weights on any device, then moved.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +56,39 @@ def device_option(text: str) -> str:
         return str(resolve_device(text))
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+_CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU features that make bf16 matmuls faster than fp32
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The bf16 matmul features of this CPU (Linux /proc/cpuinfo; empty elsewhere or without any)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(errors="replace").split())
+    except OSError:
+        return []
+    return [f for f in _CPU_BF16_FLAGS if f in flags]
+
+
+@functools.cache
+def fast_bf16(device_type: str) -> bool:
+    """Whether bf16 autocast pays on this device kind: a GPU with bf16 support, or a CPU with AMX or
+    AVX512-BF16. Without those a CPU emulates bf16 matmuls, measured ~4x slower than fp32 on an
+    Ice Lake core (docs/performance.md), so `bf16: "auto"` stays in fp32 there."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device_type == "cpu" and bool(cpu_bf16_flags())
+
+
+def precision_note(setting: bool | str, device: torch.device) -> str:
+    """One line saying what `backbone.bf16 = setting` means on `device` (logged at training start)."""
+    if setting != "auto":
+        return f"bf16 autocast {'on' if setting else 'off'}"
+    if fast_bf16(device.type):
+        why = "a GPU with bf16" if device.type == "cuda" else f"this CPU has {', '.join(cpu_bf16_flags())}"
+        return f"bf16 autocast on (auto: {why})"
+    why = "no bf16 on this GPU" if device.type == "cuda" else "this CPU has no AMX or AVX512-BF16"
+    return f"bf16 autocast off (auto: {why})"
 
 
 def device_name(device: torch.device) -> str:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from gradmem.backbones.hf import HFBackbone
 from gradmem.backbones.llama import LlamaBackbone
+from gradmem.device import fast_bf16
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -55,11 +56,14 @@ class BackboneOptions:
     train_top_layers: int = 0  # with freeze: the last k decoder layers + final norm still train
     lora: LoraOptions | None = None  # write-only LoRA adapters (implies frozen base weights)
     gradient_checkpointing: bool = False  # recompute layers in backward (non-reentrant: double backward works)
-    bf16: bool = False  # bfloat16 autocast for the decoder and LM head (CPU or GPU); weights stay fp32
+    bf16: bool | str = False  # bfloat16 autocast for decoder and LM head, weights stay fp32; "auto": only where
+    #                           bf16 is fast (a GPU, or a CPU with AMX / AVX512-BF16; gradmem.device.fast_bf16)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraOptions(**self.lora)
+        if isinstance(self.bf16, str) and self.bf16 != "auto":
+            raise ValueError(f'bf16 must be true, false or "auto", got {self.bf16!r}')
         if self.train_top_layers < 0:
             raise ValueError(f"train_top_layers must be >= 0, got {self.train_top_layers}")
         if self.train_top_layers and not self.freeze:
@@ -114,8 +118,14 @@ class AdaptedBackbone(nn.Module):
         finally:
             self._set_adapters(False)
 
+    def uses_bf16(self, device_type: str) -> bool:
+        """Whether the decoder runs under bf16 autocast on this device kind (resolves "auto")."""
+        if self.options.bf16 == "auto":
+            return fast_bf16(device_type)
+        return bool(self.options.bf16)
+
     def _autocast(self, x: Tensor) -> Any:
-        if not self.options.bf16:
+        if not self.uses_bf16(x.device.type):
             return nullcontext()
         return torch.autocast(x.device.type, dtype=torch.bfloat16)
 
@@ -125,7 +135,7 @@ class AdaptedBackbone(nn.Module):
     def hidden(self, embeds: Tensor) -> Tensor:
         with self._autocast(embeds):
             out = self.inner.hidden(embeds)
-        return out.float() if self.options.bf16 else out
+        return out.float() if self.uses_bf16(embeds.device.type) else out
 
     def logits(self, hidden: Tensor) -> Tensor:
         with self._autocast(hidden):
