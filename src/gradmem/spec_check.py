@@ -64,6 +64,9 @@ def validate_spec(spec: Any) -> None:
     kind = backbone_name(backbone)
     if kind not in ("llama", "hf"):
         raise ConfigError(f"unknown backbone {kind!r}; valid: ['hf', 'llama'] (section 'backbone', key 'name')")
+    bf16 = backbone.get("bf16", False)
+    if not (isinstance(bf16, bool) or bf16 == "auto"):  # 1 or "yes" would pass a plain type check
+        raise ConfigError(f'backbone.bf16 must be true, false or "auto", got {_kind(bf16)}')
     if kind == "llama":  # hf backbones take a transformers config: left to transformers
         fields = {k: v for k, v in backbone.items() if k not in ("name", "type", *OPTION_KEYS)}
         check_fields(LlamaConfig, fields, "backbone")
