@@ -37,6 +37,14 @@ def question_task(q: BabiQuestion) -> int:
     return 4 if re.search(r"\b(north|south|east|west)\b", q.question) else 5
 
 
+def question_ids(task: BabiTask) -> list[int]:
+    """The query ids of the task's own example for "Where is Mary?"."""
+    q = BabiQuestion(
+        statements=("Mary went to the kitchen.",), question="Where is Mary?", answer="kitchen", supporting=(0,)
+    )
+    return task.to_example(q).query
+
+
 @pytest.fixture(scope="module")
 def tok() -> WordTokenizer:
     return build_tokenizer(BABI_WORDS)
@@ -98,7 +106,13 @@ def test_unknown_words_are_named(tok: WordTokenizer, tmp_path: Path) -> None:
     engine = Engine(tiny_model(), tok, MemoryStore(tmp_path / "store"))
     with pytest.raises(InvalidInput, match="outside the model's vocabulary: 'Marry'"):
         engine.encode_question("Where is Marry?")
-    assert engine.encode_question("Where is Mary?") == tok.encode("Where is Mary?")
+    assert engine.encode_question("Where is Mary?") == tok.encode("Where is Mary?")  # the default: as typed
+    laid_out = Engine(tiny_model(), tok, MemoryStore(tmp_path / "store"), question_layout=BabiTask.question_layout)
+    # a plain question is asked as the task's examples ask it, so `gradmem ask` takes "Where is Mary?"
+    assert laid_out.encode_question(" Where is Mary? ") == tok.encode("\nQuestion: Where is Mary?\nAnswer:")
+    assert laid_out.encode_question("Where is Mary?") == question_ids(BabiTask(tokenizer=BABI_WORDS))
+    with pytest.raises(InvalidInput, match="outside the model's vocabulary: 'Marry'"):
+        laid_out.encode_question("Where is Marry?")
 
 
 def test_specs_rebuild_the_same_ids(tok: WordTokenizer) -> None:

@@ -73,6 +73,11 @@ class Batch:
         return len(self.query)
 
 
+# How the question-answering tasks (bAbI, SQuAD, user question files) lay out a question as the
+# query; the target is " answer" then EOS. `str.format` it with `question=`.
+QUESTION_LAYOUT = "\nQuestion: {question}\nAnswer:"
+
+
 def answer_example(tokenizer: Any, context: str, query: str, answer: str) -> Example:
     """An extractive-QA example from text: the answer's tokens then EOS, all of the answer scored."""
     answer_ids = tokenizer.encode(answer)

@@ -47,7 +47,8 @@ def open_engine(args: argparse.Namespace) -> Any:
     from gradmem.serve.engine import Engine
 
     model, task, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
-    return Engine(model, task.tokenizer, MemoryStore(args.store), from_args(EngineConfig, args))
+    config = from_args(EngineConfig, args)
+    return Engine(model, task.tokenizer, MemoryStore(args.store), config, question_layout=task.question_layout)
 
 
 def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | None]:

@@ -37,7 +37,16 @@ class Engine:
     """A MemoryModel with its tokenizer and a MemoryStore. Not thread-safe for model calls: the
     service runs them on one worker thread; store operations are safe from any thread."""
 
-    def __init__(self, model: MemoryModel, tokenizer: Any, store: MemoryStore, cfg: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: MemoryModel,
+        tokenizer: Any,
+        store: MemoryStore,
+        cfg: EngineConfig | None = None,
+        question_layout: str = "{question}",
+    ) -> None:
+        """`question_layout`: how a question is laid out before it is encoded, the checkpoint's task's
+        `question_layout` (bAbI: "\\nQuestion: {question}\\nAnswer:"), so users ask plain questions."""
         method = model.method
         if not isinstance(method, GradMem):  # the reconstruction report needs GradMem's WRITE head
             raise ValueError(
@@ -47,6 +56,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.store = store
         self.cfg = cfg or EngineConfig()
+        self.question_layout = question_layout
         self.fingerprint = model_fingerprint(model)
         self.block_vectors = method.prefix_size()
         window = model.max_positions
@@ -101,10 +111,12 @@ class Engine:
         return ids
 
     def encode_question(self, question: str) -> list[int]:
-        """Token ids of a question; InvalidInput if it is empty or has characters outside the vocabulary."""
+        """Token ids of a question laid out as the task lays out its queries; InvalidInput if it is
+        empty or has characters outside the vocabulary."""
         if not question.strip():
             raise InvalidInput("a question must not be empty or whitespace-only")
-        return self._in_vocabulary(question, "a question")
+        self._in_vocabulary(question, "a question")  # names the user's words, not the layout's
+        return self.tokenizer.encode(self.question_layout.format(question=question.strip()))
 
     def _in_vocabulary(self, text: str, what: str) -> list[int]:
         ids = self.tokenizer.encode(text)

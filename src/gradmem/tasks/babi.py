@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.data import Example, answer_example
+from gradmem.data import QUESTION_LAYOUT, Example, answer_example
 from gradmem.tasks.babi_format import BabiLine, BabiQuestion, Story, find_babi_file, parse_babi, story_questions
 
 PEOPLE = ("Mary", "John", "Daniel", "Sandra")
@@ -256,13 +256,14 @@ def generate_stories(cfg: BabiConfig, num_stories: int, seed: int) -> list[Story
 
 def question_to_texts(q: BabiQuestion) -> tuple[str, str, str]:
     """(context, query, answer text) of one question: the statements are the context."""
-    return " ".join(q.statements), f"\nQuestion: {q.question}\nAnswer:", f" {q.answer}"
+    return " ".join(q.statements), QUESTION_LAYOUT.format(question=q.question), f" {q.answer}"
 
 
 class BabiTask:
     """bAbI QA1-QA5 for the task registry (generated, or the official files with `data_path`)."""
 
     name = "babi"
+    question_layout = QUESTION_LAYOUT  # what `gradmem ask` wraps a plain question in
 
     def __init__(self, config: BabiConfig | None = None, **overrides: Any) -> None:
         from gradmem.tokenizers import build_tokenizer

@@ -121,6 +121,7 @@ class KVTask:
     """
 
     name = "kv"
+    question_layout = "{question}"  # a query ("?!ab:") is asked as typed
 
     def __init__(self, config: KVConfig | None = None, **overrides: Any) -> None:
         self.config = replace(config or KVConfig(), **overrides)

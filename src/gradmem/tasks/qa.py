@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.data import Example, answer_example
+from gradmem.data import QUESTION_LAYOUT, Example, answer_example
 from gradmem.tasks.squad import SPLITS, SquadItem, sample_questions, squad_example
 
 
@@ -62,6 +62,7 @@ class QATask:
     """Your own question files for the task registry (see the module docstring)."""
 
     name = "qa"
+    question_layout = QUESTION_LAYOUT  # what `gradmem ask` wraps a plain question in
 
     def __init__(self, config: QAConfig | None = None, **overrides: Any) -> None:
         from gradmem.tokenizers import build_tokenizer

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.data import Example, answer_example
+from gradmem.data import QUESTION_LAYOUT, Example, answer_example
 
 SPLITS = ("train", "valid", "test")
 ABBREVIATIONS = {"dr.", "mr.", "mrs.", "ms.", "st.", "prof.", "jr.", "sr.", "vs.", "etc.", "e.g.", "i.e.", "no.", "mt."}
@@ -148,7 +148,7 @@ def sample_questions(pool: list[SquadItem], split: str, num_examples: int, seed:
 def squad_example(tokenizer: Any, context: str, question: str, answer: str) -> Example:
     """A question laid out as the paper's extractive-QA tasks: the query "\nQuestion: ...\nAnswer:",
     the target " answer" then EOS, all of the answer scored."""
-    return answer_example(tokenizer, context, f"\nQuestion: {question}\nAnswer:", " " + answer)
+    return answer_example(tokenizer, context, QUESTION_LAYOUT.format(question=question), " " + answer)
 
 
 class SquadTask:
@@ -156,6 +156,7 @@ class SquadTask:
     user with one file (e.g. the dev set) still gets disjoint train / valid / test questions."""
 
     name = "squad"
+    question_layout = QUESTION_LAYOUT  # what `gradmem ask` wraps a plain question in
 
     def __init__(self, config: SquadConfig | None = None, **overrides: Any) -> None:
         from gradmem.tokenizers import build_tokenizer

@@ -70,6 +70,7 @@ class TextTask:
     """Chunks of real text as (context, query, target) examples; see the module docstring."""
 
     name = "text"
+    question_layout = "{question}"  # a query is asked as typed
 
     def __init__(self, config: TextConfig | None = None, **overrides: Any) -> None:
         from gradmem.tokenizers import build_tokenizer
