@@ -11,6 +11,7 @@ from conftest import benchmarks_on_path
 with benchmarks_on_path():
     import attention
     import perfkit
+    import precision
     import throughput
 
 
@@ -93,3 +94,13 @@ def test_throughput_and_attention_benchmarks_run(tmp_path, monkeypatch):
     attention.main()
     rows = json.loads((tmp_path / "attention_t.json").read_text())["results"]
     assert [(r["length"], r["mode"]) for r in rows][:3] == [(8, "second_order"), (8, "first_order"), (8, "forward")]
+
+
+def test_precision_benchmark_times_both_precisions_on_the_same_weights(tmp_path, capsys):
+    tiny = ["backbone.num_layers=1", "backbone.hidden_size=16", "backbone.intermediate_size=32", "train.batch_size=4"]
+    argv = ["--set", *tiny, "--rounds", "2", "--stage", "0", "--out", str(tmp_path), "--tag", "t"]
+    assert precision.main(argv) == 0
+    result = json.loads((tmp_path / "precision_t.json").read_text())
+    assert set(result["seconds"]) == {"fp32", "bf16"} and result["seconds"]["fp32"]["n"] == 2
+    assert result["batch_size"] == 4 and result["cpu"] and isinstance(result["auto_chooses_bf16"], bool)
+    assert "bf16" in (tmp_path / "precision_t.md").read_text() and "Command:" in capsys.readouterr().out

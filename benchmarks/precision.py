@@ -1,0 +1,147 @@
+"""fp32 vs bf16 autocast: the training step of one run spec in both precisions, side by side.
+
+    python benchmarks/precision.py --config configs/babi_qa1_cpu.json            # its last stage, fp32 vs bf16
+    python benchmarks/precision.py --config configs/babi_qa1_smollm2_cpu.json --rounds 3 --tag smollm2
+
+Both variants are built from the same spec and hold the same weights (the bf16 one runs its decoder
+and LM head under bfloat16 autocast; weights, optimiser and memory stay fp32); every round times one
+training step of each on the same batch (WRITE with its K steps, READ, backward, AdamW), in a rotated
+order. Whether bf16 pays depends on the CPU (AMX or AVX512-BF16, see gradmem.device.fast_bf16), so
+the result names the CPU and its bf16 flags and says what `backbone.bf16: "auto"` would choose.
+A preset (a file with "base" and "methods") is timed with its base spec. Writes
+results/perf/precision[_tag].{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perfkit import interleaved, ratios, summary  # noqa: E402
+from report import markdown_table  # noqa: E402
+
+from gradmem.build import apply_overrides, build_model, build_task  # noqa: E402
+from gradmem.cli import positive_int  # noqa: E402
+from gradmem.data import collate  # noqa: E402
+from gradmem.device import cpu_bf16_flags, device_name, device_option, fast_bf16, resolve_device  # noqa: E402
+from gradmem.train import TrainConfig, curriculum  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu prints it (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_spec(path: str, overrides: list[str]) -> dict[str, Any]:
+    spec = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    if "base" in spec and "methods" in spec:  # a preset: its shared base spec
+        spec = spec["base"]
+    return apply_overrides(spec, overrides)
+
+
+def training_step(model: torch.nn.Module, batch: Any) -> Any:
+    """One meta-training step: forward (WRITE + READ), backward through the WRITE, AdamW."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "babi_qa1_cpu.json"), help="run spec or preset")
+    parser.add_argument("--set", nargs="*", default=[], help="spec overrides, e.g. train.batch_size=8")
+    parser.add_argument(
+        "--stage", type=int, default=-1, help="curriculum stage whose data is timed (default: the last)"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=5, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", type=device_option, default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--tag", default="", help="results name suffix")
+    parser.add_argument("--out", default=str(ROOT / "results" / "perf"), help="results folder")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_spec(args.config, args.set)
+    except (OSError, ValueError) as err:
+        parser.error(f"cannot read --config {args.config}: {err}")
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+
+    cfg = TrainConfig(**spec.get("train", {}))
+    stages = curriculum(spec["task"], cfg)
+    if not -len(stages) <= args.stage < len(stages):
+        parser.error(f"--stage {args.stage}: the spec has {len(stages)} curriculum stage(s)")
+    task = build_task({"task": stages[args.stage].task})
+    batch = collate(task.make_split("train", cfg.batch_size, seed=0), task.tokenizer.pad_id).to(device)
+
+    # One model under the autocast wrapper, copied: the same weights, the precision flipped on one.
+    variant = copy.deepcopy(spec)
+    variant["backbone"]["bf16"] = True
+    torch.manual_seed(cfg.seed)
+    bf16_model = build_model(variant).to(device).train()
+    fp32_model = copy.deepcopy(bf16_model)
+    fp32_model.backbone.options.bf16 = False
+    models = {"fp32": fp32_model, "bf16": bf16_model}
+    steps = {name: training_step(model, batch) for name, model in models.items()}
+    interleaved(steps, 1, device)  # warm-up: allocator, autocast caches
+    times = interleaved(steps, args.rounds, device)
+
+    result = {
+        "config": args.config,
+        "overrides": args.set,
+        "stage": args.stage,
+        "batch_size": cfg.batch_size,
+        "context_tokens": int(batch.context.lengths.max()),
+        "cpu": cpu_model() if device.type == "cpu" else device_name(device),
+        "cpu_bf16_flags": cpu_bf16_flags(),
+        "auto_chooses_bf16": fast_bf16(device.type),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "seconds": {name: summary(values) for name, values in times.items()},
+        "fp32_over_bf16": ratios(times, "fp32", "bf16"),
+    }
+    speed = result["fp32_over_bf16"]["median"]
+    verdict = f"bf16 {speed:.2f}x {'faster' if speed >= 1 else 'slower'} than fp32"
+    rows = [[name, f"{s['median']:.3f}", f"{s['min']:.3f}", f"{s['max']:.3f}"] for name, s in result["seconds"].items()]
+    text = (
+        f"# Training step, fp32 vs bf16 autocast: {Path(args.config).name}\n\n"
+        f"{result['cpu']} (bf16 flags: {', '.join(result['cpu_bf16_flags']) or 'none'}), "
+        f"{args.threads} thread(s), torch {torch.__version__}; batch {cfg.batch_size}, "
+        f"stage {args.stage}, contexts up to {result['context_tokens']} tokens; {args.rounds} interleaved rounds.\n\n"
+        + markdown_table(["precision", "median s/step", "min", "max"], rows)
+        + f"\n**{verdict}** (per-round ratio, median; range {result['fp32_over_bf16']['min']:.2f}-"
+        f'{result["fp32_over_bf16"]["max"]:.2f}); `bf16: "auto"` chooses '
+        f"{'bf16' if result['auto_chooses_bf16'] else 'fp32'} here.\n\n"
+        f"Command: `python benchmarks/precision.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "precision" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
