@@ -15,7 +15,7 @@ from conftest import TINY, tiny_model
 from gradmem.build import build_model, build_task
 from gradmem.data_files import load_data_file
 from gradmem.errors import InvalidInput
-from gradmem.serve.engine import Engine
+from gradmem.serve.engine import Engine, TaskText
 from gradmem.serve.store import MemoryStore
 from gradmem.tasks.babi import BabiConfig, BabiTask, babi_vocabulary, generate_stories, question_to_texts
 from gradmem.tasks.babi_format import BabiQuestion, format_babi, story_questions
@@ -107,7 +107,9 @@ def test_unknown_words_are_named(tok: WordTokenizer, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="outside the model's vocabulary: 'Marry'"):
         engine.encode_question("Where is Marry?")
     assert engine.encode_question("Where is Mary?") == tok.encode("Where is Mary?")  # the default: as typed
-    laid_out = Engine(tiny_model(), tok, MemoryStore(tmp_path / "store"), question_layout=BabiTask.question_layout)
+    laid_out = Engine(
+        tiny_model(), tok, MemoryStore(tmp_path / "store"), text=TaskText.of(BabiTask(tokenizer=BABI_WORDS))
+    )
     # a plain question is asked as the task's examples ask it, so `gradmem ask` takes "Where is Mary?"
     assert laid_out.encode_question(" Where is Mary? ") == tok.encode("\nQuestion: Where is Mary?\nAnswer:")
     assert laid_out.encode_question("Where is Mary?") == question_ids(BabiTask(tokenizer=BABI_WORDS))
@@ -225,3 +227,13 @@ def test_a_tiny_model_trains_on_the_mix(tmp_path: Path) -> None:
     losses = [r["loss"] for r in trainer.history if r["kind"] == "train"]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert 0.0 <= record["exact_match"] <= 1.0 and (tmp_path / "last" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 3, 4, 5, MIX])
+def test_the_page_example_is_a_story_of_the_task_in_its_vocabulary(tasks, tok: WordTokenizer) -> None:
+    task = BabiTask(task=tasks, tokenizer=BABI_WORDS)
+    context, questions = task.example()
+    assert context and questions and tok.unknown(context) == [] and all(tok.unknown(q) == [] for q in questions)
+    assert task.example() == (context, questions)  # seeded: the page shows the same story every time
+    first = tasks[0] if isinstance(tasks, list) else tasks
+    assert all(question_task(BabiQuestion((), q, "", ())) == first for q in questions)

@@ -16,21 +16,21 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not
 pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright pip package (dev extra)")
 uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
 
-from conftest import benchmarks_on_path, tiny_model  # noqa: E402
+from conftest import TINY, benchmarks_on_path, tiny_model  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.serve.engine import Engine, EngineConfig, TaskText  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
+from gradmem.tasks.babi import BabiTask  # noqa: E402
 from gradmem.tokenizers import CharTokenizer  # noqa: E402
 
 with benchmarks_on_path():
     from web_screenshot import FLAGS  # the chromium flags of the page screenshot, shared  # noqa: E402
 
 
-@pytest.fixture
-def server(tmp_path):
-    engine = Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(tmp_path / "store"), EngineConfig(stop="|"))
+def serve(engine):
+    """A real uvicorn server for `engine` on a free loopback port, in a thread: (url, stop)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -43,9 +43,30 @@ def server(tmp_path):
     while not srv.started:
         assert time.time() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", engine
-    srv.should_exit = True
-    thread.join(10)
+
+    def stop() -> None:
+        srv.should_exit = True
+        thread.join(10)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.fixture
+def server(tmp_path):
+    engine = Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(tmp_path / "store"), EngineConfig(stop="|"))
+    url, stop = serve(engine)
+    yield url, engine
+    stop()
+
+
+@pytest.fixture
+def babi_server(tmp_path):
+    task = BabiTask(tokenizer={"type": "word", "vocab": "babi"})
+    assert task.tokenizer.vocab_size <= TINY["vocab_size"]  # the tiny decoder's embedding covers the words
+    engine = Engine(tiny_model(), task.tokenizer, MemoryStore(tmp_path / "store"), text=TaskText.of(task))
+    url, stop = serve(engine)
+    yield url, engine, task
+    stop()
 
 
 def test_write_and_ask_in_a_browser(server):
@@ -82,3 +103,34 @@ def test_write_and_ask_in_a_browser(server):
             browser.close()
     meta = engine.store.show(memory_id)
     assert meta["write"]["steps"] == 3 and meta["context_tokens"] == 15
+
+
+def test_a_story_typed_in_is_answered_from_memory(babi_server):
+    url, engine, task = babi_server
+    story, questions = task.example()
+    typed = "Mary moved to the bathroom. John went to the hallway. Mary travelled to the office."
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#example:not([hidden])", timeout=30000)  # the served task's example
+            assert page.get_attribute("#context", "placeholder") == "e.g. " + story
+            page.click("#example")
+            assert page.input_value("#context") == story and page.input_value("#questions") == "\n".join(questions)
+            page.fill("#context", typed)
+            page.click("#write")
+            page.wait_for_function("document.getElementById('memory-id').textContent.length === 32", timeout=30000)
+            memory_id = page.inner_text("#memory-id")
+            page.fill("#questions", "Where is Mary?\nWhere is John?")
+            page.click("#ask")
+            page.wait_for_function("document.querySelectorAll('#answers li').length === 2", timeout=30000)
+            expected = engine.ask([(memory_id, "Where is Mary?"), (memory_id, "Where is John?")])
+            shown = page.locator("#answers li").all_inner_texts()
+            assert shown == [f"Where is Mary? → {expected[0]}", f"Where is John? → {expected[1]}"]
+            page.fill("#questions", "Where is Zorro?")  # an unknown word: the server's message, shown
+            page.click("#ask")
+            page.wait_for_function("document.getElementById('status').textContent.includes('Zorro')", timeout=30000)
+        finally:
+            browser.close()
+    assert engine.store.context(memory_id) == typed

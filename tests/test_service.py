@@ -129,6 +129,7 @@ def test_store_survives_a_restart_and_the_api_is_described(tmp_path):
         } <= set(schema["paths"])
         version = c.get("/version").json()
         assert version["memory_format"] == 2 and version["max_context_tokens"] == 30
+        assert version["example"] == {"context": "", "questions": []}  # an engine built without its task's text
         assert "<canvas" in c.get("/").text
 
 
@@ -180,3 +181,20 @@ def test_reconstruction_runs_on_the_model_thread_under_the_deadline(tmp_path):
         assert r.status_code == 503 and "deadline" in r.json()["detail"]
         assert c.get("/health").json()["timed_out"] == 1
     assert threads == [threads[0]] and threads[0].startswith("gradmem-model")  # the batcher's model thread
+
+
+def test_version_shows_the_tasks_example_and_questions_take_its_layout(tmp_path):
+    from gradmem.serve.engine import TaskText
+    from gradmem.tasks.babi import BabiTask
+
+    task = BabiTask(tokenizer={"type": "word", "vocab": "babi"})
+    engine = Engine(tiny_model(), task.tokenizer, MemoryStore(tmp_path), text=TaskText.of(task))
+    story, questions = task.example()
+    with TestClient(create_app(engine, ServiceConfig(), checkpoint="babi")) as c:
+        assert c.get("/version").json()["example"] == {"context": story, "questions": questions}
+        memory = c.post("/v1/memories", json={"text": story}).json()
+        r = c.post(f"/v1/memories/{memory['id']}/ask", json={"questions": questions[:1], "max_new_tokens": 2})
+        assert r.status_code == 200
+        assert r.json()["answers"][0]["answer"] == engine.ask([(memory["id"], questions[0])], 2)[0]
+        r = c.post(f"/v1/memories/{memory['id']}/ask", json={"questions": ["Where is Zorro?"]})
+        assert r.status_code == 422 and "'Zorro'" in r.text

@@ -23,7 +23,7 @@ from typing import Any
 from gradmem.cli_options import add_options, from_args
 from gradmem.device import device_option
 from gradmem.errors import InvalidInput, NotFound
-from gradmem.serve.engine import EngineConfig
+from gradmem.serve.engine import EngineConfig, TaskText
 from gradmem.serve.store import MemoryStore
 
 
@@ -48,7 +48,7 @@ def open_engine(args: argparse.Namespace) -> Any:
 
     model, task, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
     config = from_args(EngineConfig, args)
-    return Engine(model, task.tokenizer, MemoryStore(args.store), config, question_layout=task.question_layout)
+    return Engine(model, task.tokenizer, MemoryStore(args.store), config, TaskText.of(task))
 
 
 def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | None]:

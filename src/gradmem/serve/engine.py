@@ -26,7 +26,7 @@ from gradmem.memory import Memory
 from gradmem.methods.gradmem import GradMem
 from gradmem.model import MemoryModel
 from gradmem.sequence import generated_rows
-from gradmem.serve.engine_config import EngineConfig, StepCallback, WriteResult
+from gradmem.serve.engine_config import EngineConfig, StepCallback, TaskText, WriteResult
 from gradmem.serve.fidelity import reconstruction_report
 from gradmem.serve.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.serve.store import MemoryStore, memory_key, store_errors
@@ -43,10 +43,10 @@ class Engine:
         tokenizer: Any,
         store: MemoryStore,
         cfg: EngineConfig | None = None,
-        question_layout: str = "{question}",
+        text: TaskText | None = None,
     ) -> None:
-        """`question_layout`: how a question is laid out before it is encoded, the checkpoint's task's
-        `question_layout` (bAbI: "\\nQuestion: {question}\\nAnswer:"), so users ask plain questions."""
+        """`text`: the checkpoint's task's question layout and example (`TaskText.of(task)`), so users
+        ask plain questions; the default asks questions as typed."""
         method = model.method
         if not isinstance(method, GradMem):  # the reconstruction report needs GradMem's WRITE head
             raise ValueError(
@@ -56,7 +56,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.store = store
         self.cfg = cfg or EngineConfig()
-        self.question_layout = question_layout
+        self.text = text or TaskText()
         self.fingerprint = model_fingerprint(model)
         self.block_vectors = method.prefix_size()
         window = model.max_positions
@@ -116,7 +116,7 @@ class Engine:
         if not question.strip():
             raise InvalidInput("a question must not be empty or whitespace-only")
         self._in_vocabulary(question, "a question")  # names the user's words, not the layout's
-        return self.tokenizer.encode(self.question_layout.format(question=question.strip()))
+        return self.tokenizer.encode(self.text.question_layout.format(question=question.strip()))
 
     def _in_vocabulary(self, text: str, what: str) -> list[int]:
         ids = self.tokenizer.encode(text)
@@ -303,4 +303,4 @@ def _select_stats(stats: Any, rows: Tensor) -> Any:
     )
 
 
-__all__ = ["Engine", "EngineConfig", "StepCallback", "WriteResult"]
+__all__ = ["Engine", "EngineConfig", "StepCallback", "TaskText", "WriteResult"]

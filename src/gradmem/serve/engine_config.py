@@ -27,6 +27,23 @@ class EngineConfig:
             raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
 
 
+@dataclass(frozen=True)
+class TaskText:
+    """How the checkpoint's task phrases things: the layout a plain question is wrapped in before it
+    is encoded (bAbI: "\\nQuestion: {question}\\nAnswer:"), and an example context with questions
+    for the web page (empty when the task has none)."""
+
+    question_layout: str = "{question}"
+    example_context: str = ""
+    example_questions: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, task: Any) -> TaskText:
+        """The text conventions of a registry task (its `question_layout` and `example()`)."""
+        context, questions = task.example()
+        return cls(task.question_layout, context, tuple(questions))
+
+
 @dataclass
 class WriteResult:
     """One written (or found) memory."""

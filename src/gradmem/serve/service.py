@@ -236,6 +236,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             "chunk_tokens": engine.chunk_tokens,
             "max_context_tokens": engine.max_context_tokens,
             "limits": cfg.limits(),
+            "example": {"context": engine.text.example_context, "questions": list(engine.text.example_questions)},
         }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

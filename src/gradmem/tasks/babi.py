@@ -265,6 +265,14 @@ class BabiTask:
     name = "babi"
     question_layout = QUESTION_LAYOUT  # what `gradmem ask` wraps a plain question in
 
+    def example(self) -> tuple[str, list[str]]:
+        """A generated story of the first task this model knows and its questions, for the web page."""
+        story = generate_story(
+            replace(self.config, task=config_tasks(self.config)[:1], questions_per_story=2), random.Random(0)
+        )
+        questions = story_questions(story)
+        return " ".join(questions[-1].statements), [q.question for q in questions]
+
     def __init__(self, config: BabiConfig | None = None, **overrides: Any) -> None:
         from gradmem.tokenizers import build_tokenizer
 

@@ -123,6 +123,10 @@ class KVTask:
     name = "kv"
     question_layout = "{question}"  # a query ("?!ab:") is asked as typed
 
+    def example(self) -> tuple[str, list[str]]:
+        """A context and its queries in this task's format, for the web page."""
+        return "!ab:cd!!ef:gh!|", ["?!ab:", "?!ef:"]
+
     def __init__(self, config: KVConfig | None = None, **overrides: Any) -> None:
         self.config = replace(config or KVConfig(), **overrides)
         self.tokenizer = kv_tokenizer(self.config)

@@ -64,6 +64,10 @@ class QATask:
     name = "qa"
     question_layout = QUESTION_LAYOUT  # what `gradmem ask` wraps a plain question in
 
+    def example(self) -> tuple[str, list[str]]:
+        """A short paragraph and a plain question about it, for the web page."""
+        return "The Eiffel Tower was finished in 1889 in Paris.", ["When was the Eiffel Tower finished?"]
+
     def __init__(self, config: QAConfig | None = None, **overrides: Any) -> None:
         from gradmem.tokenizers import build_tokenizer
 

@@ -72,6 +72,10 @@ class TextTask:
     name = "text"
     question_layout = "{question}"  # a query is asked as typed
 
+    def example(self) -> tuple[str, list[str]]:
+        """No example: any text is a context here."""
+        return "", []
+
     def __init__(self, config: TextConfig | None = None, **overrides: Any) -> None:
         from gradmem.tokenizers import build_tokenizer
 
