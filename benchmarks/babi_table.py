@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, percent  # noqa: E402
-from time_to_accuracy import train_seed, writes_by_gradient_descent  # noqa: E402
+from time_to_accuracy import train_seeds, writes_by_gradient_descent  # noqa: E402
 
 from gradmem.build import apply_overrides, build_task, load_checkpoint  # noqa: E402
 from gradmem.cli import positive_int  # noqa: E402
@@ -173,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or Path(args.config).stem
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "babi" / name
     if not args.report_only:
-        for seed in args.seeds:
-            run = runs / f"s{seed}"
-            if (run / "done.json").exists():
-                print(f"{run.name}: done, skipped", file=sys.stderr)
-                continue
-            train_seed(apply_overrides(base, [f"train.seed={seed}"]), run)
+        train_seeds(base, runs, args.seeds)
     found = sorted(int(p.name[1:]) for p in runs.glob("s*") if (p / "metrics.jsonl").exists())
     rows = [score_seed(apply_overrides(base, [f"train.seed={s}"]), runs / f"s{s}", args) for s in found]
     out.mkdir(parents=True, exist_ok=True)

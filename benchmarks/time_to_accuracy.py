@@ -82,6 +82,16 @@ def train_seed(spec: dict[str, Any], run: Path) -> None:
     (run / "done.json").write_text(json.dumps({"step": trainer.step, "stage": trainer.stage}))
 
 
+def train_seeds(base: dict[str, Any], runs: Path, seeds: list[int]) -> None:
+    """Train every seed of `base` in runs/s<seed>, one after the other; a finished seed is skipped."""
+    for seed in seeds:
+        run = runs / f"s{seed}"
+        if (run / "done.json").exists():
+            print(f"{run.name}: done, skipped", file=sys.stderr)
+            continue
+        train_seed(apply_overrides(base, [f"train.seed={seed}"]), run)
+
+
 def score_seed(spec: dict[str, Any], run: Path, args: argparse.Namespace) -> dict[str, Any]:
     records = read_metrics(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
     pairs = stage_pairs(spec)
@@ -282,13 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or Path(args.config).stem
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "time_to_accuracy" / name
     if not args.report_only:
-        for seed in args.seeds:
-            run = runs / f"s{seed}"
-            spec = apply_overrides(base, [f"train.seed={seed}"])
-            if (run / "done.json").exists():
-                print(f"{run.name}: done, skipped", file=sys.stderr)
-                continue
-            train_seed(spec, run)
+        train_seeds(base, runs, args.seeds)
     found = sorted(int(p.name[1:]) for p in runs.glob("s*") if (p / "metrics.jsonl").exists())
     rows = [score_seed(apply_overrides(base, [f"train.seed={s}"]), runs / f"s{s}", args) for s in found]
     out = Path(args.out) if args.out else ROOT / "results" / "time_to_accuracy"
