@@ -53,7 +53,7 @@ def test_trains_scores_every_task_of_a_mix_and_collects(babi_table, tmp_path, ca
     assert json.loads((out / "mix.json").read_text())["seeds"] == result["seeds"]
     assert babi_table.main(["--collect", "--out", str(out)]) == 0
     table = (out / "table.md").read_text()
-    assert "GradMem m=2, K=1 | QA1+QA4 |" in table and "paper: GradMem" in table
+    assert "GradMem m=2, K=1 | QA1+QA4 |" in table and "paper: GradMem m=8, K 1-2" in table
     capsys.readouterr()
 
 
