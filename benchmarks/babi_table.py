@@ -45,6 +45,7 @@ PAPER = {
     "gradmem": {1: "~100", 2: "94.2", 3: "80.0", 4: "~100", 5: "~100"},
     "rmt": {1: "~100", 2: "93.9", 3: "87.9", 4: "~100", 5: "~100"},
 }
+PAPER_LABELS = {"gradmem": "GradMem m=8, K 1-2 (GPT-2 base)", "rmt": "RMT x1, m=8 (GPT-2 base)"}
 
 
 def method_label(method: dict[str, Any]) -> str:
@@ -115,7 +116,7 @@ def collect(out: Path) -> str:
     for method, row in PAPER.items():
         body.append(
             [
-                f"paper: {method_label({'name': method, 'write': {'steps': 1}})} (GPT-2)",
+                f"paper: {PAPER_LABELS[method]}",
                 "each",
                 *row.values(),
                 3,
