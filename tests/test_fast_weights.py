@@ -184,7 +184,7 @@ def test_kv_splice_reproduces_the_backbones_own_keys_and_values():
         ("ttt_linear", {"num_heads": 2}, "cells.0.w0"),
         ("ttt_linear", {"num_heads": 2}, "cells.1.lr_gate.weight"),
         ("lact", {"num_heads": 2, "muon": True}, "cells.0.w2"),
-        ("lact", {"num_heads": 2}, "cells.1.lr_proj.weight"),
+        ("lact", {"num_heads": 2, "muon": False}, "cells.1.lr_proj.weight"),
         ("kv_prefix", {"num_memory": 2, "write": {"steps": 2, "optim": {"lr": 0.5}}}, "memory0"),
     ],
 )

@@ -68,7 +68,7 @@ CASES = {
     "ttt_linear": ({"name": "ttt_linear", "num_heads": 2}, LLAMA),
     "ttt_linear-k2-hf": ({"name": "ttt_linear", "num_heads": 4, "steps": 2}, HF_LLAMA),
     "lact": ({"name": "lact", "num_heads": 2}, LLAMA),
-    "lact-muon-hf": ({"name": "lact", "num_heads": 2, "expansion": 2.0, "muon": True, "steps": 2}, HF_LLAMA),
+    "lact-plain-hf": ({"name": "lact", "num_heads": 2, "expansion": 2.0, "muon": False, "steps": 2}, HF_LLAMA),
     "kv_prefix-size": ({"name": "kv_prefix", "num_memory": 1, "write": {"steps": 1}}, LLAMA),
     "kv_prefix-length-adam-hf": ({"name": "kv_prefix", "num_memory": 3, "write": ADAM}, HF_LLAMA),
 }
