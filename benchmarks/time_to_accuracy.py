@@ -134,7 +134,9 @@ def score_chosen_write(model: Any, spec: dict[str, Any], pairs: int, args: argpa
 
 
 def writes_by_gradient_descent(method: dict[str, Any]) -> bool:
-    return method.get("name", "gradmem") == "gradmem"
+    """Methods with a `write` section (K steps of an inner optimiser): GradMem and its per-layer
+    KV-memory ablation. TTT-Linear and LaCT update fast weights too, but test with their own K."""
+    return method.get("name", "gradmem") in ("gradmem", "kv_prefix")
 
 
 def write_steps_to_test(spec: dict[str, Any], args: argparse.Namespace) -> list[int | None]:
@@ -144,11 +146,13 @@ def write_steps_to_test(spec: dict[str, Any], args: argparse.Namespace) -> list[
 
 
 def method_label(method: dict[str, Any]) -> str:
-    """ "GradMem K = 2", "RMT x1", "full context": what the table's caption says was trained."""
+    """ "GradMem K = 2", "KV prefix P = 1 K = 2", "RMT x1", "full context": what the table's caption
+    says was trained."""
     name = method.get("name", "gradmem")
     if writes_by_gradient_descent(method):
+        label = "GradMem" if name == "gradmem" else f"KV prefix P = {method.get('num_memory', 1)}"
         steps = method.get("write", {}).get("steps")
-        return "GradMem" if steps is None else f"GradMem K = {steps}"  # None: the method's default K
+        return label if steps is None else f"{label} K = {steps}"  # None: the method's default K
     if name == "rmt":
         return f"RMT x{method.get('steps', 1)}"
     return name.replace("_", " ")

@@ -44,6 +44,9 @@ def eager_gradients(model, batch):
         ("gradmem", {"projection": "fast", "write": {"steps": 1, "grad_mode": "first"}}),
         ("rmt", {"num_memory": 2, "steps": 2}),
         ("full_context", {}),
+        ("ttt_linear", {"num_heads": 2, "steps": 2}),
+        ("lact", {"num_heads": 2, "muon": True}),
+        ("kv_prefix", {"num_memory": 2, "write": {"steps": 2}}),
     ],
 )
 def test_compiled_step_equals_eager_autograd_in_float64(method, cfg):

@@ -43,7 +43,8 @@ HF_LLAMA = {
     },
 }
 ADAM = {"optim": {"name": "adam", "lr": 0.1}}
-LAYER_STATE_METHODS = {"armt"}  # memories kept inside the layers: no prefix, no memory files
+# memories kept inside the layers (kv_prefix: beside a shared slot prefix): no memory files
+LAYER_STATE_METHODS = {"armt", "ttt_linear", "lact", "kv_prefix"}
 
 # case -> (method spec, backbone spec); every registered method appears at least once
 CASES = {
@@ -64,6 +65,12 @@ CASES = {
     "mamba-full_context": ({"name": "full_context"}, MAMBA),
     "armt": ({"name": "armt", "num_memory": 3, "key_size": 4}, LLAMA),
     "armt-no-correction-hf": ({"name": "armt", "num_memory": 2, "key_size": 3, "nu": 2, "correction": False}, HF_LLAMA),
+    "ttt_linear": ({"name": "ttt_linear", "num_heads": 2}, LLAMA),
+    "ttt_linear-k2-hf": ({"name": "ttt_linear", "num_heads": 4, "steps": 2}, HF_LLAMA),
+    "lact": ({"name": "lact", "num_heads": 2}, LLAMA),
+    "lact-plain-hf": ({"name": "lact", "num_heads": 2, "expansion": 2.0, "muon": False, "steps": 2}, HF_LLAMA),
+    "kv_prefix-size": ({"name": "kv_prefix", "num_memory": 1, "write": {"steps": 1}}, LLAMA),
+    "kv_prefix-length-adam-hf": ({"name": "kv_prefix", "num_memory": 3, "write": ADAM}, HF_LLAMA),
 }
 
 
@@ -178,6 +185,10 @@ def test_state_sizes():
     assert floats("no_context") == 0
     assert floats("armt") == 2 * (24 * d + 24)  # layers x (A: F x d, z: F), F = 2 * 3 * 4
     assert floats("full_context") == 2 * 2 * 15 * d  # its KV cache: 2 x layers x tokens x d
+    assert floats("ttt_linear") == 2 * 2 * (8 * 8 + 8)  # layers x heads x (W: dh x dh, b: dh)
+    assert floats("lact") == 2 * 2 * 3 * 8 * 8  # layers x heads x (W0, W1, W2: dh x dm)
+    assert floats("kv_prefix-size") == 2 * 1 * 2 * d  # layers x P x (key, value)
+    assert floats("kv_prefix-length-adam-hf") == 2 * 3 * 2 * d
     # 2 layers x d_inner 32 x (d_state 4 + conv 4 - 1), whatever the context's length
     assert (
         floats("mamba-full_context", 15)

@@ -104,6 +104,27 @@ def test_a_method_without_write_steps_is_tested_once_and_named(tta, tmp_path):
     assert "(spec; RMT x1;" in table and "| test EM 1 pairs | test EM 2 pairs |" in table
 
 
+def test_the_kv_memory_is_tested_at_each_k_and_fast_weight_memories_once(tta, tmp_path):
+    spec = tiny_run_spec(steps=2, batch_size=4, warmup_steps=1, eval_every=2, eval_examples=8, log_every=1)
+    for method, keys, label in [
+        (
+            {"name": "kv_prefix", "num_memory": 1, "write": {"steps": 1}},
+            {"test_em_K1", "test_em_K2"},
+            "KV prefix P = 1 K = 1",
+        ),
+        ({"name": "ttt_linear", "num_heads": 2}, {"test_em"}, "ttt linear"),
+    ]:
+        spec["method"] = method
+        name = method["name"]
+        config = tmp_path / f"{name}.json"
+        config.write_text(json.dumps(spec))
+        args = ["--config", str(config), "--test-examples", "10", "--eval-steps", "1,2", "--milestones", "2"]
+        assert tta.main([*args, "--runs", str(tmp_path / name), "--out", str(tmp_path / "out")]) == 0
+        (seed,) = json.loads((tmp_path / "out" / f"{name}.json").read_text())["seeds"]
+        assert keys == {key for key in seed if key.startswith("test_em")}
+        assert f"({name}; {label};" in (tmp_path / "out" / f"{name}.md").read_text()
+
+
 def test_choose_steps_picks_the_write_on_validation_and_tests_it(tta, tmp_path):
     spec = tiny_run_spec(steps=2, batch_size=4, warmup_steps=1, eval_every=2, eval_examples=8, log_every=1)
     config = tmp_path / "spec.json"

@@ -13,7 +13,10 @@ from gradmem.methods.armt import ARMT, ARMTConfig
 from gradmem.methods.base import MemoryMethod, WriteOptions
 from gradmem.methods.context import FullContext, NoConfig, NoContext
 from gradmem.methods.gradmem import GradMem, GradMemConfig
+from gradmem.methods.kv_prefix import KVPrefix, KVPrefixConfig
+from gradmem.methods.lact import LaCT, LaCTConfig
 from gradmem.methods.rmt import RMT, RMTConfig
+from gradmem.methods.ttt_linear import TTTLinear, TTTLinearConfig
 
 # name -> (method class, its config class)
 METHODS: dict[str, tuple[Callable[..., nn.Module], type]] = {
@@ -22,6 +25,9 @@ METHODS: dict[str, tuple[Callable[..., nn.Module], type]] = {
     "no_context": (NoContext, NoConfig),
     "rmt": (RMT, RMTConfig),
     "armt": (ARMT, ARMTConfig),
+    "ttt_linear": (TTTLinear, TTTLinearConfig),
+    "lact": (LaCT, LaCTConfig),
+    "kv_prefix": (KVPrefix, KVPrefixConfig),
 }
 
 
@@ -53,4 +59,10 @@ __all__ = [
     "RMTConfig",
     "ARMT",
     "ARMTConfig",
+    "TTTLinear",
+    "TTTLinearConfig",
+    "LaCT",
+    "LaCTConfig",
+    "KVPrefix",
+    "KVPrefixConfig",
 ]
