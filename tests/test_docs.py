@@ -70,6 +70,9 @@ PARSE_ONLY = {
     r"scripts/gpu_run\.py": "the whole GPU call; tests/test_gpu_run.py runs it at toy size on the CPU",
     r"download\.pytorch\.org": "installs a CUDA torch from the network",
     r"^pip install -e": "installs packages (the extras are checked against pyproject.toml)",
+    r"^python benchmarks/babi_table\.py": "trains bAbI up to 2 h per cell; tests/test_babi_table.py runs it at toy size",
+    r"^python benchmarks/precision\.py": "times whole recipes (SmolLM2: seconds per step); "
+    "tests/test_perf_benchmarks.py runs it at toy size",
 }
 # commands that run only under the `pretrained` marker: pattern -> what they need
 PRETRAINED = {
