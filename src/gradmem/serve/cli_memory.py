@@ -211,14 +211,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gradmem.serve.budget import Budget
     from gradmem.serve.service import ServiceConfig, create_app, server_config
 
-    engine = open_engine(args)
+    # An empty --api-key or $GRADMEM_API_KEY is refused (by ServiceConfig), not read as "no key":
+    # a typo must not start an open server. Checked before the model loads.
+    key = args.api_key if args.api_key is not None else os.environ.get("GRADMEM_API_KEY")
     cfg = from_args(
         ServiceConfig,
         args,
         budget=from_args(Budget, args),
         max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
-        api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None,
+        api_key=key,
     )
+    engine = open_engine(args)
     app = create_app(engine, cfg, checkpoint=Path(args.checkpoint).name)
     access = (
         "API key required for writes" + (" and reads" if cfg.protect_reads else "") if cfg.api_key else "no API key"

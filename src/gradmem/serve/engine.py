@@ -21,7 +21,7 @@ from torch import Tensor
 
 from gradmem.backbones.base import context_state_floats
 from gradmem.data import pad_right
-from gradmem.errors import InvalidInput, LimitExceeded, NotFound
+from gradmem.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
 from gradmem.memory import Memory
 from gradmem.methods.gradmem import GradMem
 from gradmem.model import MemoryModel
@@ -212,14 +212,21 @@ class Engine:
                 return self._cache[memory_id]
         if memory_id not in self.store:
             raise NotFound(f"no memory {memory_id!r}")
-        with store_errors("read the memory"):
-            memory, _ = load_memory(
-                self.store.path(memory_id),
-                self.model,
-                self.fingerprint,
-                label=f"memory {memory_id}",
-                follow_symlinks=False,
-            )
+        try:
+            with store_errors("read the memory"):
+                memory, _ = load_memory(
+                    self.store.path(memory_id),
+                    self.model,
+                    self.fingerprint,
+                    label=f"memory {memory_id}",
+                    follow_symlinks=False,
+                )
+        except (DamagedMemory, StoreUnavailable):
+            # A delete between reading the sidecar and the tensor leaves a "missing tensor": the
+            # memory is gone, not damaged (the sidecar goes first, so a damaged one still has it).
+            if memory_id not in self.store:
+                raise NotFound(f"no memory {memory_id!r}") from None
+            raise
         with self._cache_lock:
             self._cache[memory_id] = memory
             while len(self._cache) > self.cfg.cache_memories:

@@ -47,14 +47,28 @@ class ServiceConfig:
         positive = (self.rate_per_second, self.request_timeout_s, self.body_timeout_s)
         if not all(math.isfinite(x) and x > 0 for x in positive) or not 0 <= self.batch_wait_ms < math.inf:
             raise ValueError("rate_per_second and the timeouts must be finite and > 0, batch_wait_ms >= 0")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ValueError("api_key must not be empty")
+        if self.api_key is not None:
+            check_api_key(self.api_key)
 
     def limits(self) -> dict[str, Any]:
         """The limits clients may see (/version): everything but the key."""
         return {k: v for k, v in asdict(self).items() if k != "api_key"} | {
             "api_key_required": self.api_key is not None
         }
+
+
+def check_api_key(key: str) -> None:
+    """ValueError unless `key` is one or more visible ASCII characters. An empty key would start an
+    open server, and a key with spaces or other characters could never match: clients send it in a
+    header, which carries ASCII and loses surrounding spaces. The message never shows the key."""
+    if not key:
+        raise ValueError("the API key is empty; give a key of visible ASCII characters, or none for an open server")
+    bad = next((i for i, ch in enumerate(key) if not "!" <= ch <= "~"), None)
+    if bad is not None:
+        raise ValueError(
+            f"the API key has a character that is not visible ASCII at position {bad} (a space, control or "
+            "non-ASCII character): clients send the key in an HTTP header, where it could never match"
+        )
 
 
 def server_config(

@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
-from gradmem.serve.memory_io import atomic_write, check_sidecar, memory_paths, read_sidecar, write_memory_files
+from gradmem.serve.memory_io import (
+    SpecialFile,
+    atomic_write,
+    check_sidecar,
+    memory_paths,
+    read_bytes,
+    read_sidecar,
+    write_memory_files,
+)
 
 ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")  # \Z, not $: "$" would also accept a trailing newline
 ProduceFn = Callable[[], tuple[Any, dict[str, Any]]]  # -> ((1, P, D) prefix tensor, sidecar)
@@ -182,7 +190,14 @@ class MemoryStore:
         if not _is_file(path):
             return None
         with store_errors("read the memory's context"):
-            return path.read_text(encoding="utf-8")
+            try:  # never through a link, never a FIFO swapped in since the check above
+                return read_bytes(path, follow_symlinks=False).decode("utf-8")
+            except (FileNotFoundError, SpecialFile):  # deleted (or replaced) since the check
+                return None
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    return None
+                raise
 
     def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """(sidecars of all usable memories oldest first, [{"id", "damaged": reason}] of the others)."""
