@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from gradmem.backbones import build_backbone
+from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.checkpoint import recover, verify, write_folder
 from gradmem.checkpoint_weights import load_weights, save_weights
-from gradmem.errors import CheckpointError
+from gradmem.errors import CheckpointError, ConfigError
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 from gradmem.reference_compat import reference_compat
@@ -89,7 +90,7 @@ def load_scores(directory: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        scores = json.loads(path.read_text())
+        scores = json.loads(read_limited_text(path, SMALL_LIMIT, SCORES))
         return scores if isinstance(scores.get("stage"), int) and float(scores["exact_match"]) >= 0 else None
     except (ValueError, OSError, AttributeError, KeyError, TypeError):  # unreadable or malformed: no score
         return None
@@ -105,9 +106,12 @@ def load_spec(directory: str | Path) -> dict[str, Any]:
         note = "; a save of it is in progress or was interrupted (resuming the run repairs it)" if pending else ""
         raise CheckpointError(f"{directory} is not a gradmem checkpoint (no spec.json){note}")
     try:
-        return json.loads(path.read_text())
+        spec = json.loads(read_limited_text(path, SMALL_LIMIT, "spec.json"))
     except (ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {directory}: spec.json is unreadable ({err})") from err
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"checkpoint {directory}: spec.json is not a JSON object (a run spec)")
+    return spec
 
 
 def load_checkpoint(
@@ -115,6 +119,10 @@ def load_checkpoint(
 ) -> tuple[MemoryModel, Any, dict[str, Any]]:
     """Rebuild (model, task, spec) from a checkpoint folder, its files checked against their SHA-256."""
     spec = load_spec(directory)
+    try:
+        validate_spec(spec)  # a spec of the wrong shape is named here, not met as a TypeError while building
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {directory}: spec.json is not a valid run spec: {err}") from err
     verify(directory, ("model.safetensors", "spec.json"))
     task = build_task(spec)
     model = build_model(spec, task)

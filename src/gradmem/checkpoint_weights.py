@@ -24,6 +24,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from gradmem.backbones.base import tensors_sha256
+from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.errors import CheckpointError
 
 BACKBONE_REF = "backbone.json"
@@ -87,11 +88,22 @@ def load_weights(model: nn.Module, directory: str | Path, device: str | torch.de
             f"checkpoint {directory}: model.safetensors is damaged or does not fit the spec ({err})"
         ) from err
     if ref_path.exists():
-        missing = _check_reference(model, directory, json.loads(ref_path.read_text()), missing)
+        missing = _check_reference(model, directory, _read_reference(directory), missing)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}"
         )
+
+
+def _read_reference(directory: Path) -> dict[str, Any]:
+    """The checkpoint's `backbone.json`; CheckpointError if it is unreadable or not an object."""
+    try:
+        reference = json.loads(read_limited_text(directory / BACKBONE_REF, SMALL_LIMIT, BACKBONE_REF))
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {directory}: {BACKBONE_REF} is unreadable ({err})") from err
+    if not isinstance(reference, dict):
+        raise CheckpointError(f"checkpoint {directory}: {BACKBONE_REF} is not a JSON object")
+    return reference
 
 
 def _check_reference(model: nn.Module, directory: Path, reference: dict[str, Any], missing: list[str]) -> list[str]:
