@@ -4,8 +4,10 @@ status 2, quickly and without reading more than its bound."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from pathlib import Path
 
 import pytest
 from test_checkpoint import SPEC
@@ -123,3 +125,42 @@ def test_a_regular_file_over_the_bound_is_refused_from_its_size(tmp_path, monkey
         bounded_io.read_limited(big, 10, "big file")
     assert read == []  # refused by its size: not a byte was read
     assert bounded_io.read_limited(big, 100, "big file") == b"a" * 100
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            {"hidden_size": 4096},
+            "(70, 16) in the weights, (70, 4096) by the spec",
+        ),  # width: the embedding alone would be 70 x 4096, the MLP far more
+        ({"num_layers": 400}, "missing ['backbone.blocks.2."),
+        ({"num_layers": 1}, "unexpected ['backbone.blocks.1."),
+        ({"max_positions": 10**9}, "MiB of state beside"),  # rotary tables of 10^9 positions: gigabytes
+    ],
+)
+def test_tampered_sizes_in_a_spec_are_refused_before_any_allocation(checkpoint, tmp_path, change, named, monkeypatch):
+    import torch
+
+    from gradmem.build import load_checkpoint
+    from gradmem.errors import CheckpointError
+
+    bad = tampered(tmp_path, checkpoint, "spec.json", {**SPEC, "backbone": {**SPEC["backbone"], **change}})
+    manifest = Path(bad) / "manifest.json"  # tampered with care: the checksum of the new spec recorded
+    sums = json.loads(manifest.read_text())
+    sums["sha256"]["spec.json"] = hashlib.sha256((Path(bad) / "spec.json").read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(sums))
+    real_full = torch.full
+    sizes: list[int] = []
+
+    def counted_full(size, *args, **kwargs):  # the rotary tables and masks start here
+        out = real_full(size, *args, **kwargs)
+        sizes.append(out.numel() if out.device.type != "meta" else 0)
+        return out
+
+    monkeypatch.setattr(torch, "full", counted_full)
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="spec.json") as caught:
+        load_checkpoint(bad)
+    assert named in str(caught.value) and time.perf_counter() - started < 5
+    assert max(sizes, default=0) < 10**6  # nothing the spec's sizes asked for was allocated for real

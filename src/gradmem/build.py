@@ -25,7 +25,7 @@ import torch
 from gradmem.backbones import build_backbone
 from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.checkpoint import recover, verify, write_folder
-from gradmem.checkpoint_weights import load_weights, save_weights
+from gradmem.checkpoint_weights import BACKBONE_REF, check_sizes, load_weights, save_weights
 from gradmem.errors import CheckpointError, ConfigError
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
@@ -125,9 +125,20 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {directory}: spec.json is not a valid run spec: {err}") from err
     verify(directory, ("model.safetensors", "spec.json"))
     task = build_task(spec)
+    if _sized_by_spec(spec, directory):
+        # sizes checked on a model with no memory behind it; the RNG is left as a plain build leaves it
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            check_sizes(build_model(spec, task), directory)
     model = build_model(spec, task)
     load_weights(model, directory, device)
     return model.to(device), task, spec
+
+
+def _sized_by_spec(spec: dict[str, Any], directory: str | Path) -> bool:
+    """Whether the spec alone gives the model's sizes and the weight file holds every tensor (a
+    backbone loaded from a folder takes its sizes from there, and is loaded from there)."""
+    from_folder = "path" in spec["backbone"] or "pretrained" in spec["backbone"]
+    return not from_folder and not (Path(directory) / BACKBONE_REF).exists()
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from gradmem.errors import Overloaded
 from gradmem.serve.engine import Engine, WriteResult
+from gradmem.serve.os_memory import release_freed_memory
 
 KINDS = ("ask", "write")
 T = TypeVar("T")
@@ -105,7 +106,7 @@ class Batcher:
         self._admit()
         self._calls += 1
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            future = asyncio.get_running_loop().run_in_executor(self._executor, _releasing, fn)
             return await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
             raise self._timed_out() from None
@@ -220,7 +221,9 @@ class Batcher:
         try:
             if kind == "ask":
                 items = [item for job in jobs for item in job.payload]
-                answers = await loop.run_in_executor(self._executor, self.engine.ask, items, settings[0])
+                answers = await loop.run_in_executor(
+                    self._executor, _releasing, lambda: self.engine.ask(items, settings[0])
+                )
                 start = 0
                 for job in jobs:
                     _resolve(job.future, answers[start : start + job.size])
@@ -234,7 +237,7 @@ class Batcher:
 
                 texts = [job.payload for job in jobs]
                 results = await loop.run_in_executor(
-                    self._executor, lambda: self.engine.write_texts(texts, *settings, on_step=on_step)
+                    self._executor, _releasing, lambda: self.engine.write_texts(texts, *settings, on_step=on_step)
                 )
                 for job, result in zip(jobs, results):
                     _resolve(job.future, result)
@@ -245,6 +248,15 @@ class Batcher:
                 return
             for job in jobs:
                 await self._run_group(loop, kind, settings, [job])
+
+
+def _releasing(fn: Callable[[], T]) -> T:
+    """fn(), then the memory it freed goes back to the OS (see gradmem.serve.os_memory): runs on
+    the model thread, so the trim never competes with model work."""
+    try:
+        return fn()
+    finally:
+        release_freed_memory()
 
 
 def _resolve(future: asyncio.Future, value: Any) -> None:
