@@ -167,7 +167,7 @@ def test_reconstruction_runs_on_the_model_thread_under_the_deadline(tmp_path):
     engine = make_engine(tmp_path)
     threads = []
 
-    def slow(memory_id, context=None):
+    def slow(memory_id, context=None, should_stop=None):
         threads.append(threading.current_thread().name)
         time.sleep(0.5)
         return {}

@@ -15,6 +15,7 @@ jobs report each step's loss back to their request as the write runs.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -99,16 +100,19 @@ class Batcher:
     def pending(self) -> int:
         return sum(len(q) for q in self._queues.values()) + self._calls
 
-    async def call(self, fn: Callable[[], T]) -> T:
+    async def call(self, fn: Callable[[Callable[[], bool]], T]) -> T:
         """Run an unbatched model call (e.g. a reconstruction) on the model thread, so it never
-        overlaps the batches, under the same queue limit and deadline as a job. At the deadline
-        it is cancelled if it has not started, else its result is dropped."""
+        overlaps the batches, under the same queue limit and deadline as a job. `fn(should_stop)`
+        gets a function that turns true at the deadline: a call that has not started then never
+        runs, and a running one should stop at its next step (its result would be dropped)."""
         self._admit()
         self._calls += 1
+        passed = threading.Event()
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, _releasing, fn)
+            future = asyncio.get_running_loop().run_in_executor(self._executor, _releasing, lambda: fn(passed.is_set))
             return await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
+            passed.set()
             raise self._timed_out() from None
         finally:
             self._calls -= 1

@@ -274,16 +274,32 @@ class Engine:
         return text
 
     # ---- INSPECT -------------------------------------------------------------------------
-    def reconstruct(self, memory_id: str, context: str | None = None) -> dict[str, Any]:
+    def reconstruct(
+        self, memory_id: str, context: str | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         """`reconstruct_memory` for a stored memory (its stored context is used when none is given)."""
         context = context if context is not None else self.store.context(memory_id)
-        return self.reconstruct_memory(self.memory(memory_id), self.store.show(memory_id), context)
+        return self.reconstruct_memory(self.memory(memory_id), self.store.show(memory_id), context, should_stop)
 
-    def reconstruct_memory(self, memory: Memory, meta: dict[str, Any], context: str | None = None) -> dict[str, Any]:
+    def reconstruct_memory(
+        self,
+        memory: Memory,
+        meta: dict[str, Any],
+        context: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
         """Decode the context back from the memory alone, scored against the context when it is
-        known (see gradmem.serve.fidelity.reconstruction_report)."""
+        known (see gradmem.serve.fidelity.reconstruction_report); the decode stops between tokens
+        once `should_stop()` is true."""
         return reconstruction_report(
-            self.model, self.tokenizer, memory, self.describe(meta), self.block_vectors, self.chunk_tokens, context
+            self.model,
+            self.tokenizer,
+            memory,
+            self.describe(meta),
+            self.block_vectors,
+            self.chunk_tokens,
+            context,
+            should_stop,
         )
 
 
