@@ -238,7 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, {access}, API docs at /docs)",
         file=sys.stderr,
     )
-    uvicorn.Server(server_config(app, args.host, args.port, args.trust_proxy, args.log_level)).run()
+    uvicorn.Server(server_config(app, args.host, args.port, args.trust_proxy, args.log_level, cfg)).run()
     return 0
 
 
@@ -259,6 +259,7 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
             "rate_burst": "--burst",
             "request_timeout_s": "--request-timeout",
             "body_timeout_s": "--body-timeout",
+            "header_timeout_s": "--header-timeout",
         },
         help_extra={"api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)"},
     )

@@ -2,7 +2,8 @@
 
     POST   /v1/memories              {"text": ...} -> 201 memory (?stream=true: server-sent events,
                                      one `step` event per write step, then `done`)
-    GET    /v1/memories              all usable memories (header X-Damaged-Memories: how many are not)
+    GET    /v1/memories              a page of the usable memories, oldest first (?offset=&limit=), with the
+                                     store's total (header X-Damaged-Memories: how many of the page are not)
     GET    /v1/memories/{id}         one memory            DELETE /v1/memories/{id}   204
     POST   /v1/memories/{id}/ask     {"questions": [...]}
     GET    /v1/memories/{id}/reconstruction   the context decoded back from the memory alone, with its
@@ -28,7 +29,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
@@ -49,6 +50,8 @@ from gradmem.serve.schemas import Answers, AskBody, Reconstruction, WriteBody
 from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
+DEFAULT_PAGE, MAX_PAGE = 100, 1000  # memories per page of GET /v1/memories
+MAX_OFFSET = 10**9
 
 
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
@@ -155,16 +158,24 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a sidecar the store let through
             raise InvalidInput(f"memory {meta.get('id')} has an unusable sidecar") from err
 
-    @app.get("/v1/memories", summary="list all memories", dependencies=[Depends(reader)])
-    async def list_memories() -> JSONResponse:
-        items, damaged = engine.store.scan()
+    def listed(offset: int, limit: int) -> dict[str, Any]:
+        items, damaged, total = engine.store.page(offset, limit)
         good = []
         for meta in items:
             try:
                 good.append(described(meta))
             except InvalidInput:
                 damaged.append({"id": str(meta.get("id"))})
-        return JSONResponse(good, headers={"X-Damaged-Memories": str(len(damaged))})
+        return {"memories": good, "total": total, "offset": offset, "limit": limit, "damaged": len(damaged)}
+
+    @app.get("/v1/memories", summary="one page of the memories, oldest first", dependencies=[Depends(reader)])
+    async def list_memories(
+        offset: int = Query(0, ge=0, le=MAX_OFFSET, description="memories to skip"),
+        limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="most memories in this page"),
+    ) -> JSONResponse:
+        # file-system work, a lot of it in a large store: off the event loop, so /health and asks go on
+        page = await asyncio.to_thread(listed, offset, limit)
+        return JSONResponse(page, headers={"X-Damaged-Memories": str(page["damaged"])})
 
     @app.get("/v1/memories/{memory_id}", summary="one memory's metadata", dependencies=[Depends(reader)])
     async def get_memory(memory_id: str) -> dict[str, Any]:

@@ -217,6 +217,31 @@ class MemoryStore:
         items.sort(key=lambda m: (str(m.get("created", "")), str(m.get("id", ""))))
         return items, damaged
 
+    def page(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, str]], int]:
+        """One page of the store, oldest first: (usable sidecars, [{"id", "damaged": reason}] of the
+        page's damaged memories, how many memories the store holds). Only the page's sidecars are
+        read; the order comes from each sidecar's modification time (a sidecar is written last, when
+        its memory is complete), so a page costs one `lstat` per memory and `limit` reads."""
+        with store_errors("list the memories"):
+            entries = []
+            for side in self.objects.glob("*.json"):
+                try:
+                    info = os.lstat(side)
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                if ID_PATTERN.match(side.stem) and stat.S_ISREG(info.st_mode):
+                    entries.append((info.st_mtime_ns, side.stem))
+        entries.sort()
+        items, damaged = [], []
+        for _, memory_id in entries[offset : offset + limit]:
+            try:
+                items.append(self.show(memory_id))
+            except NotFound:  # deleted while listing
+                continue
+            except (DamagedMemory, StoreUnavailable) as err:
+                damaged.append({"id": memory_id, "damaged": str(err)})
+        return items, damaged, len(entries)
+
     def list(self) -> list[dict[str, Any]]:
         """Sidecars of all usable memories, oldest first (damaged ones are left out; see `scan`)."""
         return self.scan()[0]
