@@ -228,6 +228,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         budget=from_args(Budget, args),
         max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
         api_key=key,
+        allowed_hosts=allowed_hosts(args),
     )
     engine = open_engine(args)
     app = create_app(engine, cfg, checkpoint=Path(args.checkpoint).name)
@@ -240,6 +241,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     uvicorn.Server(server_config(app, args.host, args.port, args.trust_proxy, args.log_level, cfg)).run()
     return 0
+
+
+def allowed_hosts(args: argparse.Namespace) -> str | None:
+    """--allowed-hosts, or for a server bound to loopback the loopback names: a browser's page from
+    another site then cannot reach it by pointing its own domain at 127.0.0.1 (DNS rebinding)."""
+    from gradmem.serve.page_security import LOOPBACK_HOSTS
+
+    if args.allowed_hosts is not None:
+        return args.allowed_hosts
+    return LOOPBACK_HOSTS if args.host in LOOPBACK_HOSTS.split(",") else None
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -261,7 +272,10 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
             "body_timeout_s": "--body-timeout",
             "header_timeout_s": "--header-timeout",
         },
-        help_extra={"api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)"},
+        help_extra={
+            "api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)",
+            "allowed_hosts": "(default for a loopback --host: localhost,127.0.0.1,::1)",
+        },
     )
     add_options(p, Budget)
     p.add_argument(

@@ -46,12 +46,14 @@ from gradmem.serve.http_guard import (
     status_of,
 )
 from gradmem.serve.memory_io import FORMAT_VERSION
+from gradmem.serve.page_security import PageSecurity, content_security_policy, parse_hosts
 from gradmem.serve.schemas import Answers, AskBody, Reconstruction, WriteBody
 from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
 DEFAULT_PAGE, MAX_PAGE = 100, 1000  # memories per page of GET /v1/memories
 MAX_OFFSET = 10**9
+WEB_PAGES = ("index.html", "docs.html")  # in gradmem/serve/web/, read once when the app is made
 
 
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
@@ -88,6 +90,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         description="Write a context into a few memory vectors once, answer questions from the memory.",
     )
     app.add_middleware(BodyGuard, limit=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(PageSecurity, allowed=parse_hosts(cfg.allowed_hosts))  # outermost: before anything else
     app.state.batcher = batcher
     install_error_handlers(app)
 
@@ -249,13 +252,19 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             "limits": cfg.limits(),
         }
 
+    pages = {name: resources.files("gradmem.serve").joinpath(f"web/{name}").read_text("utf-8") for name in WEB_PAGES}
+
+    def html(name: str) -> HTMLResponse:
+        text = pages[name]
+        return HTMLResponse(text, headers={"Content-Security-Policy": content_security_policy(text)})
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return resources.files("gradmem.serve").joinpath("web/index.html").read_text(encoding="utf-8")
+    async def page() -> HTMLResponse:
+        return html("index.html")
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def docs() -> str:  # a page of the package that renders /openapi.json: no CDN, works offline
-        return resources.files("gradmem.serve").joinpath("web/docs.html").read_text(encoding="utf-8")
+    async def docs() -> HTMLResponse:  # a page of the package that renders /openapi.json: no CDN, works offline
+        return html("docs.html")
 
     return app
 

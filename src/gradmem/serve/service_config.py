@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gradmem.serve.budget import Budget
+from gradmem.serve.page_security import parse_hosts
 
 if TYPE_CHECKING:  # the config alone must not need the web stack
     from fastapi import FastAPI
@@ -31,6 +32,7 @@ class ServiceConfig:
     max_connections: int = 256  # with this many connections open, further requests get 503 (uvicorn limit_concurrency)
     api_key: str | None = None  # if set, writes and deletes need it (Authorization: Bearer KEY / X-API-Key)
     protect_reads: bool = False  # with api_key: listing, showing and asking need it too
+    allowed_hosts: str | None = None  # Host names the server answers, comma-separated (others get 400); None or * = any
     budget: Budget = field(default_factory=Budget)  # work limits per request and per batch
 
     def __post_init__(self) -> None:
@@ -52,6 +54,7 @@ class ServiceConfig:
             raise ValueError("rate_per_second and the timeouts must be finite and > 0, batch_wait_ms >= 0")
         if self.api_key is not None:
             check_api_key(self.api_key)
+        parse_hosts(self.allowed_hosts)  # ValueError for a list that names no host
 
     def limits(self) -> dict[str, Any]:
         """The limits clients may see (/version): everything but the key."""
