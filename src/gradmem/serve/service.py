@@ -47,12 +47,13 @@ from gradmem.serve.http_guard import (
 )
 from gradmem.serve.memory_io import FORMAT_VERSION
 from gradmem.serve.page_security import PageSecurity, content_security_policy, parse_hosts
-from gradmem.serve.schemas import Answers, AskBody, Reconstruction, WriteBody
+from gradmem.serve.schemas import Answers, AskBody, MemoryPage, Reconstruction, WriteBody, error_responses
 from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
 DEFAULT_PAGE, MAX_PAGE = 100, 1000  # memories per page of GET /v1/memories
 MAX_OFFSET = 10**9
+ALWAYS = (400, 429, 500, 503)  # statuses any API route may answer: Host, rate limit, a bug, busy or store
 WEB_PAGES = ("index.html", "docs.html")  # in gradmem/serve/web/, read once when the app is made
 
 
@@ -118,7 +119,13 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         ids = engine.encode(body.text)  # refuses empty, unknown characters, more blocks than allowed
         return budget.check_write(len(ids), engine.settings(body.steps, body.lr, body.target_loss)["steps"])
 
-    @app.post("/v1/memories", status_code=201, summary="write a text into a memory", dependencies=[Depends(writer)])
+    @app.post(
+        "/v1/memories",
+        status_code=201,
+        summary="write a text into a memory",
+        dependencies=[Depends(writer)],
+        responses=error_responses(*ALWAYS, 401, 408, 413, 422, 507),
+    )
     async def create_memory(body: WriteBody, stream: bool = False) -> Any:
         cost = write_cost(body)
         if not stream:
@@ -171,7 +178,13 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
                 damaged.append({"id": str(meta.get("id"))})
         return {"memories": good, "total": total, "offset": offset, "limit": limit, "damaged": len(damaged)}
 
-    @app.get("/v1/memories", summary="one page of the memories, oldest first", dependencies=[Depends(reader)])
+    @app.get(
+        "/v1/memories",
+        summary="one page of the memories, oldest first",
+        dependencies=[Depends(reader)],
+        response_model=MemoryPage,
+        responses=error_responses(*ALWAYS, 401, 422),
+    )
     async def list_memories(
         offset: int = Query(0, ge=0, le=MAX_OFFSET, description="memories to skip"),
         limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="most memories in this page"),
@@ -180,11 +193,22 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         page = await asyncio.to_thread(listed, offset, limit)
         return JSONResponse(page, headers={"X-Damaged-Memories": str(page["damaged"])})
 
-    @app.get("/v1/memories/{memory_id}", summary="one memory's metadata", dependencies=[Depends(reader)])
+    @app.get(
+        "/v1/memories/{memory_id}",
+        summary="one memory's metadata",
+        dependencies=[Depends(reader)],
+        responses=error_responses(*ALWAYS, 401, 404, 409, 422),
+    )
     async def get_memory(memory_id: str) -> dict[str, Any]:
         return described(engine.store.show(memory_id))
 
-    @app.delete("/v1/memories/{memory_id}", status_code=204, summary="delete a memory", dependencies=[Depends(writer)])
+    @app.delete(
+        "/v1/memories/{memory_id}",
+        status_code=204,
+        summary="delete a memory",
+        dependencies=[Depends(writer)],
+        responses=error_responses(*ALWAYS, 401, 404, 422),
+    )
     async def delete_memory(memory_id: str) -> Response:
         if not engine.forget(memory_id):
             raise NotFound(f"no memory {memory_id!r}")
@@ -195,6 +219,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         response_model=Answers,
         summary="answer questions from a memory",
         dependencies=[Depends(reader)],
+        responses=error_responses(*ALWAYS, 401, 404, 408, 409, 413, 422),
     )
     async def ask(memory_id: str, body: AskBody) -> Any:
         if len(body.questions) > cfg.max_questions:
@@ -213,6 +238,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         response_model=Reconstruction,
         summary="decode a memory back into text (a fidelity probe)",
         dependencies=[Depends(reader)],
+        responses=error_responses(*ALWAYS, 401, 404, 409, 413, 422),
     )
     async def reconstruction(memory_id: str) -> Any:
         meta = described(engine.store.show(memory_id))  # 404 before any model work
@@ -225,7 +251,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         texts = {k: safe_text(report[k]) for k in ("reconstruction", "context") if report[k] is not None}
         return {**report, **texts, "id": memory_id}
 
-    @app.get("/health", summary="liveness and queue state")
+    @app.get("/health", summary="liveness and queue state", responses=error_responses(400, 500))
     async def health() -> dict[str, Any]:
         stats = batcher.stats
         return {
@@ -238,7 +264,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             "refused_busy": stats.refused,
         }
 
-    @app.get("/version", summary="versions, model fingerprint and limits")
+    @app.get("/version", summary="versions, model fingerprint and limits", responses=error_responses(400, 500))
     async def version() -> dict[str, Any]:
         return {
             "gradmem": __version__,
