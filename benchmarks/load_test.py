@@ -135,10 +135,22 @@ async def run_load(base: str, args: argparse.Namespace, kv: KVConfig) -> dict:
     return {"records": records, "seconds": time.perf_counter() - started, "written": written}
 
 
+def listed_ids(base: str) -> set[str]:
+    """Every memory id the server lists, page after page."""
+    ids: set[str] = set()
+    offset = 0
+    while True:
+        page = httpx.get(f"{base}/v1/memories", params={"offset": offset, "limit": 1000}, timeout=60).json()
+        ids.update(m["id"] for m in page["memories"])
+        offset += page["limit"]
+        if offset >= page["total"]:
+            return ids
+
+
 def check_memories(base: str, written: dict) -> list[str]:
     """Problems found: ids missing from the list, unreadable, or not answerable."""
     problems = []
-    listed = {m["id"] for m in httpx.get(f"{base}/v1/memories", timeout=60).json()}
+    listed = listed_ids(base)
     for memory_id, qa in written.items():
         if memory_id not in listed:
             problems.append(f"{memory_id} not listed")

@@ -6,6 +6,7 @@ python benchmarks/web_screenshot.py --checkpoint runs/demo/gradmem/best --out re
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import socket
 import tempfile
@@ -13,7 +14,7 @@ import threading
 import time
 
 import uvicorn
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from gradmem.build import load_checkpoint
 from gradmem.serve.engine import Engine, EngineConfig
@@ -59,10 +60,11 @@ def main() -> int:
         page.fill("#context", args.context)
         page.fill("#steps", str(args.steps))
         page.click("#write")
-        page.wait_for_function("document.getElementById('memory-id').textContent.length === 32", timeout=60000)
+        # locator waits: wait_for_function evaluates a string, which the page's Content-Security-Policy forbids
+        expect(page.locator("#memory-id")).to_have_text(re.compile(r"^[0-9a-f]{32}$"), timeout=60000)
         page.fill("#questions", args.questions)
         page.click("#ask")
-        page.wait_for_function("document.querySelectorAll('#answers li').length > 0", timeout=60000)
+        expect(page.locator("#answers li").first).to_be_visible(timeout=60000)
         page.screenshot(path=args.out, full_page=True)
         print("\n".join(page.locator("#answers li").all_inner_texts()))
         browser.close()

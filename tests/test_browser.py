@@ -4,6 +4,7 @@ reconstruction from memory, ask questions."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import threading
@@ -17,7 +18,7 @@ pytest.importorskip("playwright.sync_api", reason="the browser test needs the pl
 uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
 
 from conftest import TINY, benchmarks_on_path, tiny_model  # noqa: E402
-from playwright.sync_api import sync_playwright  # noqa: E402
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from gradmem.serve.engine import Engine, EngineConfig, TaskText  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
@@ -75,16 +76,19 @@ def test_write_and_ask_in_a_browser(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page()
+            console: list[str] = []  # a script or request the page's Content-Security-Policy blocks shows here
+            page.on("console", lambda message: console.append(message.text))
             page.goto(url + "/")
             page.fill("#context", "!ab:cd!!ef:gh!|")
             page.fill("#steps", "3")
             page.click("#write")
-            page.wait_for_function("document.getElementById('memory-id').textContent.length === 32", timeout=30000)
+            # locator waits, not wait_for_function: that evaluates a string, which the page's CSP forbids
+            expect(page.locator("#memory-id")).to_have_text(re.compile(r"^[0-9a-f]{32}$"), timeout=30000)
             memory_id = page.inner_text("#memory-id")
             assert page.evaluate("losses.length") == 4  # one point per write step, plus the final loss
             assert "KiB" in page.inner_text("#kv-size") or "B" in page.inner_text("#kv-size")
             assert "smaller" in page.inner_text("#ratio")
-            page.wait_for_function("document.getElementById('recon-score').textContent.includes('%')", timeout=30000)
+            expect(page.locator("#recon-score")).to_contain_text("%", timeout=30000)
             report = engine.reconstruct(memory_id)
             assert page.text_content("#recon-text") == report["reconstruction"]
             assert page.text_content("#recon-context") == "!ab:cd!!ef:gh!|"
@@ -92,13 +96,14 @@ def test_write_and_ask_in_a_browser(server):
             assert report["reconstruction_note"] in page.inner_text("#recon-note")
             page.fill("#questions", "?!ab:\n?!ef:")
             page.click("#ask")
-            page.wait_for_function("document.querySelectorAll('#answers li').length === 2", timeout=30000)
+            expect(page.locator("#answers li")).to_have_count(2, timeout=30000)
             shown = page.locator("#answers li").all_inner_texts()
             expected = engine.ask([(memory_id, "?!ab:"), (memory_id, "?!ef:")])
             assert shown == [f"?!ab: → {expected[0]}", f"?!ef: → {expected[1]}"]
             page.fill("#context", "")  # an error is shown, not thrown
             page.click("#write")
             assert "paste a context" in page.inner_text("#status")
+            assert not [text for text in console if "Content Security Policy" in text], console
         finally:
             browser.close()
     meta = engine.store.show(memory_id)
@@ -113,6 +118,8 @@ def test_a_story_typed_in_is_answered_from_memory(babi_server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
             page.goto(url + "/")
             page.wait_for_selector("#example:not([hidden])", timeout=30000)  # the served task's example
             assert page.get_attribute("#context", "placeholder") == "e.g. " + story
@@ -120,17 +127,18 @@ def test_a_story_typed_in_is_answered_from_memory(babi_server):
             assert page.input_value("#context") == story and page.input_value("#questions") == "\n".join(questions)
             page.fill("#context", typed)
             page.click("#write")
-            page.wait_for_function("document.getElementById('memory-id').textContent.length === 32", timeout=30000)
+            expect(page.locator("#memory-id")).to_have_text(re.compile(r"^[0-9a-f]{32}$"), timeout=30000)
             memory_id = page.inner_text("#memory-id")
             page.fill("#questions", "Where is Mary?\nWhere is John?")
             page.click("#ask")
-            page.wait_for_function("document.querySelectorAll('#answers li').length === 2", timeout=30000)
+            expect(page.locator("#answers li")).to_have_count(2, timeout=30000)
             expected = engine.ask([(memory_id, "Where is Mary?"), (memory_id, "Where is John?")])
             shown = page.locator("#answers li").all_inner_texts()
             assert shown == [f"Where is Mary? → {expected[0]}", f"Where is John? → {expected[1]}"]
             page.fill("#questions", "Where is Zorro?")  # an unknown word: the server's message, shown
             page.click("#ask")
-            page.wait_for_function("document.getElementById('status').textContent.includes('Zorro')", timeout=30000)
+            expect(page.locator("#status")).to_contain_text("Zorro", timeout=30000)
+            assert not [text for text in console if "Content Security Policy" in text], console
         finally:
             browser.close()
     assert engine.store.context(memory_id) == typed

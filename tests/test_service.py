@@ -39,7 +39,7 @@ def test_memory_lifecycle_and_answers(tmp_path):
         memory = r.json()
         assert memory["context_tokens"] == 15 and memory["memory_bytes"] < memory["kv_cache_bytes"]
         assert c.post("/v1/memories", json={"text": TEXT}).json()["created"] is False
-        assert [m["id"] for m in c.get("/v1/memories").json()] == [memory["id"]]
+        assert [m["id"] for m in c.get("/v1/memories").json()["memories"]] == [memory["id"]]
         assert c.get(f"/v1/memories/{memory['id']}").json()["tensor_sha256"] == memory["tensor_sha256"]
         r = c.post(f"/v1/memories/{memory['id']}/ask", json={"questions": ["?!ab:", "?!ef:"], "max_new_tokens": 4})
         assert r.status_code == 200
@@ -116,7 +116,7 @@ def test_store_survives_a_restart_and_the_api_is_described(tmp_path):
         mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
         before = c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?!ab:"]}).json()
     with client(tmp_path) as c:  # a new process would see the same directory
-        assert [m["id"] for m in c.get("/v1/memories").json()] == [mid]
+        assert [m["id"] for m in c.get("/v1/memories").json()["memories"]] == [mid]
         assert c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?!ab:"]}).json() == before
         schema = c.get("/openapi.json").json()
         assert {
@@ -168,7 +168,7 @@ def test_reconstruction_runs_on_the_model_thread_under_the_deadline(tmp_path):
     engine = make_engine(tmp_path)
     threads = []
 
-    def slow(memory_id, context=None):
+    def slow(memory_id, context=None, should_stop=None):
         threads.append(threading.current_thread().name)
         time.sleep(0.5)
         return {}

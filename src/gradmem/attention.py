@@ -13,6 +13,8 @@ generic double backward, second order only. Both are registered for Hugging Face
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -24,16 +26,29 @@ AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 HF_ATTENTION_NAME = "gradmem_sdpa_explicit"
 HF_HVP_ATTENTION_NAME = "gradmem_sdpa_hvp"
 
-_MASK_CACHE: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+# The most recently used masks. Bounded: a server sees every sequence length its clients send, and
+# one (T, T) mask per length ever seen grew a process by gigabytes. A training step uses a few
+# lengths (write, read), so a handful of entries keeps its hits; a miss costs one fill, far less
+# than the attention it serves.
+MASK_CACHE_SIZE = 8
+_MASK_CACHE: OrderedDict[tuple[int, torch.device, torch.dtype], Tensor] = OrderedDict()
+_MASK_LOCK = threading.Lock()
 
 
 def causal_bias(length: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """(T, T) additive mask: 0 on and below the diagonal, -inf above. Cached per size/device/dtype."""
+    """(T, T) additive mask: 0 on and below the diagonal, -inf above. The last MASK_CACHE_SIZE
+    (size, device, dtype) combinations used are cached."""
     key = (length, device, dtype)
-    bias = _MASK_CACHE.get(key)
-    if bias is None:
-        bias = torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu(1)
+    with _MASK_LOCK:
+        bias = _MASK_CACHE.get(key)
+        if bias is not None:
+            _MASK_CACHE.move_to_end(key)
+            return bias
+    bias = torch.full((length, length), float("-inf"), device=device, dtype=dtype).triu(1)
+    with _MASK_LOCK:
         _MASK_CACHE[key] = bias
+        while len(_MASK_CACHE) > MASK_CACHE_SIZE:
+            _MASK_CACHE.popitem(last=False)
     return bias
 
 

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from gradmem.backbones import build_backbone
+from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.checkpoint import recover, verify, write_folder
-from gradmem.checkpoint_weights import load_weights, save_weights
-from gradmem.errors import CheckpointError
+from gradmem.checkpoint_weights import BACKBONE_REF, check_sizes, load_weights, save_weights
+from gradmem.errors import CheckpointError, ConfigError
 from gradmem.methods import build_method
 from gradmem.model import MemoryModel
 from gradmem.reference_compat import reference_compat
@@ -89,7 +90,7 @@ def load_scores(directory: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        scores = json.loads(path.read_text())
+        scores = json.loads(read_limited_text(path, SMALL_LIMIT, SCORES))
         return scores if isinstance(scores.get("stage"), int) and float(scores["exact_match"]) >= 0 else None
     except (ValueError, OSError, AttributeError, KeyError, TypeError):  # unreadable or malformed: no score
         return None
@@ -105,9 +106,12 @@ def load_spec(directory: str | Path) -> dict[str, Any]:
         note = "; a save of it is in progress or was interrupted (resuming the run repairs it)" if pending else ""
         raise CheckpointError(f"{directory} is not a gradmem checkpoint (no spec.json){note}")
     try:
-        return json.loads(path.read_text())
+        spec = json.loads(read_limited_text(path, SMALL_LIMIT, "spec.json"))
     except (ValueError, OSError) as err:
         raise CheckpointError(f"checkpoint {directory}: spec.json is unreadable ({err})") from err
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"checkpoint {directory}: spec.json is not a JSON object (a run spec)")
+    return spec
 
 
 def load_checkpoint(
@@ -115,11 +119,26 @@ def load_checkpoint(
 ) -> tuple[MemoryModel, Any, dict[str, Any]]:
     """Rebuild (model, task, spec) from a checkpoint folder, its files checked against their SHA-256."""
     spec = load_spec(directory)
+    try:
+        validate_spec(spec)  # a spec of the wrong shape is named here, not met as a TypeError while building
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint {directory}: spec.json is not a valid run spec: {err}") from err
     verify(directory, ("model.safetensors", "spec.json"))
     task = build_task(spec)
+    if _sized_by_spec(spec, directory):
+        # sizes checked on a model with no memory behind it; the RNG is left as a plain build leaves it
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            check_sizes(build_model(spec, task), directory)
     model = build_model(spec, task)
     load_weights(model, directory, device)
     return model.to(device), task, spec
+
+
+def _sized_by_spec(spec: dict[str, Any], directory: str | Path) -> bool:
+    """Whether the spec alone gives the model's sizes and the weight file holds every tensor (a
+    backbone loaded from a folder takes its sizes from there, and is loaded from there)."""
+    from_folder = "path" in spec["backbone"] or "pretrained" in spec["backbone"]
+    return not from_folder and not (Path(directory) / BACKBONE_REF).exists()
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.errors import CheckpointError
 
 MANIFEST = "manifest.json"
@@ -123,9 +124,11 @@ def problems(directory: str | Path, needed: tuple[str, ...] = ()) -> list[str]:
     if not manifest_path.is_file():
         return [f"{name} is missing" for name in missing]
     try:
-        recorded = json.loads(manifest_path.read_text())["sha256"]
+        recorded = json.loads(read_limited_text(manifest_path, SMALL_LIMIT, MANIFEST))["sha256"]
     except (ValueError, KeyError, TypeError):
         return [f"{MANIFEST} is damaged"]
+    if not _file_digests(recorded):
+        return [f"{MANIFEST} is damaged (its sha256 must map file names in the folder to hex digests)"]
     found = [f"{name} is missing" for name in missing]
     for name, digest in recorded.items():
         path = directory / name
@@ -135,6 +138,19 @@ def problems(directory: str | Path, needed: tuple[str, ...] = ()) -> list[str]:
         elif file_sha256(path) != digest:
             found.append(f"{name} does not match its SHA-256 in {MANIFEST} (damaged or changed)")
     return found
+
+
+def _file_digests(recorded: object) -> bool:
+    """Whether a manifest's `sha256` is {plain file name: hex digest}: a name with a folder in it
+    ("../x", "/dev/zero") would make `problems` hash a file outside the checkpoint."""
+    return isinstance(recorded, dict) and all(
+        isinstance(name, str)
+        and isinstance(digest, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\0" not in name
+        for name, digest in recorded.items()
+    )
 
 
 def verify(directory: str | Path, needed: tuple[str, ...]) -> None:

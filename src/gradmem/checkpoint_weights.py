@@ -15,6 +15,7 @@ a checkpoint without `backbone.json` is loaded whole, so older checkpoints load 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from gradmem.backbones.base import tensors_sha256
+from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.errors import CheckpointError
 
 BACKBONE_REF = "backbone.json"
+EXTRA_STATE_FLOOR = 256 << 20  # bytes of non-weight state (rotary tables, masks) any spec may ask for
+_ITEM_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
 SOURCE_KEYS = ("name", "type", "path", "pretrained", "cache_dir")  # where a backbone's weights come from
 
 
@@ -87,11 +91,71 @@ def load_weights(model: nn.Module, directory: str | Path, device: str | torch.de
             f"checkpoint {directory}: model.safetensors is damaged or does not fit the spec ({err})"
         ) from err
     if ref_path.exists():
-        missing = _check_reference(model, directory, json.loads(ref_path.read_text()), missing)
+        missing = _check_reference(model, directory, _read_reference(directory), missing)
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {directory} does not match its spec: missing {missing}, unexpected {unexpected}"
         )
+
+
+def check_sizes(shadow: nn.Module, directory: str | Path) -> None:
+    """CheckpointError unless the model a spec describes has the weights' shapes. `shadow` is that
+    model built on the meta device (no memory behind it), so a spec whose sizes were changed
+    (width, layers, vocabulary, window) is refused before the real model allocates anything: every
+    parameter must have its shape in the file's header, and the state kept beside the weights (the
+    rotary tables a window of 10^9 positions would fill) may not outgrow the weights themselves."""
+    from safetensors import safe_open
+
+    path = Path(directory) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:  # reads the header only
+            stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            dtypes = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"checkpoint {directory}: model.safetensors is damaged ({err})") from err
+    state = shadow.state_dict(keep_vars=True)
+    groups: dict[int, list[str]] = {}  # tied weights are one tensor under several names; a file keeps one
+    for key, tensor in state.items():
+        groups.setdefault(id(tensor), []).append(key)
+    wrong = [
+        f"{k} is {stored[k]} in the weights, {tuple(t.shape)} by the spec"
+        for k, t in state.items()
+        if k in stored and stored[k] != tuple(t.shape)
+    ]
+    missing = [names[0] for names in groups.values() if not any(n in stored for n in names)]
+    unexpected = sorted(set(stored) - set(state))
+    if wrong or missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {directory}: spec.json does not describe its weights (changed sizes?): "
+            + "; ".join(
+                filter(
+                    None,
+                    [
+                        ", ".join(wrong[:5]),
+                        f"missing {missing[:5]}" if missing else "",
+                        f"unexpected {unexpected[:5]}" if unexpected else "",
+                    ],
+                )
+            )
+        )
+    weight_bytes = sum(math.prod(shape) * _ITEM_BYTES.get(dtypes[k], 4) for k, shape in stored.items())
+    extra = sum(b.numel() * b.element_size() for name, b in shadow.named_buffers() if name not in state)
+    if extra > max(weight_bytes, EXTRA_STATE_FLOOR):
+        raise CheckpointError(
+            f"checkpoint {directory}: spec.json asks for {extra >> 20} MiB of state beside "
+            f"{weight_bytes >> 20} MiB of weights (a window or table size changed?); refused before allocating it"
+        )
+
+
+def _read_reference(directory: Path) -> dict[str, Any]:
+    """The checkpoint's `backbone.json`; CheckpointError if it is unreadable or not an object."""
+    try:
+        reference = json.loads(read_limited_text(directory / BACKBONE_REF, SMALL_LIMIT, BACKBONE_REF))
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {directory}: {BACKBONE_REF} is unreadable ({err})") from err
+    if not isinstance(reference, dict):
+        raise CheckpointError(f"checkpoint {directory}: {BACKBONE_REF} is not a JSON object")
+    return reference
 
 
 def _check_reference(model: nn.Module, directory: Path, reference: dict[str, Any], missing: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint, load_spec
 from gradmem.checkpoint import recover
 from gradmem.cli_options import float_list, int_list
@@ -36,7 +37,7 @@ from gradmem.spec_check import validate_spec
 
 def _load_spec(args: argparse.Namespace, overrides: bool = True) -> dict[str, Any]:
     try:
-        spec = json.loads(Path(args.config).read_text(encoding="utf-8-sig"))
+        spec = json.loads(read_limited_text(args.config, SMALL_LIMIT, "the config"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read config {args.config}: {err}") from err
     spec = apply_overrides(spec, args.set or []) if overrides and isinstance(spec, dict) else spec
@@ -215,6 +216,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+MAX_EXAMPLES = 1_000_000  # a generated split is held in memory whole (~0.5 kB per 2-pair key-value example)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     try:
@@ -223,6 +227,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def example_count(text: str) -> int:
+    """An argparse type: a number of examples to generate, 1..MAX_EXAMPLES."""
+    value = positive_int(text)
+    if value > MAX_EXAMPLES:
+        raise argparse.ArgumentTypeError(
+            f"{value} examples are more than the limit of {MAX_EXAMPLES} a split is generated in memory with; "
+            "evaluate a larger set in parts (--seed) or from files (--data)"
+        )
     return value
 
 
@@ -270,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenised with the checkpoint's tokenizer, or token ids as `gradmem data` writes them",
     )
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--examples", type=positive_int, default=1000)
+    p.add_argument("--examples", type=example_count, default=1000)
     p.add_argument("--seed", type=int, default=None, help="data seed (default: the run's seed)")
     p.add_argument(
         "--steps", type=int_list, default=None, help="WRITE steps at evaluation, comma-separated for a sweep"
@@ -293,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--split", default="valid", choices=["train", "valid", "test"])
-    p.add_argument("-n", "--num", type=positive_int, default=1000)
+    p.add_argument("-n", "--num", type=example_count, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data)
@@ -312,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gradmem {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # the input or the batch did not fit in RAM: say so, not a traceback
+        print(
+            f"gradmem {args.command}: error: out of memory; use a smaller input, fewer examples or a smaller "
+            "--batch-size",
+            file=sys.stderr,
+        )
+        return 2
     except (GradmemError, ValueError, KeyError, OSError, RuntimeError) as err:
         text = err.args[0] if type(err) is KeyError and err.args else err  # KeyError's str() adds quotes
         print(f"gradmem {args.command}: error: {' '.join(str(text).split())}", file=sys.stderr)

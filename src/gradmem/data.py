@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradmem.bounded_io import DATA_LIMIT, read_limited_text, text_lines
+
 
 @dataclass(frozen=True)
 class Example:
@@ -126,12 +128,11 @@ def save_jsonl(examples: Iterable[Example], path: str | Path) -> None:
 def load_jsonl(path: str | Path) -> list[Example]:
     """Read examples written by `save_jsonl`; a malformed line raises with its line number."""
     examples = []
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                examples.append(Example(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}:{n}: not a gradmem example ({err})") from err
+    for n, line in enumerate(text_lines(read_limited_text(path, DATA_LIMIT, f"data file {path}")), 1):
+        if not line.strip():
+            continue
+        try:
+            examples.append(Example(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}:{n}: not a gradmem example ({err})") from err
     return examples

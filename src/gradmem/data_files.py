@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradmem.bounded_io import DATA_LIMIT, read_limited_text, text_lines
 from gradmem.data import Example
-from gradmem.tasks.qa import load_questions
+from gradmem.tasks.qa import questions_from_lines
 from gradmem.tasks.squad import squad_example
 from gradmem.tokenizers import unknown_characters
 
@@ -40,8 +41,9 @@ def load_data_file(path: str | Path, task: Any, max_tokens: int | None = None) -
     `max_tokens`: the most tokens the model takes after its memory (`MemoryModel.max_sequence_tokens`),
     for the context and for query + target alike; None = no limit.
     """
-    if _is_question_file(path):
-        items = load_questions(path)
+    lines = text_lines(read_limited_text(path, DATA_LIMIT, f"data file {path}"))
+    if _is_question_file(lines):
+        items = questions_from_lines(lines, path)
         examples = []
         for item in items:
             try:
@@ -53,12 +55,11 @@ def load_data_file(path: str | Path, task: Any, max_tokens: int | None = None) -
                 raise ValueError(f"{path}:{item.id.rsplit(':', 1)[-1]}: {err}") from None
             examples.append(example)
         return DataFile(examples, [item.answers for item in items])
-    return DataFile(load_examples(path, task, max_tokens))
+    return DataFile(examples_from_lines(lines, path, task, max_tokens))
 
 
-def _is_question_file(path: str | Path) -> bool:
-    with open(path, encoding="utf-8-sig") as f:
-        first = next((line for line in f if line.strip()), "")
+def _is_question_file(lines: list[str]) -> bool:
+    first = next((line for line in lines if line.strip()), "")
     try:
         record = json.loads(first)
     except json.JSONDecodeError:
@@ -68,17 +69,22 @@ def _is_question_file(path: str | Path) -> bool:
 
 def load_examples(path: str | Path, task: Any, max_tokens: int | None = None) -> list[Example]:
     """Every context/query/target example of `path` (strings through `task.encode_strings`, or ids)."""
+    lines = text_lines(read_limited_text(path, DATA_LIMIT, f"data file {path}"))
+    return examples_from_lines(lines, path, task, max_tokens)
+
+
+def examples_from_lines(lines: list[str], path: str | Path, task: Any, max_tokens: int | None) -> list[Example]:
+    """`load_examples` of a file already read (`path` names it in errors)."""
     examples = []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                example = _parse(json.loads(line), task)
-                _check_fits(example, task.tokenizer.vocab_size, max_tokens)
-            except (json.JSONDecodeError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}:{number}: {err}") from None
-            examples.append(example)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            example = _parse(json.loads(line), task)
+            _check_fits(example, task.tokenizer.vocab_size, max_tokens)
+        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}:{number}: {err}") from None
+        examples.append(example)
     if not examples:
         raise ValueError(f"{path}: no examples")
     return examples

@@ -15,6 +15,7 @@ jobs report each step's loss back to their request as the write runs.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 from gradmem.errors import Overloaded
 from gradmem.serve.engine import Engine, WriteResult
+from gradmem.serve.os_memory import release_freed_memory
 
 KINDS = ("ask", "write")
 T = TypeVar("T")
@@ -98,16 +100,19 @@ class Batcher:
     def pending(self) -> int:
         return sum(len(q) for q in self._queues.values()) + self._calls
 
-    async def call(self, fn: Callable[[], T]) -> T:
+    async def call(self, fn: Callable[[Callable[[], bool]], T]) -> T:
         """Run an unbatched model call (e.g. a reconstruction) on the model thread, so it never
-        overlaps the batches, under the same queue limit and deadline as a job. At the deadline
-        it is cancelled if it has not started, else its result is dropped."""
+        overlaps the batches, under the same queue limit and deadline as a job. `fn(should_stop)`
+        gets a function that turns true at the deadline: a call that has not started then never
+        runs, and a running one should stop at its next step (its result would be dropped)."""
         self._admit()
         self._calls += 1
+        passed = threading.Event()
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            future = asyncio.get_running_loop().run_in_executor(self._executor, _releasing, lambda: fn(passed.is_set))
             return await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
+            passed.set()
             raise self._timed_out() from None
         finally:
             self._calls -= 1
@@ -220,7 +225,9 @@ class Batcher:
         try:
             if kind == "ask":
                 items = [item for job in jobs for item in job.payload]
-                answers = await loop.run_in_executor(self._executor, self.engine.ask, items, settings[0])
+                answers = await loop.run_in_executor(
+                    self._executor, _releasing, lambda: self.engine.ask(items, settings[0])
+                )
                 start = 0
                 for job in jobs:
                     _resolve(job.future, answers[start : start + job.size])
@@ -234,7 +241,7 @@ class Batcher:
 
                 texts = [job.payload for job in jobs]
                 results = await loop.run_in_executor(
-                    self._executor, lambda: self.engine.write_texts(texts, *settings, on_step=on_step)
+                    self._executor, _releasing, lambda: self.engine.write_texts(texts, *settings, on_step=on_step)
                 )
                 for job, result in zip(jobs, results):
                     _resolve(job.future, result)
@@ -245,6 +252,15 @@ class Batcher:
                 return
             for job in jobs:
                 await self._run_group(loop, kind, settings, [job])
+
+
+def _releasing(fn: Callable[[], T]) -> T:
+    """fn(), then the memory it freed goes back to the OS (see gradmem.serve.os_memory): runs on
+    the model thread, so the trim never competes with model work."""
+    try:
+        return fn()
+    finally:
+        release_freed_memory()
 
 
 def _resolve(future: asyncio.Future, value: Any) -> None:

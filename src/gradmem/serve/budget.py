@@ -25,6 +25,7 @@ class Budget:
     max_question_tokens: int = 256  # tokens in one question
     max_ask_tokens: int = 4096  # one request: sum over its questions of (question tokens + answer tokens)
     max_batch_ask_tokens: int = 16384  # one batched decode: the same sum over all requests in the batch
+    max_reconstruction_positions: int = 262144  # positions one reconstruction runs the backbone on (its real cost)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -81,13 +82,28 @@ class Budget:
         blocks = -(-context_tokens // chunk_tokens)
         return blocks * min(chunk_tokens, context_tokens)
 
-    def check_reconstruction(self, context_tokens: int, chunk_tokens: int) -> int:
-        """The reconstruction's cost (a greedy decode like an answer's, so under the same per-request
-        decode limit); LimitExceeded if it is over it."""
+    @staticmethod
+    def reconstruction_positions(context_tokens: int, chunk_tokens: int, block_vectors: int) -> int:
+        """Positions the backbone runs on for a greedy reconstruction, its real cost: the decode has
+        no KV cache, so the step that decodes token t of a block re-runs its m memory vectors and
+        t tokens, and all blocks run to the longest chunk: blocks x sum_t (m + t)."""
+        blocks, length = -(-context_tokens // chunk_tokens), min(chunk_tokens, context_tokens)
+        return blocks * (length * block_vectors + length * (length - 1) // 2)
+
+    def check_reconstruction(self, context_tokens: int, chunk_tokens: int, block_vectors: int = 0) -> int:
+        """The reconstruction's cost in decode tokens (under the per-request decode limit of an ask);
+        LimitExceeded if it is over that, or if the positions it runs the backbone on are over
+        max_reconstruction_positions."""
         cost = self.reconstruction_cost(context_tokens, chunk_tokens)
         if cost > self.max_ask_tokens:
             raise LimitExceeded(
                 f"reconstructing this memory needs {cost} decode tokens, over the limit of "
                 f"{self.max_ask_tokens} per request (max_ask_tokens)"
+            )
+        positions = self.reconstruction_positions(context_tokens, chunk_tokens, block_vectors)
+        if positions > self.max_reconstruction_positions:
+            raise LimitExceeded(
+                f"reconstructing this memory runs the model on {positions} positions, over the limit of "
+                f"{self.max_reconstruction_positions} (max_reconstruction_positions)"
             )
         return cost

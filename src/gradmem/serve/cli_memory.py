@@ -20,11 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gradmem.bounded_io import TEXT_LIMIT, decode, read_limited_text, read_stream
 from gradmem.cli_options import add_options, from_args
 from gradmem.device import device_option
 from gradmem.errors import InvalidInput, NotFound
 from gradmem.serve.engine import EngineConfig, TaskText
 from gradmem.serve.store import MemoryStore
+
+ASK_BATCH = 256  # questions per batched decode of `gradmem ask` (a long question file runs in several)
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
@@ -63,16 +66,19 @@ def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | No
     return memory, meta, None
 
 
+def read_context(source: str) -> str:
+    """A context from a file, or from stdin for "-", bounded (gradmem.bounded_io)."""
+    if source != "-":
+        return read_limited_text(source, TEXT_LIMIT, f"context file {source}")
+    stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes where stdin has them (a test may swap in text)
+    return decode(read_stream(stream, TEXT_LIMIT, "the context on stdin"), "the context on stdin")
+
+
 def cmd_write(args: argparse.Namespace) -> int:
     from gradmem.serve.memory_io import memory_paths
 
+    text = read_context(args.context).strip()  # before the model loads: a bad input fails at once
     engine = open_engine(args)
-    text = (
-        sys.stdin.read().removeprefix("\ufeff")
-        if args.context == "-"
-        else Path(args.context).read_text(encoding="utf-8-sig")
-    )
-    text = text.strip()
     total = engine.settings(args.steps, args.lr, args.target_loss)["steps"]
 
     def progress(_: int, step: int, loss: float) -> None:
@@ -119,29 +125,31 @@ def cmd_write(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    engine = open_engine(args)
     ref = args.memory_ref or args.memory
     if not ref:
         raise InvalidInput("give a memory (store id or file path)")
-    memory, _, _ = resolve_memory(engine, ref)
     queries = list(args.queries)
     if args.queries_file:
-        queries += [
-            q.strip() for q in Path(args.queries_file).read_text(encoding="utf-8-sig").splitlines() if q.strip()
-        ]
+        text = read_limited_text(args.queries_file, TEXT_LIMIT, f"queries file {args.queries_file}")
+        queries += [q.strip() for q in text.splitlines() if q.strip()]
     if not queries:
         raise InvalidInput("give at least one query")
-    answers = engine.answer([(memory, q) for q in queries], args.max_new_tokens)  # one batched decode
-    for query, answer in zip(queries, answers):
-        print(json.dumps({"query": query, "answer": answer}))
+    engine = open_engine(args)
+    memory, _, _ = resolve_memory(engine, ref)
+    for start in range(0, len(queries), ASK_BATCH):  # batched decodes of a bounded size
+        batch = queries[start : start + ASK_BATCH]
+        for query, answer in zip(batch, engine.answer([(memory, q) for q in batch], args.max_new_tokens)):
+            print(json.dumps({"query": query, "answer": answer}))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    given = (
+        read_limited_text(args.context, TEXT_LIMIT, f"context file {args.context}").strip() if args.context else None
+    )
     engine = open_engine(args)
     memory, meta, context = resolve_memory(engine, args.memory)
-    if args.context:
-        context = Path(args.context).read_text(encoding="utf-8-sig").strip()
+    context = given if given is not None else context
     report = engine.reconstruct_memory(memory, meta, context)
     if args.json:
         print(json.dumps(report))
@@ -212,14 +220,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gradmem.serve.budget import Budget
     from gradmem.serve.service import ServiceConfig, create_app, server_config
 
-    engine = open_engine(args)
+    # An empty --api-key or $GRADMEM_API_KEY is refused (by ServiceConfig), not read as "no key":
+    # a typo must not start an open server. Checked before the model loads.
+    key = args.api_key if args.api_key is not None else os.environ.get("GRADMEM_API_KEY")
     cfg = from_args(
         ServiceConfig,
         args,
         budget=from_args(Budget, args),
         max_new_tokens=max(ServiceConfig.max_new_tokens, args.max_new_tokens),  # the default must pass
-        api_key=args.api_key or os.environ.get("GRADMEM_API_KEY") or None,
+        api_key=key,
+        allowed_hosts=allowed_hosts(args),
     )
+    engine = open_engine(args)
     app = create_app(engine, cfg, checkpoint=Path(args.checkpoint).name)
     access = (
         "API key required for writes" + (" and reads" if cfg.protect_reads else "") if cfg.api_key else "no API key"
@@ -228,8 +240,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"gradmem serve: http://{args.host}:{args.port}/  (store {args.store}, {access}, API docs at /docs)",
         file=sys.stderr,
     )
-    uvicorn.Server(server_config(app, args.host, args.port, args.trust_proxy, args.log_level)).run()
+    uvicorn.Server(server_config(app, args.host, args.port, args.trust_proxy, args.log_level, cfg)).run()
     return 0
+
+
+def allowed_hosts(args: argparse.Namespace) -> str | None:
+    """--allowed-hosts, or for a server bound to loopback the loopback names: a browser's page from
+    another site then cannot reach it by pointing its own domain at 127.0.0.1 (DNS rebinding)."""
+    from gradmem.serve.page_security import LOOPBACK_HOSTS
+
+    if args.allowed_hosts is not None:
+        return args.allowed_hosts
+    return LOOPBACK_HOSTS if args.host in LOOPBACK_HOSTS.split(",") else None
 
 
 def _serve_options(p: argparse.ArgumentParser) -> None:
@@ -249,8 +271,12 @@ def _serve_options(p: argparse.ArgumentParser) -> None:
             "rate_burst": "--burst",
             "request_timeout_s": "--request-timeout",
             "body_timeout_s": "--body-timeout",
+            "header_timeout_s": "--header-timeout",
         },
-        help_extra={"api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)"},
+        help_extra={
+            "api_key": "(better: set $GRADMEM_API_KEY, which other users cannot see in the process list)",
+            "allowed_hosts": "(default for a loopback --host: localhost,127.0.0.1,::1)",
+        },
     )
     add_options(p, Budget)
     p.add_argument(

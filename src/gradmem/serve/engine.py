@@ -21,7 +21,7 @@ from torch import Tensor
 
 from gradmem.backbones.base import context_state_floats
 from gradmem.data import pad_right
-from gradmem.errors import InvalidInput, LimitExceeded, NotFound
+from gradmem.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
 from gradmem.memory import Memory
 from gradmem.methods.gradmem import GradMem
 from gradmem.model import MemoryModel
@@ -224,14 +224,21 @@ class Engine:
                 return self._cache[memory_id]
         if memory_id not in self.store:
             raise NotFound(f"no memory {memory_id!r}")
-        with store_errors("read the memory"):
-            memory, _ = load_memory(
-                self.store.path(memory_id),
-                self.model,
-                self.fingerprint,
-                label=f"memory {memory_id}",
-                follow_symlinks=False,
-            )
+        try:
+            with store_errors("read the memory"):
+                memory, _ = load_memory(
+                    self.store.path(memory_id),
+                    self.model,
+                    self.fingerprint,
+                    label=f"memory {memory_id}",
+                    follow_symlinks=False,
+                )
+        except (DamagedMemory, StoreUnavailable):
+            # A delete between reading the sidecar and the tensor leaves a "missing tensor": the
+            # memory is gone, not damaged (the sidecar goes first, so a damaged one still has it).
+            if memory_id not in self.store:
+                raise NotFound(f"no memory {memory_id!r}") from None
+            raise
         with self._cache_lock:
             self._cache[memory_id] = memory
             while len(self._cache) > self.cfg.cache_memories:
@@ -279,16 +286,32 @@ class Engine:
         return text
 
     # ---- INSPECT -------------------------------------------------------------------------
-    def reconstruct(self, memory_id: str, context: str | None = None) -> dict[str, Any]:
+    def reconstruct(
+        self, memory_id: str, context: str | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         """`reconstruct_memory` for a stored memory (its stored context is used when none is given)."""
         context = context if context is not None else self.store.context(memory_id)
-        return self.reconstruct_memory(self.memory(memory_id), self.store.show(memory_id), context)
+        return self.reconstruct_memory(self.memory(memory_id), self.store.show(memory_id), context, should_stop)
 
-    def reconstruct_memory(self, memory: Memory, meta: dict[str, Any], context: str | None = None) -> dict[str, Any]:
+    def reconstruct_memory(
+        self,
+        memory: Memory,
+        meta: dict[str, Any],
+        context: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
         """Decode the context back from the memory alone, scored against the context when it is
-        known (see gradmem.serve.fidelity.reconstruction_report)."""
+        known (see gradmem.serve.fidelity.reconstruction_report); the decode stops between tokens
+        once `should_stop()` is true."""
         return reconstruction_report(
-            self.model, self.tokenizer, memory, self.describe(meta), self.block_vectors, self.chunk_tokens, context
+            self.model,
+            self.tokenizer,
+            memory,
+            self.describe(meta),
+            self.block_vectors,
+            self.chunk_tokens,
+            context,
+            should_stop,
         )
 
 

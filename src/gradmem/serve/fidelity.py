@@ -8,13 +8,14 @@ and teacher-forced (the WRITE head's next-token accuracy given [memory; previous
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from gradmem.data import TokenBatch, pad_right
-from gradmem.errors import InvalidInput
+from gradmem.errors import InvalidInput, Overloaded
 from gradmem.memory import Memory
 from gradmem.model import MemoryModel
 
@@ -27,11 +28,17 @@ RECONSTRUCTION_NOTE = (
 
 
 @torch.no_grad()
-def greedy_reconstruction(model: MemoryModel, prefix: Tensor, length: int) -> Tensor:
-    """(R, P, D) memory blocks -> (R, length) token ids generated greedily from each block alone."""
+def greedy_reconstruction(
+    model: MemoryModel, prefix: Tensor, length: int, should_stop: Callable[[], bool] | None = None
+) -> Tensor:
+    """(R, P, D) memory blocks -> (R, length) token ids generated greedily from each block alone.
+    `should_stop` is asked before every token; once it says so, Overloaded is raised (the request
+    that wanted the decode has passed its deadline: the model thread is freed for others)."""
     backbone = model.backbone
     tokens = prefix.new_zeros(prefix.shape[0], 0, dtype=torch.long)
     for _ in range(length):
+        if should_stop is not None and should_stop():
+            raise Overloaded("the reconstruction was stopped: its request passed its deadline")
         hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))[:, -1]  # (R, D)
         tokens = torch.cat((tokens, model.method.write_logits(backbone, hidden).argmax(-1, keepdim=True)), 1)
     return tokens
@@ -54,13 +61,15 @@ def reconstruction_report(
     block_vectors: int,
     chunk_tokens: int,
     context: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Greedy reconstruction of a one-row memory (`meta`: its described sidecar), block by block,
-    with token and teacher-forced accuracy against `context` when it is given."""
+    with token and teacher-forced accuracy against `context` when it is given; `should_stop` as
+    in `greedy_reconstruction`."""
     total, chunk = meta["context_tokens"], meta["write"].get("chunk_tokens", chunk_tokens)
     lengths = [min(chunk, total - s) for s in range(0, total, chunk)]
     blocks = memory.prefix.view(len(lengths), block_vectors, -1)  # (blocks, P, D)
-    decoded = greedy_reconstruction(model, blocks, max(lengths))
+    decoded = greedy_reconstruction(model, blocks, max(lengths), should_stop)
     tokens = [t for row, n in zip(decoded.tolist(), lengths) for t in row[:n]]
     result = {
         "id": meta.get("id"),

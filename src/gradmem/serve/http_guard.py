@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gradmem.errors import (
     DamagedMemory,
@@ -81,8 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return error_response(err.status_code, str(err.detail), dict(err.headers or {}))
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        headers = dict(err.headers or {})
+        if err.status_code == 405:  # Starlette names the methods of the first route matching the path only
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return error_response(err.status_code, str(err.detail), headers)
 
     @app.exception_handler(GradmemError)
     async def typed(_: Request, err: GradmemError) -> JSONResponse:
@@ -92,6 +96,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, err: Exception) -> JSONResponse:
         # A bug: the server logs its traceback; the client sees no message that could hold a path.
         return error_response(500, "internal error (see the server log)")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path (GET and DELETE of one
+    path are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})  # a path match, whatever the method
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 class BodyGuard:

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -81,13 +82,36 @@ def save_file(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     Path(path).write_bytes(save(tensors))
 
 
+class SpecialFile(OSError):
+    """A path that names a FIFO, a device, a socket or a folder where a regular file belongs."""
+
+
 def read_bytes(path: str | Path, follow_symlinks: bool = True) -> bytes:
-    """The bytes of a file; with follow_symlinks=False a symbolic link is refused (O_NOFOLLOW), so
-    a link planted in a store cannot make the server read another file."""
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
-    fd = os.open(path, flags)
+    """The bytes of a regular file; with follow_symlinks=False a symbolic link is refused
+    (O_NOFOLLOW), so a link planted in a store cannot make the server read another file. Anything
+    but a regular file raises SpecialFile without being opened: opening a FIFO waits for a writer
+    forever and a device never ends. The open is non-blocking and the opened file checked again,
+    so a file swapped in between the two checks cannot block either."""
+    info = os.stat(path, follow_symlinks=follow_symlinks)
+    if stat.S_ISLNK(info.st_mode):  # seen only with follow_symlinks=False: the error O_NOFOLLOW gives
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise SpecialFile(f"{path} is not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)))
     with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SpecialFile(f"{path} is not a regular file")
         return f.read()
+
+
+def _refused(err: OSError, what: str) -> DamagedMemory | None:
+    """The DamagedMemory for a file the store must not read (a link or a special file), else None."""
+    if isinstance(err, SpecialFile):
+        return DamagedMemory(f"{what} is not a regular file (a FIFO, device or folder); refused")
+    if err.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+        return DamagedMemory(f"{what} is a symbolic link; refused")
+    return None
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -181,8 +205,9 @@ def read_sidecar(path: str | Path, follow_symlinks: bool = True, label: str | No
     except FileNotFoundError:
         raise FileNotFoundError(f"no {where}") from None
     except OSError as err:
-        if err.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
-            raise DamagedMemory(f"{where} is a symbolic link; refused") from err
+        refused = _refused(err, where)
+        if refused is not None:
+            raise refused from err
         raise
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DamagedMemory(f"{where} is not valid JSON: {err}") from err
@@ -260,8 +285,9 @@ def load_memory(
     except FileNotFoundError:
         raise DamagedMemory(f"{where}: memory tensor file is missing") from None
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise DamagedMemory(f"{where}: memory tensor file is a symbolic link; refused") from err
+        refused = _refused(err, f"{where}: the memory tensor file")
+        if refused is not None:
+            raise refused from err
         raise
     try:
         prefix = load(data)["prefix"]

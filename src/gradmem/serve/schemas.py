@@ -5,7 +5,14 @@ ignored, and counts must be JSON integers (not true, "5" or 5.5)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# What the text checks below enforce, said in the schema too: at least one character that is not
+# whitespace (a JSON Schema pattern matches anywhere in the string). The check itself stays in
+# _clean_text, whose messages name the problem.
+NOT_BLANK = {"pattern": r"\S"}
 
 
 def _clean_text(value: str, what: str) -> str:
@@ -24,7 +31,7 @@ def _clean_text(value: str, what: str) -> str:
 class WriteBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, description="the context to write into memory")
+    text: str = Field(min_length=1, json_schema_extra=NOT_BLANK, description="the context to write into memory")
     steps: int | None = Field(None, ge=0, strict=True, description="maximum WRITE steps (default: the checkpoint's)")
     lr: float | None = Field(
         None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)"
@@ -42,7 +49,11 @@ class WriteBody(BaseModel):
 class AskBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    questions: list[str] = Field(min_length=1, description="one or many questions about the memory")
+    # schema only: a length constraint on the items would make pydantic refuse a lone surrogate
+    # before _clean_text can name it
+    questions: list[Annotated[str, Field(json_schema_extra={"minLength": 1, **NOT_BLANK})]] = Field(
+        min_length=1, description="one or many questions about the memory"
+    )
     max_new_tokens: int | None = Field(None, ge=1, strict=True, description="answer length in tokens")
 
     @field_validator("questions")
@@ -74,3 +85,39 @@ class Reconstruction(BaseModel):
     steps_taken: list[int] | None = Field(description="write steps each block took (adaptive writes)")
     memory_bytes: int
     kv_cache_bytes: int = Field(description="bytes of a full-context KV cache, for comparison")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the service, whatever its status (validation errors included)."""
+
+    detail: str = Field(description="what went wrong, in one line; never the request's input or a path")
+
+
+class MemoryPage(BaseModel):
+    """One page of GET /v1/memories."""
+
+    memories: list[dict[str, Any]] = Field(description="the page's usable memories, oldest first")
+    total: int = Field(description="memories in the store (usable or damaged)")
+    offset: int
+    limit: int
+    damaged: int = Field(description="memories of this page left out as damaged (also the X-Damaged-Memories header)")
+
+
+ERROR_MEANINGS = {
+    400: "the Host header names a host this server does not answer for (--allowed-hosts)",
+    401: "the server needs an API key and the request has none or a wrong one",
+    404: "no memory with this id, or not a memory id",
+    408: "the request body did not arrive within the body timeout",
+    409: "the memory is damaged (unreadable, inconsistent or tampered files)",
+    413: "the request is over a limit (body size, tokens, steps, questions, decode work)",
+    422: "the request is not valid (a missing or mistyped field, an unknown field, text the model cannot read)",
+    429: "more requests per second than the client's rate limit (Retry-After says when to retry)",
+    500: "an unexpected error (its traceback is in the server log)",
+    503: "the server is busy, the request passed its deadline, or the store cannot be read (Retry-After)",
+    507: "the store's disk is full",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error statuses, all with the one error body."""
+    return {code: {"model": ErrorBody, "description": ERROR_MEANINGS[code]} for code in codes}

@@ -2,7 +2,8 @@
 
     POST   /v1/memories              {"text": ...} -> 201 memory (?stream=true: server-sent events,
                                      one `step` event per write step, then `done`)
-    GET    /v1/memories              all usable memories (header X-Damaged-Memories: how many are not)
+    GET    /v1/memories              a page of the usable memories, oldest first (?offset=&limit=), with the
+                                     store's total (header X-Damaged-Memories: how many of the page are not)
     GET    /v1/memories/{id}         one memory            DELETE /v1/memories/{id}   204
     POST   /v1/memories/{id}/ask     {"questions": [...]}
     GET    /v1/memories/{id}/reconstruction   the context decoded back from the memory alone, with its
@@ -28,7 +29,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
@@ -45,10 +46,15 @@ from gradmem.serve.http_guard import (
     status_of,
 )
 from gradmem.serve.memory_io import FORMAT_VERSION
-from gradmem.serve.schemas import Answers, AskBody, Reconstruction, WriteBody
+from gradmem.serve.page_security import PageSecurity, content_security_policy, parse_hosts
+from gradmem.serve.schemas import Answers, AskBody, MemoryPage, Reconstruction, WriteBody, error_responses
 from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
+DEFAULT_PAGE, MAX_PAGE = 100, 1000  # memories per page of GET /v1/memories
+MAX_OFFSET = 10**9
+ALWAYS = (400, 429, 500, 503)  # statuses any API route may answer: Host, rate limit, a bug, busy or store
+WEB_PAGES = ("index.html", "docs.html")  # in gradmem/serve/web/, read once when the app is made
 
 
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
@@ -85,6 +91,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         description="Write a context into a few memory vectors once, answer questions from the memory.",
     )
     app.add_middleware(BodyGuard, limit=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
+    app.add_middleware(PageSecurity, allowed=parse_hosts(cfg.allowed_hosts))  # outermost: before anything else
     app.state.batcher = batcher
     install_error_handlers(app)
 
@@ -112,7 +119,13 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         ids = engine.encode(body.text)  # refuses empty, unknown characters, more blocks than allowed
         return budget.check_write(len(ids), engine.settings(body.steps, body.lr, body.target_loss)["steps"])
 
-    @app.post("/v1/memories", status_code=201, summary="write a text into a memory", dependencies=[Depends(writer)])
+    @app.post(
+        "/v1/memories",
+        status_code=201,
+        summary="write a text into a memory",
+        dependencies=[Depends(writer)],
+        responses=error_responses(*ALWAYS, 401, 408, 413, 422, 507),
+    )
     async def create_memory(body: WriteBody, stream: bool = False) -> Any:
         cost = write_cost(body)
         if not stream:
@@ -155,22 +168,47 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # a sidecar the store let through
             raise InvalidInput(f"memory {meta.get('id')} has an unusable sidecar") from err
 
-    @app.get("/v1/memories", summary="list all memories", dependencies=[Depends(reader)])
-    async def list_memories() -> JSONResponse:
-        items, damaged = engine.store.scan()
+    def listed(offset: int, limit: int) -> dict[str, Any]:
+        items, damaged, total = engine.store.page(offset, limit)
         good = []
         for meta in items:
             try:
                 good.append(described(meta))
             except InvalidInput:
                 damaged.append({"id": str(meta.get("id"))})
-        return JSONResponse(good, headers={"X-Damaged-Memories": str(len(damaged))})
+        return {"memories": good, "total": total, "offset": offset, "limit": limit, "damaged": len(damaged)}
 
-    @app.get("/v1/memories/{memory_id}", summary="one memory's metadata", dependencies=[Depends(reader)])
+    @app.get(
+        "/v1/memories",
+        summary="one page of the memories, oldest first",
+        dependencies=[Depends(reader)],
+        response_model=MemoryPage,
+        responses=error_responses(*ALWAYS, 401, 422),
+    )
+    async def list_memories(
+        offset: int = Query(0, ge=0, le=MAX_OFFSET, description="memories to skip"),
+        limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="most memories in this page"),
+    ) -> JSONResponse:
+        # file-system work, a lot of it in a large store: off the event loop, so /health and asks go on
+        page = await asyncio.to_thread(listed, offset, limit)
+        return JSONResponse(page, headers={"X-Damaged-Memories": str(page["damaged"])})
+
+    @app.get(
+        "/v1/memories/{memory_id}",
+        summary="one memory's metadata",
+        dependencies=[Depends(reader)],
+        responses=error_responses(*ALWAYS, 401, 404, 409, 422),
+    )
     async def get_memory(memory_id: str) -> dict[str, Any]:
         return described(engine.store.show(memory_id))
 
-    @app.delete("/v1/memories/{memory_id}", status_code=204, summary="delete a memory", dependencies=[Depends(writer)])
+    @app.delete(
+        "/v1/memories/{memory_id}",
+        status_code=204,
+        summary="delete a memory",
+        dependencies=[Depends(writer)],
+        responses=error_responses(*ALWAYS, 401, 404, 422),
+    )
     async def delete_memory(memory_id: str) -> Response:
         if not engine.forget(memory_id):
             raise NotFound(f"no memory {memory_id!r}")
@@ -181,6 +219,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         response_model=Answers,
         summary="answer questions from a memory",
         dependencies=[Depends(reader)],
+        responses=error_responses(*ALWAYS, 401, 404, 408, 409, 413, 422),
     )
     async def ask(memory_id: str, body: AskBody) -> Any:
         if len(body.questions) > cfg.max_questions:
@@ -199,6 +238,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         response_model=Reconstruction,
         summary="decode a memory back into text (a fidelity probe)",
         dependencies=[Depends(reader)],
+        responses=error_responses(*ALWAYS, 401, 404, 409, 413, 422),
     )
     async def reconstruction(memory_id: str) -> Any:
         meta = described(engine.store.show(memory_id))  # 404 before any model work
@@ -206,12 +246,12 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             tokens, chunk = int(meta["context_tokens"]), int(meta["write"].get("chunk_tokens") or engine.chunk_tokens)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidInput(f"memory {memory_id} has an unusable sidecar") from err
-        budget.check_reconstruction(tokens, chunk)
-        report = await batcher.call(lambda: engine.reconstruct(memory_id))
+        budget.check_reconstruction(tokens, chunk, engine.block_vectors)
+        report = await batcher.call(lambda should_stop: engine.reconstruct(memory_id, should_stop=should_stop))
         texts = {k: safe_text(report[k]) for k in ("reconstruction", "context") if report[k] is not None}
         return {**report, **texts, "id": memory_id}
 
-    @app.get("/health", summary="liveness and queue state")
+    @app.get("/health", summary="liveness and queue state", responses=error_responses(400, 500))
     async def health() -> dict[str, Any]:
         stats = batcher.stats
         return {
@@ -224,7 +264,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             "refused_busy": stats.refused,
         }
 
-    @app.get("/version", summary="versions, model fingerprint and limits")
+    @app.get("/version", summary="versions, model fingerprint and limits", responses=error_responses(400, 500))
     async def version() -> dict[str, Any]:
         return {
             "gradmem": __version__,
@@ -239,13 +279,19 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
             "example": {"context": engine.text.example_context, "questions": list(engine.text.example_questions)},
         }
 
+    pages = {name: resources.files("gradmem.serve").joinpath(f"web/{name}").read_text("utf-8") for name in WEB_PAGES}
+
+    def html(name: str) -> HTMLResponse:
+        text = pages[name]
+        return HTMLResponse(text, headers={"Content-Security-Policy": content_security_policy(text)})
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page() -> str:
-        return resources.files("gradmem.serve").joinpath("web/index.html").read_text(encoding="utf-8")
+    async def page() -> HTMLResponse:
+        return html("index.html")
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def docs() -> str:  # a page of the package that renders /openapi.json: no CDN, works offline
-        return resources.files("gradmem.serve").joinpath("web/docs.html").read_text(encoding="utf-8")
+    async def docs() -> HTMLResponse:  # a page of the package that renders /openapi.json: no CDN, works offline
+        return html("docs.html")
 
     return app
 

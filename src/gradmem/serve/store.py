@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
-from gradmem.serve.memory_io import atomic_write, check_sidecar, memory_paths, read_sidecar, write_memory_files
+from gradmem.serve.memory_io import (
+    SpecialFile,
+    atomic_write,
+    check_sidecar,
+    memory_paths,
+    read_bytes,
+    read_sidecar,
+    write_memory_files,
+)
 
 ID_PATTERN = re.compile(r"\A[0-9a-f]{32}\Z")  # \Z, not $: "$" would also accept a trailing newline
 ProduceFn = Callable[[], tuple[Any, dict[str, Any]]]  # -> ((1, P, D) prefix tensor, sidecar)
@@ -182,7 +190,14 @@ class MemoryStore:
         if not _is_file(path):
             return None
         with store_errors("read the memory's context"):
-            return path.read_text(encoding="utf-8")
+            try:  # never through a link, never a FIFO swapped in since the check above
+                return read_bytes(path, follow_symlinks=False).decode("utf-8")
+            except (FileNotFoundError, SpecialFile):  # deleted (or replaced) since the check
+                return None
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    return None
+                raise
 
     def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """(sidecars of all usable memories oldest first, [{"id", "damaged": reason}] of the others)."""
@@ -201,6 +216,31 @@ class MemoryStore:
                 damaged.append({"id": memory_id, "damaged": str(err)})
         items.sort(key=lambda m: (str(m.get("created", "")), str(m.get("id", ""))))
         return items, damaged
+
+    def page(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], list[dict[str, str]], int]:
+        """One page of the store, oldest first: (usable sidecars, [{"id", "damaged": reason}] of the
+        page's damaged memories, how many memories the store holds). Only the page's sidecars are
+        read; the order comes from each sidecar's modification time (a sidecar is written last, when
+        its memory is complete), so a page costs one `lstat` per memory and `limit` reads."""
+        with store_errors("list the memories"):
+            entries = []
+            for side in self.objects.glob("*.json"):
+                try:
+                    info = os.lstat(side)
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                if ID_PATTERN.match(side.stem) and stat.S_ISREG(info.st_mode):
+                    entries.append((info.st_mtime_ns, side.stem))
+        entries.sort()
+        items, damaged = [], []
+        for _, memory_id in entries[offset : offset + limit]:
+            try:
+                items.append(self.show(memory_id))
+            except NotFound:  # deleted while listing
+                continue
+            except (DamagedMemory, StoreUnavailable) as err:
+                damaged.append({"id": memory_id, "damaged": str(err)})
+        return items, damaged, len(entries)
 
     def list(self) -> list[dict[str, Any]]:
         """Sidecars of all usable memories, oldest first (damaged ones are left out; see `scan`)."""

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gradmem.bounded_io import DATA_LIMIT, read_limited_text, text_lines
 from gradmem.data import QUESTION_LAYOUT, Example, answer_example
 from gradmem.tasks.squad import SPLITS, SquadItem, sample_questions, squad_example
 
@@ -33,14 +34,19 @@ class QAConfig:
 
 def load_questions(path: str | Path) -> list[SquadItem]:
     """Every question of a JSONL file; a line that does not fit raises a ValueError naming it."""
+    text = read_limited_text(Path(path).expanduser(), DATA_LIMIT, f"question file {path}")
+    return questions_from_lines(text_lines(text), path)
+
+
+def questions_from_lines(lines: list[str], path: str | Path) -> list[SquadItem]:
+    """`load_questions` of a file already read (`path` names it in errors)."""
     items = []
-    with open(Path(path).expanduser(), encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    items.append(_question(json.loads(line), f"{Path(path).name}:{number}"))
-                except (json.JSONDecodeError, TypeError, ValueError) as err:
-                    raise ValueError(f"{path}:{number}: {err}") from None
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                items.append(_question(json.loads(line), f"{Path(path).name}:{number}"))
+            except (json.JSONDecodeError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}:{number}: {err}") from None
     if not items:
         raise ValueError(f"{path}: no questions")
     return items

@@ -1,0 +1,121 @@
+"""Hardening round 2, connections and the event loop: a deadline for request heads, a cap on
+connections served at once, and a store listing that is paginated and runs off the event loop."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
+import httpx  # noqa: E402
+import uvicorn  # noqa: E402
+from conftest import tiny_model  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.serve.service import ServiceConfig, create_app, server_config  # noqa: E402
+from gradmem.serve.store import MemoryStore  # noqa: E402
+from gradmem.tokenizers import CharTokenizer  # noqa: E402
+
+
+def make_engine(root) -> Engine:
+    return Engine(
+        tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root), EngineConfig(chunk_tokens=15, max_blocks=2)
+    )
+
+
+@contextmanager
+def served(root, **limits):
+    cfg = ServiceConfig(**limits)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(server_config(create_app(make_engine(root), cfg), "127.0.0.1", port, cfg=cfg))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def closed_within(conn: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `conn` (recv gives b"") within `seconds`."""
+    conn.settimeout(seconds)
+    try:
+        while conn.recv(4096):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(tmp_path):
+    with served(tmp_path, header_timeout_s=0.5) as port:
+        with (
+            socket.create_connection(("127.0.0.1", port)) as silent,
+            socket.create_connection(("127.0.0.1", port)) as slow,
+        ):
+            slow.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n")  # and never the blank line
+            started = time.perf_counter()
+            assert closed_within(silent, 20) and closed_within(slow, 20)
+            assert time.perf_counter() - started < 20
+        with socket.create_connection(("127.0.0.1", port)) as kept:  # a finished request is answered whole
+            kept.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_connections_beyond_the_cap_get_503_until_the_idle_ones_are_closed(tmp_path):
+    with served(tmp_path, header_timeout_s=1.0, max_connections=3) as port:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            time.sleep(0.2)
+            assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 503
+            assert all(closed_within(conn, 20) for conn in idle)  # the header deadline frees them
+            assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        finally:
+            for conn in idle:
+                conn.close()
+
+
+def test_the_listing_is_paginated_with_its_total(tmp_path):
+    engine = make_engine(tmp_path)
+    ids = [engine.write_texts([f"!a{i}:cd!|"])[0].id for i in range(5)]
+    with TestClient(create_app(engine, ServiceConfig())) as c:
+        first = c.get("/v1/memories", params={"limit": 2}).json()
+        assert first["total"] == 5 and first["offset"] == 0 and first["limit"] == 2
+        pages = [first] + [c.get("/v1/memories", params={"offset": o, "limit": 2}).json() for o in (2, 4)]
+        assert [m["id"] for p in pages for m in p["memories"]] == ids  # oldest first, each once
+        assert c.get("/v1/memories").json()["limit"] == 100
+        for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}):
+            r = c.get("/v1/memories", params=bad)
+            assert r.status_code == 422 and isinstance(r.json()["detail"], str), bad
+
+
+def test_a_slow_listing_does_not_stall_the_event_loop(tmp_path):
+    engine = make_engine(tmp_path)
+    real_page = engine.store.page
+
+    def slow_page(offset, limit):
+        time.sleep(1.0)  # a store of many thousands of memories on a slow disk
+        return real_page(offset, limit)
+
+    engine.store.page = slow_page
+    with TestClient(create_app(engine, ServiceConfig())) as c:
+        lister = threading.Thread(target=lambda: c.get("/v1/memories"))
+        lister.start()
+        time.sleep(0.2)  # the listing is under way
+        started = time.perf_counter()
+        assert c.get("/health").status_code == 200
+        assert time.perf_counter() - started < 0.5
+        lister.join(30)
