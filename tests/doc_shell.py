@@ -434,6 +434,7 @@ class DocShell:
                 url, i = words[i], i + 1
         assert url is not None
         path = "/" + url.split("/", 1)[1].replace("/ID/", f"/{self.memory_id}/")
+        headers.setdefault("host", url.split("/", 1)[0])  # what curl sends: the server checks it (--allowed-hosts)
         response = self.client.request("POST" if data else "GET", path, content=data, headers=headers)
         assert response.is_success, f"curl {url}: {response.status_code} {response.text}"
         body = response.json()
