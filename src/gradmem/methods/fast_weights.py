@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from functools import partial
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from gradmem.backbones.base import Backbone, decoder_layers
 from gradmem.data import TokenBatch
 from gradmem.memory import Memory
+from gradmem.write import WriteOptions
 
 State = tuple[Tensor, ...]
 
@@ -113,3 +115,39 @@ def no_autocast(x: Tensor) -> Any:
     bf16 autocast, as LaCT keeps its fast weights), since the inner update adds small steps to O(1)
     weights."""
     return torch.autocast(x.device.type, enabled=False)
+
+
+class FastWeightMemory(nn.Module):
+    """A memory method whose memory is one fast-weight cell per decoder layer (TTT-Linear, LaCT):
+    subclasses name themselves and their cell class; the config needs `steps`."""
+
+    name = "fast_weights"
+    cell_class: Callable[[int, Any], nn.Module]
+
+    def __init__(self, backbone: Backbone, cfg: Any) -> None:
+        super().__init__()
+        self.config = cfg
+        self.cells = nn.ModuleList(type(self).cell_class(backbone.hidden_size, cfg) for _ in decoder_layers(backbone))
+
+    def init_from_backbone(self, backbone: Backbone) -> None:
+        pass  # the initial fast weights and the maps keep their draw
+
+    def prefix_size(self) -> int:
+        return 0  # the memory lives in the layers' fast weights, not in a prefix
+
+    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
+        """Floats stored per example (the cells' fast weights), whatever the context's length."""
+        return sum(cell.state_floats() for cell in self.cells)
+
+    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
+        """Write each context into its own fast weights; `options` overrides K and the base lr."""
+        steps = self.config.steps if options.steps is None else options.steps
+        return write_fast_weights(backbone, self.cells, context, steps, options.lr, self.name)
+
+    @contextmanager
+    def reading(self, backbone: Backbone, memory: Memory) -> Iterator[None]:
+        with reading_fast_weights(backbone, self.cells, memory, self.name):
+            yield
+
+    def export_config(self) -> dict[str, Any]:
+        return asdict(self.config)

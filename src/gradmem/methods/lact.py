@@ -33,20 +33,13 @@ are W0's, shared by all examples, so they are not part of the state.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone, decoder_layers
-from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.methods.fast_weights import State, no_autocast, reading_fast_weights, write_fast_weights
-from gradmem.write import WriteOptions
+from gradmem.methods.fast_weights import FastWeightMemory, State, no_autocast
 
 NORM_EPS = 1e-5  # LaCT's epsilon of the row and L2 normalisations
 # the quintic Newton-Schulz iteration of the Muon optimiser (Jordan et al. 2024): 5 steps bring
@@ -187,35 +180,8 @@ class LaCTCell(nn.Module):
         return out.to(x.dtype)
 
 
-class LaCT(nn.Module):
-    """LaCT memory (see module docstring)."""
+class LaCT(FastWeightMemory):
+    """LaCT memory (see module docstring); state per example: layers x H x 3 x dh x dm floats."""
 
     name = "lact"
-
-    def __init__(self, backbone: Backbone, cfg: LaCTConfig) -> None:
-        super().__init__()
-        self.config = cfg
-        self.cells = nn.ModuleList(LaCTCell(backbone.hidden_size, cfg) for _ in decoder_layers(backbone))
-
-    def init_from_backbone(self, backbone: Backbone) -> None:
-        pass  # the fast weights and maps keep their draw
-
-    def prefix_size(self) -> int:
-        return 0  # the memory lives in the layers' fast weights, not in a prefix
-
-    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
-        """Floats stored per example: layers x H x 3 x dh x dm, whatever the context's length."""
-        return sum(cell.state_floats() for cell in self.cells)
-
-    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
-        """Write each context into its own fast weights; `options` overrides K and the base lr."""
-        steps = self.config.steps if options.steps is None else options.steps
-        return write_fast_weights(backbone, self.cells, context, steps, options.lr, self.name)
-
-    @contextmanager
-    def reading(self, backbone: Backbone, memory: Memory) -> Iterator[None]:
-        with reading_fast_weights(backbone, self.cells, memory, self.name):
-            yield
-
-    def export_config(self) -> dict[str, Any]:
-        return asdict(self.config)
+    cell_class = LaCTCell

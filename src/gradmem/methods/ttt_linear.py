@@ -28,20 +28,13 @@ weights and maps are shared by all examples and not counted, as GradMem's M0 is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone, decoder_layers
-from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.methods.fast_weights import State, no_autocast, reading_fast_weights, write_fast_weights
-from gradmem.write import WriteOptions
+from gradmem.methods.fast_weights import FastWeightMemory, State, no_autocast
 
 LN_EPS = 1e-6  # epsilon of the per-head LayerNorm inside f
 
@@ -146,35 +139,8 @@ class TTTLinearCell(nn.Module):
         return out.to(x.dtype)
 
 
-class TTTLinear(nn.Module):
-    """TTT-Linear memory (see module docstring)."""
+class TTTLinear(FastWeightMemory):
+    """TTT-Linear memory (see module docstring); state per example: layers x H x (dh^2 + dh) floats."""
 
     name = "ttt_linear"
-
-    def __init__(self, backbone: Backbone, cfg: TTTLinearConfig) -> None:
-        super().__init__()
-        self.config = cfg
-        self.cells = nn.ModuleList(TTTLinearCell(backbone.hidden_size, cfg) for _ in decoder_layers(backbone))
-
-    def init_from_backbone(self, backbone: Backbone) -> None:
-        pass  # W0 and the maps keep their normal draw
-
-    def prefix_size(self) -> int:
-        return 0  # the memory lives in the layers' fast weights, not in a prefix
-
-    def state_floats(self, backbone: Backbone, context_tokens: int) -> int:
-        """Floats stored per example: layers x H x (dh^2 + dh), whatever the context's length."""
-        return sum(cell.state_floats() for cell in self.cells)
-
-    def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
-        """Write each context into its own fast weights; `options` overrides K and eta_base."""
-        steps = self.config.steps if options.steps is None else options.steps
-        return write_fast_weights(backbone, self.cells, context, steps, options.lr, self.name)
-
-    @contextmanager
-    def reading(self, backbone: Backbone, memory: Memory) -> Iterator[None]:
-        with reading_fast_weights(backbone, self.cells, memory, self.name):
-            yield
-
-    def export_config(self) -> dict[str, Any]:
-        return asdict(self.config)
+    cell_class = TTTLinearCell
