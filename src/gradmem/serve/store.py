@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -201,19 +201,9 @@ class MemoryStore:
 
     def scan(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         """(sidecars of all usable memories oldest first, [{"id", "damaged": reason}] of the others)."""
-        items, damaged = [], []
         with store_errors("list the memories"):
             sides = sorted(self.objects.glob("*.json"))
-        for side in sides:
-            memory_id = side.stem
-            if not ID_PATTERN.match(memory_id):
-                continue
-            try:
-                items.append(self.show(memory_id))
-            except NotFound:  # deleted while listing
-                continue
-            except (DamagedMemory, StoreUnavailable) as err:
-                damaged.append({"id": memory_id, "damaged": str(err)})
+        items, damaged = self._read_sidecars(side.stem for side in sides if ID_PATTERN.match(side.stem))
         items.sort(key=lambda m: (str(m.get("created", "")), str(m.get("id", ""))))
         return items, damaged
 
@@ -232,15 +222,21 @@ class MemoryStore:
                 if ID_PATTERN.match(side.stem) and stat.S_ISREG(info.st_mode):
                     entries.append((info.st_mtime_ns, side.stem))
         entries.sort()
+        items, damaged = self._read_sidecars(memory_id for _, memory_id in entries[offset : offset + limit])
+        return items, damaged, len(entries)
+
+    def _read_sidecars(self, memory_ids: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """(the sidecars that read, [{"id", "damaged": reason}] of those that did not), in the given
+        order; a memory deleted while listing is left out of both."""
         items, damaged = [], []
-        for _, memory_id in entries[offset : offset + limit]:
+        for memory_id in memory_ids:
             try:
                 items.append(self.show(memory_id))
             except NotFound:  # deleted while listing
                 continue
             except (DamagedMemory, StoreUnavailable) as err:
                 damaged.append({"id": memory_id, "damaged": str(err)})
-        return items, damaged, len(entries)
+        return items, damaged
 
     def list(self) -> list[dict[str, Any]]:
         """Sidecars of all usable memories, oldest first (damaged ones are left out; see `scan`)."""
