@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,21 +30,10 @@ from report import markdown_table  # noqa: E402
 from gradmem.build import apply_overrides, build_model, build_task  # noqa: E402
 from gradmem.cli import positive_int  # noqa: E402
 from gradmem.data import collate  # noqa: E402
-from gradmem.device import cpu_bf16_flags, device_name, device_option, fast_bf16, resolve_device  # noqa: E402
+from gradmem.device import cpu_bf16_flags, cpu_model_name, device_name, device_option, fast_bf16, resolve_device  # noqa: E402
 from gradmem.train import TrainConfig, curriculum  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_model() -> str:
-    """The CPU's model name as lscpu prints it (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_spec(path: str, overrides: list[str]) -> dict[str, Any]:
@@ -112,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage": args.stage,
         "batch_size": cfg.batch_size,
         "context_tokens": int(batch.context.lengths.max()),
-        "cpu": cpu_model() if device.type == "cpu" else device_name(device),
+        "cpu": cpu_model_name() if device.type == "cpu" else device_name(device),
         "cpu_bf16_flags": cpu_bf16_flags(),
         "auto_chooses_bf16": fast_bf16(device.type),
         "threads": args.threads,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,18 @@ def cpu_bf16_flags() -> list[str]:
     except OSError:
         return []
     return [f for f in _CPU_BF16_FLAGS if f in flags]
+
+
+def cpu_model_name() -> str:
+    """This CPU's model name as `lscpu` prints it (Linux /proc/cpuinfo; else what `platform` knows),
+    for timings that must say which CPU they came from."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @functools.cache
