@@ -21,7 +21,7 @@ from torch import Tensor
 
 from gradmem.backbones.base import context_state_floats
 from gradmem.data import pad_right
-from gradmem.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
+from gradmem.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, Overloaded, StoreUnavailable
 from gradmem.memory import Memory
 from gradmem.methods.gradmem import GradMem
 from gradmem.model import MemoryModel
@@ -156,9 +156,12 @@ class Engine:
         lr: float | None = None,
         target_loss: float | None = None,
         on_step: StepCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[WriteResult]:
         """Write several texts in one batched WRITE (chunks of all texts side by side); texts whose
-        memory is already stored are not written again."""
+        memory is already stored are not written again. `should_stop` is asked before every step;
+        once it says so, Overloaded is raised and nothing is stored (every request of the batch has
+        passed its deadline: the model thread is freed for others)."""
         settings = self.settings(steps, lr, target_loss)
         encoded = [self.encode(t) for t in texts]
         keys = [memory_key(self.fingerprint, ids, settings) for ids in encoded]
@@ -176,6 +179,8 @@ class Engine:
             owner_t = torch.tensor(owner)
 
             def on_loss(step: int, loss: Tensor) -> None:
+                if should_stop is not None and should_stop():
+                    raise Overloaded(f"the write was stopped before step {step}: its request passed its deadline")
                 if on_step is not None:
                     for i in todo.values():
                         on_step(i, step, float(loss.cpu()[owner_t == i].mean()))
