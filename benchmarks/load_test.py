@@ -4,21 +4,26 @@ Starts the service as a subprocess (the real CLI) with a fresh store, runs C con
 for a fixed number of requests (a mix of writes of new key-value contexts and batched questions
 about the written memories), then stops. Prints throughput and p50/p95 latency, checks that no
 request failed and no memory was lost (every written id is listed, readable and answerable, also
-after restarting the server on the same store), and writes results/service/load_test.{json,md}.
+after restarting the server on the same store), and writes results/service/<name>.{json,md}. The
+server's resident memory (RSS) is sampled throughout.
+
+Two harder loads (hardening, issue 29): `--pairs 1-64` writes contexts of many distinct lengths
+(resident memory must stay flat), and `--reconstruct` keeps one more client decoding the longest
+memory back into text (the costliest request there is) while the others ask and write.
 
     python benchmarks/load_test.py --checkpoint runs/demo/gradmem/best --clients 8 --requests 400
+    python benchmarks/load_test.py --checkpoint checkpoints/kv16 --pairs 1-64 --reconstruct --name load_test_hard
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,59 +31,27 @@ from pathlib import Path
 
 import httpx
 
-from gradmem.build import load_spec
-from gradmem.tasks.kv import KVConfig, sample_kv_strings
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servekit import free_port, rss_mib, start_server, stop_server  # noqa: E402
+
+from gradmem.build import load_spec  # noqa: E402
+from gradmem.device import cpu_model_name  # noqa: E402
+from gradmem.tasks.kv import KVConfig, sample_kv_strings  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+async def sample_rss(pid: int, samples: list[float], every_s: float = 0.25) -> None:
+    """Append the server's RSS to `samples` every `every_s` seconds until cancelled."""
+    while True:
+        samples.append(rss_mib(pid))
+        await asyncio.sleep(every_s)
 
 
-def start_server(args: argparse.Namespace, store: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "gradmem.cli",
-        "serve",
-        args.checkpoint,
-        "--store",
-        store,
-        "--port",
-        str(port),
-        "--stop",
-        "|",
-        "--rate",
-        "100000",
-        "--burst",
-        "100000",
-        "--max-batch",
-        str(args.max_batch),
-        "--batch-wait-ms",
-        str(args.batch_wait_ms),
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
-    proc.kill()
-    raise SystemExit("the server did not start within 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def pair_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    lo, hi = int(low), int(high or low)
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(f"--pairs wants N or LOW-HIGH with 1 <= LOW <= HIGH, got {text!r}")
+    return lo, hi
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,15 +59,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def run_load(base: str, args: argparse.Namespace, kv: KVConfig) -> dict:
+async def run_load(base: str, args: argparse.Namespace, kv: KVConfig, server_pid: int) -> dict:
     rng = random.Random(args.seed)
+    lengths = {}  # memory id -> context characters (the longest is the one reconstructed)
+    done = asyncio.Event()
     written: dict[str, list[tuple[str, str]]] = {}  # memory id -> (query, target) pairs of its context
     records: list[dict] = []
     counter = {"next": 0}
     lock = asyncio.Lock()
 
     async def write(client: httpx.AsyncClient) -> None:
-        context = sample_kv_strings(kv, rng)[0]
+        pairs = rng.randint(*args.pairs) if args.pairs else kv.num_pairs
+        context = sample_kv_strings(dataclasses.replace(kv, num_pairs=pairs), rng)[0]
         # every pair of the context is a possible question: rebuild them from the context text
         body = context.strip("|").strip("!").split("!!")
         qa = [(f"?!{p.split(':')[0]}:", f"{p.split(':')[1]}!|") for p in body]
@@ -103,6 +79,19 @@ async def run_load(base: str, args: argparse.Namespace, kv: KVConfig) -> dict:
         records.append({"kind": "write", "status": r.status_code, "seconds": time.perf_counter() - started})
         if r.status_code == 201:
             written[r.json()["id"]] = qa
+            lengths[r.json()["id"]] = len(context)
+
+    async def reconstruct_loop() -> None:  # the costliest request, over and over, while the load runs
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+            while not done.is_set():
+                if not lengths:
+                    await asyncio.sleep(0.05)
+                    continue
+                longest = max(lengths, key=lengths.get)
+                started = time.perf_counter()
+                r = await client.get(f"/v1/memories/{longest}/reconstruction")
+                seconds = time.perf_counter() - started
+                records.append({"kind": "reconstruction", "status": r.status_code, "seconds": seconds})
 
     async def ask(client: httpx.AsyncClient) -> None:
         memory_id = rng.choice(sorted(written))
@@ -130,9 +119,17 @@ async def run_load(base: str, args: argparse.Namespace, kv: KVConfig) -> dict:
                 else:
                     await ask(client)
 
+    rss: list[float] = []
+    sampler = asyncio.create_task(sample_rss(server_pid, rss))
+    side = asyncio.create_task(reconstruct_loop()) if args.reconstruct else None
     started = time.perf_counter()
     await asyncio.gather(*(client_loop() for _ in range(args.clients)))
-    return {"records": records, "seconds": time.perf_counter() - started, "written": written}
+    seconds = time.perf_counter() - started
+    done.set()
+    if side is not None:
+        await side
+    sampler.cancel()
+    return {"records": records, "seconds": seconds, "written": written, "rss_mib": rss}
 
 
 def listed_ids(base: str) -> set[str]:
@@ -175,19 +172,98 @@ def summarise(kind: str, records: list[dict]) -> dict:
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--write-share", type=float, default=0.1, help="share of requests that write a new context")
+    parser.add_argument(
+        "--pairs", type=pair_range, default=None, help="pairs per written context, N or LOW-HIGH (default: trained)"
+    )
+    parser.add_argument("--reconstruct", action="store_true", help="one more client reconstructs the longest memory")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="load_test", help="results file name")
     parser.add_argument("--out", default="results/service")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def command_line(args: argparse.Namespace) -> str:
+    extra = (f" --pairs {args.pairs[0]}-{args.pairs[1]}" if args.pairs else "") + (
+        " --reconstruct" if args.reconstruct else ""
+    )
+    extra += f" --write-share {args.write_share:g}" if args.write_share != 0.1 else ""
+    name = f" --name {args.name}" if args.name != "load_test" else ""
+    return (
+        f"python benchmarks/load_test.py --checkpoint {args.checkpoint} --clients {args.clients} "
+        f"--requests {args.requests}{extra}{name}"
+    )
+
+
+def summarise_run(args: argparse.Namespace, result: dict, health: dict, limits: dict, lost: dict) -> dict:
+    records = result["records"]
+    failed = [r for r in records if r["status"] >= 300]
+    asks = [r for r in records if r["kind"] == "ask" and r["status"] == 200]
+    questions = sum(r["questions"] for r in asks)
+    rss = result["rss_mib"]
+    kinds = [k for k in ("write", "ask", "reconstruction") if any(r["kind"] == k for r in records)]
+    return {
+        "command": command_line(args),
+        "checkpoint": args.checkpoint,
+        "clients": args.clients,
+        "requests": len(records),
+        "seconds": round(result["seconds"], 2),
+        "requests_per_second": round(len(records) / result["seconds"], 1),
+        "questions_per_second": round(questions / result["seconds"], 1),
+        "latency": [summarise("all", records)] + [summarise(k, [r for r in records if r["kind"] == k]) for k in kinds],
+        "failed_requests": len(failed),
+        "failed_examples": failed[:5],
+        "memories_written": len(result["written"]),
+        "memories_lost": lost["now"],
+        "memories_lost_after_restart": lost["after_restart"],
+        "served_answer_accuracy": round(sum(r["correct"] for r in asks) / max(questions, 1), 4),
+        "pairs_per_context": list(args.pairs) if args.pairs else None,
+        "server_rss_mib": {"first": round(rss[0], 1), "peak": round(max(rss), 1), "last": round(rss[-1], 1)},
+        "batches": health["batches"],
+        "jobs": health["jobs"],
+        "largest_batch": health["largest_batch"],
+        "mean_batch": round(health["jobs"] / max(health["batches"], 1), 2),
+        "server_torch_threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model_name(),
+        "timed_out": health.get("timed_out"),
+        "refused_busy": health.get("refused_busy"),
+        "limits": limits,
+    }
+
+
+def report(summary: dict) -> list[str]:
+    rss = summary["server_rss_mib"]
+    lines = [
+        f"# Load test: {summary['clients']} clients, {summary['requests']} requests, loopback\n",
+        f"Command: `{summary['command']}` (CPU: {summary['cpu']}, server on {summary['server_torch_threads']} "
+        "torch thread)\n",
+        f"- throughput: {summary['requests_per_second']} requests/s ({summary['questions_per_second']} questions/s) "
+        f"over {summary['seconds']} s",
+        f"- failed requests: {summary['failed_requests']}; memories written {summary['memories_written']}, "
+        f"lost {len(summary['memories_lost'])}, lost after restart {len(summary['memories_lost_after_restart'])}",
+        f"- batching: {summary['jobs']} jobs in {summary['batches']} model batches (mean {summary['mean_batch']}, "
+        f"largest {summary['largest_batch']})",
+        f"- server resident memory: {rss['first']} MiB at the start, peak {rss['peak']}, {rss['last']} at the end",
+        f"- served answers correct (value exact match): {summary['served_answer_accuracy']:.3f}\n",
+        "| requests | n | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
+    return lines + [
+        f"| {s['kind']} | {s['requests']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |" for s in summary["latency"]
+    ]
+
+
+def main() -> int:
+    args = parse_args()
     spec = load_spec(args.checkpoint)
     kv = KVConfig(**{k: v for k, v in spec["task"].items() if k != "name"})
     store = tempfile.mkdtemp(prefix="gradmem-load-")
@@ -195,79 +271,27 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     proc = start_server(args, store, port)
     try:
-        result = asyncio.run(run_load(base, args, kv))
+        result = asyncio.run(run_load(base, args, kv, proc.pid))
         health = httpx.get(f"{base}/health", timeout=10).json()
         limits = httpx.get(f"{base}/version", timeout=10).json()["limits"]  # the budgets the run was served under
-        lost = check_memories(base, result["written"])
+        lost = {"now": check_memories(base, result["written"])}
     finally:
         stop_server(proc)
     proc = start_server(args, store, port)  # the store must survive a restart
     try:
-        lost_after_restart = check_memories(base, result["written"])
+        lost["after_restart"] = check_memories(base, result["written"])
     finally:
         stop_server(proc)
 
-    records = result["records"]
-    failed = [r for r in records if r["status"] >= 300]
-    asks = [r for r in records if r["kind"] == "ask" and r["status"] == 200]
-    questions = sum(r["questions"] for r in asks)
-    summary = {
-        "checkpoint": args.checkpoint,
-        "clients": args.clients,
-        "requests": len(records),
-        "seconds": round(result["seconds"], 2),
-        "requests_per_second": round(len(records) / result["seconds"], 1),
-        "questions_per_second": round(questions / result["seconds"], 1),
-        "latency": [summarise("all", records)]
-        + [
-            summarise(k, [r for r in records if r["kind"] == k])
-            for k in ("write", "ask")
-            if any(r["kind"] == k for r in records)
-        ],
-        "failed_requests": len(failed),
-        "memories_written": len(result["written"]),
-        "memories_lost": lost,
-        "memories_lost_after_restart": lost_after_restart,
-        "served_answer_accuracy": round(sum(r["correct"] for r in asks) / max(questions, 1), 4),
-        "batches": health["batches"],
-        "jobs": health["jobs"],
-        "largest_batch": health["largest_batch"],
-        "mean_batch": round(health["jobs"] / max(health["batches"], 1), 2),
-        "server_torch_threads": args.threads,
-        "cpu_count": os.cpu_count(),
-        "timed_out": health.get("timed_out"),
-        "refused_busy": health.get("refused_busy"),
-        "limits": limits,
-    }
+    summary = summarise_run(args, result, health, limits, lost)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "load_test.json").write_text(json.dumps(summary, indent=2))
-    lines = [
-        f"# Load test: {args.clients} clients, {len(records)} requests, loopback\n",
-        f"Command: `python benchmarks/load_test.py --checkpoint {args.checkpoint} --clients {args.clients} "
-        f"--requests {args.requests}`\n",
-        f"- throughput: {summary['requests_per_second']} requests/s ({summary['questions_per_second']} questions/s) "
-        f"over {summary['seconds']} s",
-        f"- failed requests: {len(failed)}; memories written {len(result['written'])}, lost {len(lost)}, "
-        f"lost after restart {len(lost_after_restart)}",
-        f"- batching: {health['jobs']} jobs in {health['batches']} model batches (mean {summary['mean_batch']}, "
-        f"largest {health['largest_batch']})",
-        f"- served answers correct (value exact match): {summary['served_answer_accuracy']:.3f}\n",
-        "| requests | n | p50 ms | p95 ms | max ms |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {s['kind']} | {s['requests']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |" for s in summary["latency"]
-    ]
-    (out / "load_test.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
+    lines = report(summary)
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    ok = not failed and not lost and not lost_after_restart
-    print(
-        "PASS"
-        if ok
-        else "FAIL: "
-        + json.dumps({"failed": failed[:5], "lost": lost[:5], "lost_after_restart": lost_after_restart[:5]})
-    )
+    ok = not summary["failed_requests"] and not lost["now"] and not lost["after_restart"]
+    print("PASS" if ok else "FAIL: " + json.dumps({"failed": summary["failed_examples"], "lost": lost}))
     return 0 if ok else 1
 
 
