@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from gradmem.build import load_spec
+from gradmem.run.checkpoint import load_spec
 from gradmem.tasks.kv import KVConfig, sample_kv_strings
 
 

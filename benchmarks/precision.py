@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import interleaved, ratios, summary  # noqa: E402
 from report import markdown_table  # noqa: E402
 
-from gradmem.build import apply_overrides, build_model, build_task  # noqa: E402
 from gradmem.cli import positive_int  # noqa: E402
 from gradmem.data import collate  # noqa: E402
 from gradmem.device import cpu_bf16_flags, cpu_model_name, device_name, device_option, fast_bf16, resolve_device  # noqa: E402
+from gradmem.run.build import build_model, build_task  # noqa: E402
+from gradmem.run.overrides import apply_overrides
 from gradmem.train import TrainConfig, curriculum  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

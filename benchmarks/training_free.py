@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    spec = {"type": "hf", "pretrained": args.model}
+    spec = {"name": "hf", "pretrained": args.model}
     backbone = build_backbone(spec)
     tokenizer = {"type": "hf", "pretrained": args.model}
     rows = []

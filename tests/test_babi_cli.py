@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from gradmem.build import load_checkpoint
 from gradmem.cli import main
 from gradmem.data import pad_right
+from gradmem.run.checkpoint import load_checkpoint
 from gradmem.sequence import generated_rows
 from gradmem.serve.memory_io import load_memory
 

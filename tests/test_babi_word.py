@@ -12,13 +12,14 @@ import pytest
 import torch
 from conftest import TINY, tiny_model
 
-from gradmem.build import build_model, build_task
 from gradmem.data_files import load_data_file
 from gradmem.errors import InvalidInput
+from gradmem.run.build import build_model, build_task
 from gradmem.serve.engine import Engine, TaskText
 from gradmem.serve.store import MemoryStore
-from gradmem.tasks.babi import BabiConfig, BabiTask, babi_vocabulary, generate_stories, question_to_texts
+from gradmem.tasks.babi import BabiConfig, BabiTask, generate_stories, question_to_texts
 from gradmem.tasks.babi_format import BabiQuestion, format_babi, story_questions
+from gradmem.tasks.babi_words import babi_vocabulary
 from gradmem.tokenizers import SPECIAL_TOKENS, WordTokenizer, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_checkpoint import SPEC
 
-from gradmem.build import load_checkpoint
 from gradmem.cli import main
 from gradmem.data import load_jsonl, pad_right
 from gradmem.evaluate import evaluate
+from gradmem.run.checkpoint import load_checkpoint
 from gradmem.serve.memory_io import load_memory
 
 # Recorded from `gradmem train` on this spec (torch 2.13 CPU, float32); a change here means the

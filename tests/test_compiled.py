@@ -15,7 +15,6 @@ import pytest
 import torch
 from conftest import kv_batch, tiny_model, tiny_run_spec
 
-from gradmem.build import build_model
 from gradmem.compiled import (
     INDUCTOR_CACHE,
     MAX_CHECK_FAILURES,
@@ -25,6 +24,7 @@ from gradmem.compiled import (
     use_persistent_inductor_cache,
     without_bf16,
 )
+from gradmem.run.build import build_model
 from gradmem.train import Trainer
 
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import kv_batch, tiny_model, tiny_run_spec
 
-from gradmem.build import build_model, load_checkpoint, save_checkpoint
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.train import Trainer
 
 CUDA = torch.device(os.environ.get("GRADMEM_CUDA_TESTS_DEVICE", "cuda"))

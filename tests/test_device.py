@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import kv_batch, tiny_run_spec
 
-from gradmem.build import build_model
 from gradmem.cli import main
 from gradmem.device import out_of_memory_as_error, resolve_device, rng_state, set_rng_state
 from gradmem.errors import ConfigError, OutOfDeviceMemory
+from gradmem.run.build import build_model
 from gradmem.train import Trainer
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")

@@ -119,7 +119,8 @@ def block_id(block: tuple[str, int, str]) -> str:
 @pytest.fixture(scope="module")
 def demo_checkpoint_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch folder with a tiny trained key-value checkpoint at runs/demo/gradmem/best."""
-    from gradmem.build import build_model, save_checkpoint
+    from gradmem.run.build import build_model
+    from gradmem.run.checkpoint import save_checkpoint
     from gradmem.train import Trainer
 
     folder = tmp_path_factory.mktemp("docs")

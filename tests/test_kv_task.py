@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from gradmem.build import build_task
+from gradmem.run.build import build_task
 from gradmem.tasks import TASKS
 from gradmem.tasks.kv import KVConfig, KVTask, generate_kv, kv_tokenizer
 from gradmem.tokenizers import CharTokenizer, kv_alphabet

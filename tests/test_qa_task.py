@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import TINY
 
-from gradmem.build import build_model, save_checkpoint
 from gradmem.cli import main
 from gradmem.data import Example
 from gradmem.data_files import load_data_file
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import save_checkpoint
 from gradmem.tasks import QATask
 from gradmem.tasks.qa import load_questions
 from gradmem.tasks.squad import squad_example
@@ -87,7 +88,7 @@ def test_eval_data_scores_free_text_answers(tmp_path, tokenizer_spec, capsys):
     path = write_lines(tmp_path / "q.jsonl", LINES)
     spec = {
         "task": {"name": "qa", "test": str(path), "tokenizer": tokenizer_spec},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
         "train": {},
     }
@@ -115,7 +116,7 @@ def test_free_text_answers_are_written_with_the_given_steps_and_lr(tmp_path, tok
     task = QATask(test=str(path), tokenizer=tokenizer_spec)
     spec = {
         "task": {"name": "qa", "test": str(path), "tokenizer": tokenizer_spec},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
         "train": {},
     }
@@ -132,7 +133,7 @@ def test_free_text_answers_may_be_longer_than_sixteen_tokens(tmp_path, tokenizer
     task = QATask(test=str(write_lines(tmp_path / "q.jsonl", LINES)), tokenizer=tokenizer_spec)
     spec = {
         "task": {"name": "qa", "test": "unused", "tokenizer": tokenizer_spec},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
         "train": {},
     }

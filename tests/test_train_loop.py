@@ -8,7 +8,7 @@ import math
 import pytest
 from test_checkpoint import SPEC
 
-from gradmem.build import build_model
+from gradmem.run.build import build_model
 from gradmem.train import TrainConfig, Trainer, lr_factor
 
 

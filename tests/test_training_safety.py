@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 from test_checkpoint import SPEC
 
-from gradmem.build import build_model, load_checkpoint, save_checkpoint
 from gradmem.checkpoint import recover, write_folder
 from gradmem.cli import main
 from gradmem.errors import CheckpointError, TrainingDiverged
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.train import Trainer
 
 

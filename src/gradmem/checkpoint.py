@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -22,24 +21,9 @@ from typing import Any
 
 from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
 from gradmem.errors import CheckpointError
+from gradmem.files import file_sha256, fsync_path
 
 MANIFEST = "manifest.json"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_folder(directory: str | Path, write_files: Any) -> Path:
@@ -55,8 +39,8 @@ def write_folder(directory: str | Path, write_files: Any) -> Path:
         manifest = {"format": 1, "sha256": {name: file_sha256(new / name) for name in files}}
         (new / MANIFEST).write_text(json.dumps(manifest, indent=2))
         for name in files + [MANIFEST]:
-            _fsync(new / name)
-        _fsync(new)
+            fsync_path(new / name)
+        fsync_path(new)
         _switch(new, directory)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
@@ -89,7 +73,7 @@ def _switch(new: Path, directory: Path) -> None:
         os.rename(directory, old)
         os.rename(new, directory)  # a crash right before this line is what `recover` repairs
         shutil.rmtree(old, ignore_errors=True)
-    _fsync(directory.parent)
+    fsync_path(directory.parent)
 
 
 def recover(directory: str | Path) -> None:

@@ -22,24 +22,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
-from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint, load_spec
 from gradmem.checkpoint import recover
 from gradmem.cli_options import float_list, int_list
 from gradmem.data import save_jsonl
 from gradmem.device import device_name, device_option, peak_memory_mib, precision_note, resolve_device
 from gradmem.errors import ConfigError, GradmemError
+from gradmem.run.build import build_task
+from gradmem.run.checkpoint import load_checkpoint, load_spec
+from gradmem.run.overrides import apply_overrides
+from gradmem.run.spec import read_spec, validate_spec
 from gradmem.serve.cli_memory import add_device_option, add_memory_commands
-from gradmem.spec_check import validate_spec
+from gradmem.start import refuse_existing_run, start_run
 
 
 def _load_spec(args: argparse.Namespace, overrides: bool = True) -> dict[str, Any]:
-    try:
-        spec = json.loads(read_limited_text(args.config, SMALL_LIMIT, "the config"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read config {args.config}: {err}") from err
+    spec = read_spec(args.config)
     spec = apply_overrides(spec, args.set or []) if overrides and isinstance(spec, dict) else spec
     validate_spec(spec)
     return spec
@@ -69,11 +66,7 @@ def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
     last = Path(args.out) / "last"
     if args.resume:
         recover(last)  # a save interrupted by a crash is finished or undone first
-    elif any((Path(args.out) / name).exists() for name in ("last", "best", "metrics.jsonl")):
-        raise ConfigError(  # starting over would replace its checkpoints and mix two runs in one log
-            f"{args.out} already holds a run; add --resume to continue it, or give another --out "
-            "(or delete the folder) to start a new one"
-        )
+    refuse_existing_run(args.out, args.resume)  # before reading any spec: the folder is the first mistake
     if not (args.resume and (last / "spec.json").exists()):
         if args.config is None:
             raise ConfigError("--config is needed to start a run (only --resume of an existing run goes without)")
@@ -102,15 +95,11 @@ def _train_spec(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gradmem.train import Trainer
-
     spec = _train_spec(args)
     if args.device is not None:  # recorded in the spec, so a --resume without it stays on this device
         spec = apply_overrides(spec, [f"train.device={args.device}"])
         validate_spec(spec)
     device = resolve_device(spec.get("train", {}).get("device"))  # before building: a bad device fails at once
-    torch.manual_seed(spec.get("train", {}).get("seed", 0))
-    model = build_model(spec)  # on the CPU, so a seed gives the same initial weights on every device
     bar: Any = None  # made after resuming, so an error is never printed behind a progress bar
 
     def on_log(record: dict[str, Any]) -> None:
@@ -125,10 +114,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    trainer = Trainer.from_spec(model, spec, args.out, on_log, device=device)
     precision = precision_note(spec["backbone"].get("bf16", False), device)
     print(f"gradmem train: on {device} ({device_name(device)}), {precision}", file=sys.stderr)
-    resumed = args.resume and trainer.resume()  # a partial or damaged last/ raises: never a silent restart
+    # a partial or damaged last/ raises: never a silent restart
+    run = start_run(spec, args.out, args.resume, device=device, on_log=on_log)
+    trainer, resumed = run.trainer, run.resumed
     bar = tqdm(total=spec.get("train", {}).get("steps", 0), desc="train", dynamic_ncols=True, file=sys.stderr)
     if resumed:
         bar.write(f"resumed {args.out} at step {trainer.step}", file=sys.stderr)

@@ -30,6 +30,8 @@ import string
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gradmem.tasks.babi_words import babi_vocabulary
+
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
 PUNCTUATION = ("!", "?", ":", "|")
 
@@ -283,8 +285,6 @@ class WordTokenizer(HFTokenizer):
         if "vocab" in spec:
             if spec["vocab"] != "babi":
                 raise ValueError(f"unknown word vocabulary {spec['vocab']!r}; valid: {', '.join(WORD_VOCABULARIES)}")
-            from gradmem.tasks.babi import babi_vocabulary  # here: the tasks import this module
-
             return cls(babi_vocabulary(), spec)
         words = spec["words"]
         if not isinstance(words, (list, tuple)) or not words:

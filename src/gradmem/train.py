@@ -2,7 +2,7 @@
 an optional curriculum, checkpoints with exact resume and a JSONL metrics log.
 
 `Trainer(model, cfg, stages, out_dir, spec)` takes its settings as a TrainConfig and its curriculum
-as a list of `Stage`s (gradmem.train_config); the run spec is only what checkpoints record.
+as a list of `Stage`s (gradmem.run.train_config); the run spec is only what checkpoints record.
 `Trainer.from_spec` reads all three from a run spec.
 
 Training data for generator tasks is drawn fresh each step from a seed derived from (run seed,
@@ -20,8 +20,6 @@ from typing import Any
 
 import torch
 
-from gradmem.build import build_task, load_scores, load_trainer_state, save_checkpoint
-from gradmem.checkpoint_weights import load_weights
 from gradmem.compiled import CompiledStep
 from gradmem.data import Batch, collate
 from gradmem.device import (
@@ -35,8 +33,13 @@ from gradmem.device import (
 from gradmem.distributed import DataParallel
 from gradmem.errors import CheckpointError, TrainingDiverged
 from gradmem.evaluate import evaluate
+from gradmem.files import atomic_write_text
 from gradmem.model import MemoryModel
-from gradmem.train_config import SCHEDULES, Stage, TrainConfig, curriculum, lr_factor
+from gradmem.run.build import build_task
+from gradmem.run.checkpoint import save_checkpoint
+from gradmem.run.saved_state import load_scores, load_trainer_state
+from gradmem.run.train_config import SCHEDULES, Stage, TrainConfig, curriculum, lr_factor
+from gradmem.run.weights import load_weights
 
 __all__ = ["SCHEDULES", "Stage", "TrainConfig", "Trainer", "curriculum", "lr_factor", "read_metrics"]
 
@@ -209,9 +212,7 @@ class Trainer:
         if not self.parallel.is_main or not path.exists():
             return
         kept = [r for r in read_metrics(path) if _step(r) <= step]
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        partial.replace(path)  # atomic: a crash here leaves the old log, never half of one
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))  # a crash leaves the old log whole
 
     @property
     def last_stage_start(self) -> int | None:

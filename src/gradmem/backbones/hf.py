@@ -86,4 +86,4 @@ class HFBackbone(nn.Module):
         # Runtime choices that do not change the function the model computes.
         for key in ("_attn_implementation", "attn_implementation", "torch_dtype", "dtype", "transformers_version"):
             config.pop(key, None)
-        return {"type": "hf", "model_type": config.get("model_type"), "config": config}
+        return {"name": "hf", "model_type": config.get("model_type"), "config": config}

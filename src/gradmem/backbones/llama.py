@@ -136,7 +136,7 @@ class LlamaBackbone(nn.Module):
         return DOUBLE_BACKWARD[self.config.attention]
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "llama", **asdict(self.config)}
+        return {"name": "llama", **asdict(self.config)}
 
 
 def _init_weights(module: nn.Module) -> None:

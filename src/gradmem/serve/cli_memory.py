@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from gradmem.bounded_io import TEXT_LIMIT, decode, read_limited_text, read_strea
 from gradmem.cli_options import add_options, from_args
 from gradmem.device import device_option
 from gradmem.errors import InvalidInput, NotFound
+from gradmem.files import atomic_copy
 from gradmem.serve.engine import EngineConfig, TaskText
 from gradmem.serve.store import MemoryStore
 
@@ -45,8 +45,8 @@ def default_store() -> str:
 
 
 def open_engine(args: argparse.Namespace) -> Any:
-    from gradmem.build import load_checkpoint
     from gradmem.device import resolve_device
+    from gradmem.run.checkpoint import load_checkpoint
     from gradmem.serve.engine import Engine
 
     model, task, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
@@ -100,9 +100,7 @@ def cmd_write(args: argparse.Namespace) -> int:
         out_tensor, out_side = memory_paths(args.out)
         out_tensor.parent.mkdir(parents=True, exist_ok=True)
         for source, target in ((tensor, out_tensor), (side, out_side)):  # each file whole or not at all
-            partial = target.with_name(target.name + ".partial")
-            shutil.copyfile(source, partial)
-            os.replace(partial, target)
+            atomic_copy(source, target)
         path = out_tensor
     meta = result.meta
     print(

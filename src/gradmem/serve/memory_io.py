@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from safetensors.torch import load, save
 
 from gradmem.backbones.base import tensor_sha256, weights_hash
 from gradmem.errors import DamagedMemory, InvalidInput
+from gradmem.files import atomic_write, atomic_write_text
 from gradmem.memory import Memory
 from gradmem.model import MemoryModel
 
@@ -41,7 +41,7 @@ def backbone_record(model: MemoryModel) -> dict[str, Any]:
     describe = dict(model.backbone.describe())
     describe.pop("attention", None)
     return {
-        "architecture": describe.get("model_type") or describe.get("type"),
+        "architecture": describe.get("model_type") or describe.get("name"),
         "config": describe,
         "weights_sha256": weights_hash(model.backbone),
     }
@@ -114,21 +114,6 @@ def _refused(err: OSError, what: str) -> DamagedMemory | None:
     return None
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), fsync, then rename onto `path`. The temporary name is unique, so
-    concurrent writers never share it; on any error it is removed."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_sidecar(
     memory: Memory,
     model: MemoryModel,
@@ -178,7 +163,7 @@ def write_memory_files(path: str | Path, prefix: torch.Tensor, sidecar: dict[str
     tensor_path.parent.mkdir(parents=True, exist_ok=True)
     prefix = prefix.detach().to("cpu").contiguous()
     atomic_write(tensor_path, lambda tmp: save_file({"prefix": prefix}, tmp))
-    atomic_write(side, lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    atomic_write_text(side, json.dumps(sidecar, indent=2))
     return tensor_path
 
 

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
+from gradmem.files import atomic_write_text
 from gradmem.serve.memory_io import (
     SpecialFile,
-    atomic_write,
     check_sidecar,
     memory_paths,
     read_bytes,
@@ -163,7 +163,7 @@ class MemoryStore:
             try:
                 with store_errors("write the memory"):
                     if context_text is not None:
-                        atomic_write(context, lambda tmp: Path(tmp).write_text(context_text, encoding="utf-8"))
+                        atomic_write_text(context, context_text)
                     write_memory_files(self.path(memory_id), prefix, sidecar)
             except BaseException:
                 if memory_id not in self:  # a failed write leaves no context file behind

@@ -31,7 +31,7 @@ from gradmem.errors import CheckpointError
 BACKBONE_REF = "backbone.json"
 EXTRA_STATE_FLOOR = 256 << 20  # bytes of non-weight state (rotary tables, masks) any spec may ask for
 _ITEM_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
-SOURCE_KEYS = ("name", "type", "path", "pretrained", "cache_dir")  # where a backbone's weights come from
+SOURCE_KEYS = ("name", "path", "pretrained", "cache_dir")  # where a backbone's weights come from
 
 
 def frozen_keys(model: nn.Module) -> list[str]:
