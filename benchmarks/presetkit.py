@@ -22,21 +22,21 @@ from typing import Any
 
 import torch
 
-from gradmem.cli_options import int_list
-from gradmem.data import Example
-from gradmem.device import device_option
-from gradmem.evaluate import evaluate
-from gradmem.files import atomic_write_text
-from gradmem.model import MemoryModel
+from gradmem.cli.options import int_list
+from gradmem.core.batch import Example
+from gradmem.core.device import device_option
+from gradmem.core.files import atomic_write_text
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.methods.model import MemoryModel
 from gradmem.run.overrides import apply_overrides
 from gradmem.run.spec import upgrade_spec
 from gradmem.run.weights import load_weights
-from gradmem.start import start_run
-from gradmem.train import Trainer
+from gradmem.training.start import start_run
+from gradmem.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-# How a cell's checkpoint is scored on the test set (gradmem.evaluate.evaluate's options):
+# How a cell's checkpoint is scored on the test set (gradmem.evaluation.evaluate.evaluate's options):
 EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 250,  # examples per evaluation batch
     "generate": False,  # also greedy-decode the answers (generated_exact_match)

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmem.cli_options import float_list, int_list
-from gradmem.data import iterate_batches
+from gradmem.cli.options import float_list, int_list
+from gradmem.core.batch import iterate_batches
+from gradmem.methods.training_free import mean_embedding
 from gradmem.run.build import build_model, build_task
-from gradmem.training_free import mean_embedding
 
 
 def probe_accuracy(features: Tensor, labels: Tensor, fit: int, steps: int = 300) -> float:

@@ -18,10 +18,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from gradmem.distributed import DataParallel
 from gradmem.run.overrides import apply_overrides
 from gradmem.run.spec import read_spec
-from gradmem.start import start_run
+from gradmem.training.distributed import DataParallel
+from gradmem.training.start import start_run
 
 
 def main() -> None:

@@ -348,7 +348,7 @@ class DocShell:
         return out.getvalue()
 
     def _gradmem(self, args: list[str]) -> int:
-        from gradmem.cli import main
+        from gradmem.cli.main import main
 
         return main(args)
 
@@ -362,7 +362,7 @@ class DocShell:
             sys.argv = argv
 
     def _demo_gradmem(self, *args: str) -> list[dict]:
-        from gradmem.cli import main
+        from gradmem.cli.main import main
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, benchmarks_on_path
 
-from gradmem.evaluate import evaluate
+from gradmem.evaluation.evaluate import evaluate
 from gradmem.run.checkpoint import load_checkpoint
 from gradmem.run.train_config import TrainConfig
 

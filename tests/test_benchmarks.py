@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY, benchmarks_on_path
 
-from gradmem.evaluate import evaluate
+from gradmem.evaluation.evaluate import evaluate
 from gradmem.run.checkpoint import load_checkpoint
 
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from conftest import TINY, kv_batch, tiny_model
 
-from gradmem.data import pad_right
-from gradmem.errors import CheckpointError
+from gradmem.core.batch import pad_right
+from gradmem.core.errors import CheckpointError
+from gradmem.core.memory_file import load_memory, save_memory
 from gradmem.run.build import build_model
 from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.run.overrides import apply_overrides
 from gradmem.run.saved_state import load_scores
-from gradmem.serve.memory_io import load_memory, save_memory
-from gradmem.train import Trainer, read_metrics
+from gradmem.training.trainer import Trainer, read_metrics
 
 SPEC = {
     "task": {"name": "kv", "num_pairs": 2},

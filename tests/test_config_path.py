@@ -13,12 +13,12 @@ from test_pretrained_options import TINY as TINY_HF
 from test_pretrained_options import _save_tiny_folder
 
 from gradmem.backbones import build_backbone
-from gradmem.errors import CheckpointError, ConfigError
+from gradmem.core.errors import CheckpointError, ConfigError
 from gradmem.run.build import build_model
 from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.run.spec import LegacySpecWarning, upgrade_spec, validate_spec
 from gradmem.run.weights import BACKBONE_REF, frozen_keys
-from gradmem.train import Stage, TrainConfig, Trainer, curriculum
+from gradmem.training.trainer import Stage, TrainConfig, Trainer, curriculum
 
 TINY_LLAMA = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32}
 METHOD = {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}}

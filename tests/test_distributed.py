@@ -12,9 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import kv_batch
 
-from gradmem.distributed import DataParallel
 from gradmem.run.build import build_model
-from gradmem.train import Trainer
+from gradmem.training.distributed import DataParallel
+from gradmem.training.trainer import Trainer
 
 SPEC = {
     "task": {"name": "kv", "num_pairs": 2},

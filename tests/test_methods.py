@@ -11,11 +11,11 @@ from conftest import TINY, kv_batch
 
 from gradmem.backbones.base import context_state_floats
 from gradmem.backbones.mamba import mamba_backbone, mamba_state_floats
-from gradmem.data import collate, pad_right
+from gradmem.core.batch import collate, pad_right
+from gradmem.core.memory_file import load_memory, save_memory
 from gradmem.methods import METHODS
 from gradmem.run.build import build_model
 from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
-from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 LLAMA = {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}}

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradmem.data import collate
-from gradmem.evaluate import evaluate
+from gradmem.core.batch import collate
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.evaluation.text_eval import evaluate_squad
 from gradmem.run.build import build_model, build_task
 from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.tasks.babi import BabiConfig, BabiTask, generate_stories
 from gradmem.tasks.babi_format import format_babi, parse_babi, story_questions
 from gradmem.tasks.squad import exact_match_score, f1_score, load_squad, normalize_answer, shorten, squad_scores
-from gradmem.text_eval import evaluate_squad
-from gradmem.tokenizers import build_tokenizer, word_tokenizer
+from gradmem.tasks.tokenizers import build_tokenizer, word_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SQUAD = FIXTURES / "squad_mini.json"

@@ -13,9 +13,9 @@ import torch
 from gradmem.backbones import build_backbone
 from gradmem.backbones.adapted import AdaptedBackbone
 from gradmem.backbones.pretrained import MANIFEST, convert_gguf, pretrained_folder, resolve_model_path, verify_folder
-from gradmem.data import collate
+from gradmem.core.batch import collate
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 TINY = {
@@ -191,7 +191,7 @@ def test_packaged_smollm2_converts_once_and_reloads(tmp_path):
     assert pretrained_folder("smollm2-135m", cache_dir=tmp_path) == folder  # reused, not converted again
     backbone = build_backbone({"name": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
     assert (backbone.hidden_size, backbone.vocab_size) == (576, 49152)
-    from gradmem.tokenizers import build_tokenizer
+    from gradmem.tasks.tokenizers import build_tokenizer
 
     tok = build_tokenizer({"name": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
     ids = torch.tensor([tok.encode("The capital of France is")])

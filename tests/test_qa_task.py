@@ -9,16 +9,16 @@ import pytest
 import torch
 from conftest import TINY
 
-from gradmem.cli import main
-from gradmem.data import Example
-from gradmem.data_files import load_data_file
+from gradmem.cli.main import main
+from gradmem.core.batch import Example
+from gradmem.evaluation.text_eval import score_answers
 from gradmem.run.build import build_model
 from gradmem.run.checkpoint import save_checkpoint
 from gradmem.tasks import QATask
+from gradmem.tasks.data_files import load_data_file
 from gradmem.tasks.qa import load_questions
 from gradmem.tasks.squad import squad_example
-from gradmem.text_eval import score_answers
-from gradmem.tokenizers import word_tokenizer
+from gradmem.tasks.tokenizers import word_tokenizer
 
 LINES = [
     {"context": "Mary went to the kitchen . John took the apple .", "question": "Where is Mary ?", "answer": "kitchen"},

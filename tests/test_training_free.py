@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from gradmem.backbones import build_backbone
-from gradmem.data import collate
-from gradmem.evaluate import evaluate
+from gradmem.core.batch import collate
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.methods.training_free import mean_embedding, training_free_model
 from gradmem.tasks.kv import KVConfig, generate_kv
-from gradmem.training_free import mean_embedding, training_free_model
 
 TINY = {
     "model_type": "llama",

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gradmem.backbones.adapted import OPTION_KEYS, adapt
-from gradmem.backbones.base import Backbone, fingerprint, weights_hash
+from gradmem.backbones.adapted import OPTION_KEYS, BackboneOptions, adapt
+from gradmem.backbones.base import fingerprint
 from gradmem.backbones.hf import HFBackbone
 from gradmem.backbones.llama import LlamaBackbone, LlamaConfig
 from gradmem.backbones.pretrained import resolve_model_path
+from gradmem.core.backbone import Backbone
+from gradmem.core.hashing import weights_hash
 
 
 def _build_llama(spec: dict[str, Any], vocab_size: int | None) -> Backbone:
@@ -20,7 +22,13 @@ def _build_llama(spec: dict[str, Any], vocab_size: int | None) -> Backbone:
         if spec["vocab_size"] < vocab_size:
             raise ValueError(f"backbone vocab {spec['vocab_size']} < tokenizer vocab {vocab_size}")
     options = {k: spec.pop(k) for k in OPTION_KEYS if k in spec}
-    return adapt(LlamaBackbone(LlamaConfig(**spec)), options)
+    backbone = LlamaBackbone(LlamaConfig(**spec))
+    parsed = BackboneOptions(**options)
+    if parsed.freeze or parsed.lora or parsed.gradient_checkpointing:
+        raise ValueError(
+            "the built-in llama backbone takes only the bf16 option (the others are for Hugging Face models)"
+        )
+    return adapt(backbone, options)
 
 
 def _build_hf(spec: dict[str, Any], vocab_size: int | None) -> Backbone:
@@ -58,7 +66,10 @@ def build_backbone(spec: dict[str, Any], vocab_size: int | None = None) -> Backb
     name = settings.pop("name", None)
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
-    return BACKBONES[name].build(settings, vocab_size)
+    backbone = BACKBONES[name].build(settings, vocab_size)
+    if not isinstance(backbone, Backbone):  # a new registration that misses part of the contract
+        raise TypeError(f"{type(backbone).__name__} does not implement gradmem.core.backbone.Backbone")
+    return backbone
 
 
 __all__ = [

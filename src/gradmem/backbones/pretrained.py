@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradmem.files import atomic_write, file_sha256
+from gradmem.core.files import atomic_write, file_sha256
 
 MANIFEST = "gradmem_manifest.json"
 DEFAULT_CACHE = Path("~/.cache/gradmem/pretrained")

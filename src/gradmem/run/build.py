@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from gradmem.backbones import build_backbone
+from gradmem.core.task import Task
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 from gradmem.run.reference_compat import reference_compat
 from gradmem.run.spec import validate_spec
 from gradmem.tasks import TASKS
 
 
-def build_task(spec: dict[str, Any]) -> Any:
+def build_task(spec: dict[str, Any]) -> Task:
     """The task spec["task"] names (its other keys are the task's config); an unknown name lists the
     valid ones."""
     settings = dict(spec["task"])
@@ -20,10 +21,13 @@ def build_task(spec: dict[str, Any]) -> Any:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
     task_class, _ = TASKS[name]
-    return task_class(**settings)
+    task = task_class(**settings)
+    if not isinstance(task, Task):  # a new registration that misses part of the contract
+        raise TypeError(f"{task_class.__name__} does not implement gradmem.core.task.Task")
+    return task
 
 
-def build_model(spec: dict[str, Any], task: Any | None = None) -> MemoryModel:
+def build_model(spec: dict[str, Any], task: Task | None = None) -> MemoryModel:
     """A freshly initialised MemoryModel for the spec (vocab size taken from the task's tokenizer);
     ConfigError for unknown keys or values of the wrong type."""
     validate_spec(spec)

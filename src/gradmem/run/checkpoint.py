@@ -4,7 +4,7 @@ A checkpoint folder holds `model.safetensors` (all weights, or for a frozen / Lo
 from a folder only the trained tensors plus `backbone.json`, see gradmem.run.weights), `spec.json`,
 for training runs `trainer.pt` and for best ones `scores.json` (gradmem.run.saved_state), and
 `manifest.json` with the SHA-256 of each; it is written as one atomic folder switch
-(gradmem.checkpoint), and loading checks every file against it.
+(gradmem.core.checkpoint_folder), and loading checks every file against it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
-from gradmem.checkpoint import verify, write_folder
-from gradmem.errors import CheckpointError, ConfigError
-from gradmem.model import MemoryModel
+from gradmem.core.bounded_io import SMALL_LIMIT, read_limited_text
+from gradmem.core.checkpoint_folder import verify, write_folder
+from gradmem.core.errors import CheckpointError, ConfigError
+from gradmem.core.task import Task
+from gradmem.methods.model import MemoryModel
 from gradmem.run.build import build_model, build_task
 from gradmem.run.saved_state import SCORES, TRAINER_STATE
 from gradmem.run.spec import upgrade_spec, validate_spec
@@ -71,7 +72,7 @@ def load_spec(directory: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(
     directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[MemoryModel, Any, dict[str, Any]]:
+) -> tuple[MemoryModel, Task, dict[str, Any]]:
     """Rebuild (model, task, spec) from a checkpoint folder, its files checked against their SHA-256."""
     spec = load_spec(directory)
     try:

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Union
 
-from gradmem.errors import ConfigError
+from gradmem.core.errors import ConfigError
 
 TYPE_NAMES = {
     bool: "true or false",

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
-from gradmem.checkpoint import recover, verify
-from gradmem.errors import CheckpointError
+from gradmem.core.bounded_io import SMALL_LIMIT, read_limited_text
+from gradmem.core.checkpoint_folder import recover, verify
+from gradmem.core.errors import CheckpointError
 
 SCORES = "scores.json"  # in a checkpoint folder: what the model scored when it was saved
 TRAINER_STATE = "trainer.pt"  # in a training checkpoint: optimiser, schedule, progress, RNG

@@ -20,8 +20,8 @@ from typing import Any, TypedDict
 
 from gradmem.backbones import BACKBONES
 from gradmem.backbones.adapted import OPTION_KEYS, BackboneOptions
-from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
-from gradmem.errors import ConfigError
+from gradmem.core.bounded_io import SMALL_LIMIT, read_limited_text
+from gradmem.core.errors import ConfigError
 from gradmem.methods import METHODS
 from gradmem.run.fields import check_fields, shown, unknown_keys
 from gradmem.run.train_config import TrainConfig

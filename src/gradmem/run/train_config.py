@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradmem.model import READ_LOSSES
+from gradmem.methods.model import READ_LOSSES
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -49,7 +49,9 @@ class TrainConfig:
     read_loss: str = (
         "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
     )
-    compile: bool = False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.compiled)
+    compile: bool = (
+        False  # trace the whole meta-gradient once per batch shape and compile it (gradmem.training.compiled)
+    )
     compile_backend: str = "inductor"  # torch.compile backend of that graph; "eager" skips code generation (tests)
     compile_after: int = 0  # with compile: run a batch shape eagerly this many steps first, so shapes that
     #                         never last that long (short curriculum stages) are never compiled

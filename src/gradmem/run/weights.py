@@ -24,9 +24,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from gradmem.backbones.base import tensors_sha256
-from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
-from gradmem.errors import CheckpointError
+from gradmem.core.bounded_io import SMALL_LIMIT, read_limited_text
+from gradmem.core.errors import CheckpointError
+from gradmem.core.hashing import tensors_sha256
 
 BACKBONE_REF = "backbone.json"
 EXTRA_STATE_FLOOR = 256 << 20  # bytes of non-weight state (rotary tables, masks) any spec may ask for

@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
-from gradmem.files import atomic_write_text
-from gradmem.serve.memory_io import (
+from gradmem.core.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
+from gradmem.core.files import atomic_write_text
+from gradmem.core.memory_file import (
     SpecialFile,
     check_sidecar,
     memory_paths,
@@ -105,7 +105,7 @@ class MemoryStore:
         return memory_id
 
     def path(self, memory_id: str) -> Path:
-        """The memory's path without suffix (what memory_io functions take)."""
+        """The memory's path without suffix (what gradmem.core.memory_file's functions take)."""
         return self.objects / self._check_id(memory_id)
 
     def context_path(self, memory_id: str) -> Path:

@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from gradmem.inner_optim import OPTIMIZERS, InnerOptimConfig, init_state, per_example_norm, step
-from gradmem.memory import WriteStats
+from gradmem.core.inner_optim import OPTIMIZERS, InnerOptimConfig, init_state, per_example_norm, step
+from gradmem.core.memory import WriteStats
 
 Params = tuple[Tensor, ...]
 LossFn = Callable[[Params], Tensor]  # written tensors -> (B,) per-example loss

@@ -1,5 +1,5 @@
 """The `gradmem` command line: train, eval, data, and the memory commands (write, ask, inspect,
-store, serve; see gradmem.serve.cli_memory).
+store, serve; see gradmem.cli.memory_commands).
 
     gradmem train --config configs/kv_demo.json --out runs/demo [--set train.steps=100 ...]
     gradmem eval runs/demo/best [--steps 0,1,2,5] [--generate]
@@ -22,17 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gradmem.checkpoint import recover
-from gradmem.cli_options import float_list, int_list
-from gradmem.data import save_jsonl
-from gradmem.device import device_name, device_option, peak_memory_mib, precision_note, resolve_device
-from gradmem.errors import ConfigError, GradmemError
+from gradmem.cli.memory_commands import add_device_option, add_memory_commands
+from gradmem.cli.options import float_list, int_list
+from gradmem.core.batch import save_jsonl
+from gradmem.core.checkpoint_folder import recover
+from gradmem.core.device import device_name, device_option, peak_memory_mib, precision_note, resolve_device
+from gradmem.core.errors import ConfigError, GradmemError
 from gradmem.run.build import build_task
 from gradmem.run.checkpoint import load_checkpoint, load_spec
 from gradmem.run.overrides import apply_overrides
 from gradmem.run.spec import read_spec, validate_spec
-from gradmem.serve.cli_memory import add_device_option, add_memory_commands
-from gradmem.start import refuse_existing_run, start_run
+from gradmem.training.start import refuse_existing_run, start_run
 
 
 def _load_spec(args: argparse.Namespace, overrides: bool = True) -> dict[str, Any]:
@@ -144,12 +144,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gradmem.evaluate import evaluate
+    from gradmem.evaluation.evaluate import evaluate
 
     model, task, spec = load_checkpoint(args.checkpoint, resolve_device(args.device))
     answers = None  # free-text ground truths of a question file (SQuAD EM / F1 of generated answers)
     if args.data:
-        from gradmem.data_files import load_data_file
+        from gradmem.tasks.data_files import load_data_file
 
         data = load_data_file(args.data, task, model.max_sequence_tokens)  # a bad line: one-line error, rc 2
         examples, answers = data.examples, data.answers
@@ -173,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             on_batch=bar.update,
         )
         if answers is not None and args.generate:
-            from gradmem.text_eval import score_answers
+            from gradmem.evaluation.text_eval import score_answers
 
             text = score_answers(
                 model, task.tokenizer, examples, answers, batch_size=args.batch_size, steps=steps, lr=lr

@@ -6,7 +6,7 @@
     gradmem store list | show ID | delete ID | clean [--store DIR]
     gradmem serve CKPT [--store DIR] [--port 8000] [--api-key KEY | $GRADMEM_API_KEY] [--trust-proxy]
 
-The store defaults to $GRADMEM_STORE, else ~/.cache/gradmem/store. Errors are typed (gradmem.errors)
+The store defaults to $GRADMEM_STORE, else ~/.cache/gradmem/store. Errors are typed (gradmem.core.errors)
 and reach the user as one line from `gradmem.cli.main`.
 """
 
@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gradmem.bounded_io import TEXT_LIMIT, decode, read_limited_text, read_stream
-from gradmem.cli_options import add_options, from_args
-from gradmem.device import device_option
-from gradmem.errors import InvalidInput, NotFound
-from gradmem.files import atomic_copy
+from gradmem.cli.options import add_options, from_args
+from gradmem.core.bounded_io import TEXT_LIMIT, decode, read_limited_text, read_stream
+from gradmem.core.device import device_option
+from gradmem.core.errors import InvalidInput, NotFound
+from gradmem.core.files import atomic_copy
 from gradmem.serve.engine import EngineConfig, TaskText
 from gradmem.serve.store import MemoryStore
 
@@ -45,7 +45,7 @@ def default_store() -> str:
 
 
 def open_engine(args: argparse.Namespace) -> Any:
-    from gradmem.device import resolve_device
+    from gradmem.core.device import resolve_device
     from gradmem.run.checkpoint import load_checkpoint
     from gradmem.serve.engine import Engine
 
@@ -56,7 +56,7 @@ def open_engine(args: argparse.Namespace) -> Any:
 
 def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | None]:
     """(memory, sidecar, stored context) for a store id or a memory file path."""
-    from gradmem.serve.memory_io import load_memory
+    from gradmem.core.memory_file import load_memory
 
     if ref in engine.store:
         return engine.memory(ref), engine.store.show(ref), engine.store.context(ref)
@@ -67,7 +67,7 @@ def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | No
 
 
 def read_context(source: str) -> str:
-    """A context from a file, or from stdin for "-", bounded (gradmem.bounded_io)."""
+    """A context from a file, or from stdin for "-", bounded (gradmem.core.bounded_io)."""
     if source != "-":
         return read_limited_text(source, TEXT_LIMIT, f"context file {source}")
     stream = getattr(sys.stdin, "buffer", sys.stdin)  # bytes where stdin has them (a test may swap in text)
@@ -75,7 +75,7 @@ def read_context(source: str) -> str:
 
 
 def cmd_write(args: argparse.Namespace) -> int:
-    from gradmem.serve.memory_io import memory_paths
+    from gradmem.core.memory_file import memory_paths
 
     text = read_context(args.context).strip()  # before the model loads: a bad input fails at once
     engine = open_engine(args)

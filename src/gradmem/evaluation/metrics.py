@@ -1,6 +1,6 @@
 """Answer metrics on tensors: exact match (teacher-forced or generated) and token accuracy.
 
-Targets are right-padded (see `gradmem.data`), so every metric scores only real positions:
+Targets are right-padded (see `gradmem.core.batch`), so every metric scores only real positions:
 exact match looks at the first `answer_len` target tokens, token accuracy at the first `lengths`.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradmem.data import Batch
+from gradmem.core.batch import Batch
 
 
 def _positions_below(limit: Tensor, width: int) -> Tensor:

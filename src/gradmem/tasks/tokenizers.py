@@ -30,6 +30,7 @@ import string
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gradmem.core.task import Tokenizer
 from gradmem.tasks.babi_words import babi_vocabulary
 
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]")
@@ -331,12 +332,9 @@ def build_tokenizer(spec: dict[str, Any] | None) -> Any:
     )
 
 
-def unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:
-    """What `tokenizer` cannot encode in `text`: its own `unknown` (words for a `WordTokenizer`),
-    or for a tokenizer without one the characters it maps to its unknown token."""
-    if hasattr(tokenizer, "unknown"):
-        return list(tokenizer.unknown(text, most))
-    return _unknown_characters(tokenizer, text, most)
+def unknown_characters(tokenizer: Tokenizer, text: str, most: int = 10) -> list[str]:
+    """What `tokenizer` cannot encode in `text` (characters, or words for a `WordTokenizer`)."""
+    return list(tokenizer.unknown(text, most))
 
 
 def _unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmem.bounded_io import DATA_LIMIT, read_limited_text, text_lines
+from gradmem.core.bounded_io import DATA_LIMIT, read_limited_text, text_lines
 
 
 @dataclass(frozen=True)

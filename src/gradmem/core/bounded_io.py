@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import IO
 
-from gradmem.errors import InvalidInput, LimitExceeded
+from gradmem.core.errors import InvalidInput, LimitExceeded
 
 TEXT_LIMIT = 16 << 20  # a context, a question file: far beyond what a model writes or reads
 DATA_LIMIT = 256 << 20  # an evaluation data file (JSONL)

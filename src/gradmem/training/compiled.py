@@ -28,7 +28,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from gradmem.data import Batch, TokenBatch
-from gradmem.model import MemoryModel
+from gradmem.core.batch import Batch, TokenBatch
+from gradmem.methods.model import MemoryModel
 
 # Under bf16 autocast a correct compiled step still differs from the eager one, because fusion
 # changes where bf16 rounds: by as much as eager bf16 differs from fp32 (2-5 % per gradient on the
@@ -75,16 +75,12 @@ def relative_error(reference: Tensor, other: Tensor) -> float:
 def without_bf16(model: MemoryModel) -> Iterator[bool]:
     """Inside: the backbone computes in fp32 even if its option `bf16` is on (or "auto" resolves to on
     for the model's device); yields whether it was."""
-    options = getattr(model.backbone, "options", None)
     device_type = next(model.parameters()).device.type
-    if options is None or not model.backbone.uses_bf16(device_type):
+    if not model.backbone.uses_bf16(device_type):
         yield False
         return
-    model.backbone.options = replace(options, bf16=False)
-    try:
+    with model.backbone.full_precision():
         yield True
-    finally:
-        model.backbone.options = options
 
 
 @dataclass

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gradmem.data import Example, iterate_batches
-from gradmem.metrics import exact_match_from_logits, exact_match_generated, token_accuracy
-from gradmem.model import MemoryModel
+from gradmem.core.batch import Example, iterate_batches
+from gradmem.evaluation.metrics import exact_match_from_logits, exact_match_generated, token_accuracy
+from gradmem.methods.model import MemoryModel
 
 
 def evaluate(

@@ -1,6 +1,6 @@
 """Scoring free-text answers: greedy generation decoded to strings, then SQuAD EM / F1.
 
-The tensor metrics in `gradmem.metrics` compare token ids; SQuAD's official metric compares
+The tensor metrics in `gradmem.evaluation.metrics` compare token ids; SQuAD's official metric compares
 normalised strings against several ground truths, so answers are generated and decoded first.
 """
 
@@ -11,15 +11,16 @@ from typing import Any
 
 import torch
 
-from gradmem.data import Example, iterate_batches
-from gradmem.model import MemoryModel
-from gradmem.sequence import generated_rows
+from gradmem.core.batch import Example, iterate_batches
+from gradmem.core.sequence import generated_rows
+from gradmem.core.task import Task, Tokenizer
+from gradmem.methods.model import MemoryModel
 from gradmem.tasks.squad import SquadItem, squad_scores
 
 
 def generate_answers(
     model: MemoryModel,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     examples: Sequence[Example],
     max_new_tokens: int = 16,
     batch_size: int = 16,
@@ -43,7 +44,7 @@ def generate_answers(
 
 def score_answers(
     model: MemoryModel,
-    tokenizer: Any,
+    tokenizer: Tokenizer,
     examples: Sequence[Example],
     answers: Sequence[Sequence[str]],
     max_new_tokens: int | None = None,
@@ -62,7 +63,7 @@ def score_answers(
 
 def evaluate_squad(
     model: MemoryModel,
-    task: Any,
+    task: Task,
     items: Sequence[SquadItem],
     max_new_tokens: int | None = None,
     batch_size: int = 16,

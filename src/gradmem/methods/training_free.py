@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from gradmem.backbones.base import Backbone
-from gradmem.memory import mean_embedding
+from gradmem.core.backbone import Backbone
+from gradmem.core.memory import mean_embedding
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 
 
 def training_free_model(backbone: Backbone, num_memory: int = 4, steps: int = 25, lr: float = 0.02) -> MemoryModel:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone
+from gradmem.core.backbone import Backbone
 
 
 @dataclass

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from gradmem.distributed import DataParallel
-from gradmem.errors import ConfigError
+from gradmem.core.errors import ConfigError
 from gradmem.run.build import build_model
 from gradmem.run.spec import validate_spec
-from gradmem.train import Trainer
+from gradmem.training.distributed import DataParallel
+from gradmem.training.trainer import Trainer
 
 RUN_FILES = ("last", "best", "metrics.jsonl")  # what marks a folder as holding a run
 

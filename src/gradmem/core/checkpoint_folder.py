@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gradmem.bounded_io import SMALL_LIMIT, read_limited_text
-from gradmem.errors import CheckpointError
-from gradmem.files import file_sha256, fsync_path
+from gradmem.core.bounded_io import SMALL_LIMIT, read_limited_text
+from gradmem.core.errors import CheckpointError
+from gradmem.core.files import file_sha256, fsync_path
 
 MANIFEST = "manifest.json"
 

@@ -25,17 +25,17 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from gradmem.backbones.base import tensor_sha256, weights_hash
-from gradmem.errors import DamagedMemory, InvalidInput
-from gradmem.files import atomic_write, atomic_write_text
-from gradmem.memory import Memory
-from gradmem.model import MemoryModel
+from gradmem.core.errors import DamagedMemory, InvalidInput
+from gradmem.core.files import atomic_write, atomic_write_text
+from gradmem.core.hashing import tensor_sha256, weights_hash
+from gradmem.core.memory import Memory
+from gradmem.core.method import MethodModel
 
 FORMAT_VERSION = 2
 DTYPES = ("float32", "float16", "bfloat16", "float64")  # what a memory tensor may be stored as
 
 
-def backbone_record(model: MemoryModel) -> dict[str, Any]:
+def backbone_record(model: MethodModel) -> dict[str, Any]:
     """Architecture, config and weight hash of the backbone (the attention kernel is left out:
     it does not change what the model computes)."""
     describe = dict(model.backbone.describe())
@@ -47,7 +47,7 @@ def backbone_record(model: MemoryModel) -> dict[str, Any]:
     }
 
 
-def method_record(model: MemoryModel) -> dict[str, Any]:
+def method_record(model: MethodModel) -> dict[str, Any]:
     """Method name and structural config. The write settings (steps, lr) are left out: they change
     how a memory was written, not what a memory vector means to the model."""
     config = dict(model.method.export_config())
@@ -55,7 +55,7 @@ def method_record(model: MemoryModel) -> dict[str, Any]:
     return {"name": model.method.name, "config": config}
 
 
-def model_fingerprint(model: MemoryModel) -> str:
+def model_fingerprint(model: MethodModel) -> str:
     """SHA-256 of the backbone record, the method record and all weights (backbone and method)."""
     payload = json.dumps(
         {"backbone": backbone_record(model), "method": method_record(model)}, sort_keys=True, default=str
@@ -116,7 +116,7 @@ def _refused(err: OSError, what: str) -> DamagedMemory | None:
 
 def build_sidecar(
     memory: Memory,
-    model: MemoryModel,
+    model: MethodModel,
     context_ids: list[int],
     write_settings: dict[str, Any],
     fingerprint: str | None = None,
@@ -170,7 +170,7 @@ def write_memory_files(path: str | Path, prefix: torch.Tensor, sidecar: dict[str
 def save_memory(
     path: str | Path,
     memory: Memory,
-    model: MemoryModel,
+    model: MethodModel,
     context_ids: list[int],
     write_settings: dict[str, Any],
     fingerprint: str | None = None,
@@ -223,7 +223,7 @@ def check_sidecar(meta: dict[str, Any], where: str) -> None:
         raise DamagedMemory(f"{where} has unusable fields: {', '.join(bad)}")
 
 
-def check_compatible(meta: dict[str, Any], model: MemoryModel, fingerprint: str, where: str) -> None:
+def check_compatible(meta: dict[str, Any], model: MethodModel, fingerprint: str, where: str) -> None:
     """Raise a ValueError saying why a memory with sidecar `meta` cannot be read by `model`."""
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -252,7 +252,7 @@ def check_compatible(meta: dict[str, Any], model: MemoryModel, fingerprint: str,
 
 def load_memory(
     path: str | Path,
-    model: MemoryModel,
+    model: MethodModel,
     fingerprint: str | None = None,
     label: str | None = None,
     follow_symlinks: bool = True,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gradmem.errors import ConfigError, OutOfDeviceMemory
+from gradmem.core.errors import ConfigError, OutOfDeviceMemory
 
 AUTO = "auto"
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradmem.bounded_io import DATA_LIMIT, read_limited_text, text_lines
-from gradmem.data import Example
+from gradmem.core.batch import Example
+from gradmem.core.bounded_io import DATA_LIMIT, read_limited_text, text_lines
+from gradmem.core.task import Task, Tokenizer
 from gradmem.tasks.qa import questions_from_lines
 from gradmem.tasks.squad import squad_example
-from gradmem.tokenizers import unknown_characters
+from gradmem.tasks.tokenizers import unknown_characters
 
 TEXT_FIELDS = ("context", "query", "target")
 
@@ -35,7 +36,7 @@ class DataFile:
     answers: list[tuple[str, ...]] | None = None  # ground truths per example, for EM / F1; None otherwise
 
 
-def load_data_file(path: str | Path, task: Any, max_tokens: int | None = None) -> DataFile:
+def load_data_file(path: str | Path, task: Task, max_tokens: int | None = None) -> DataFile:
     """Every example of `path`, tokenised with `task`'s tokenizer (see the module docstring).
 
     `max_tokens`: the most tokens the model takes after its memory (`MemoryModel.max_sequence_tokens`),
@@ -67,13 +68,13 @@ def _is_question_file(lines: list[str]) -> bool:
     return isinstance(record, dict) and "question" in record
 
 
-def load_examples(path: str | Path, task: Any, max_tokens: int | None = None) -> list[Example]:
+def load_examples(path: str | Path, task: Task, max_tokens: int | None = None) -> list[Example]:
     """Every context/query/target example of `path` (strings through `task.encode_strings`, or ids)."""
     lines = text_lines(read_limited_text(path, DATA_LIMIT, f"data file {path}"))
     return examples_from_lines(lines, path, task, max_tokens)
 
 
-def examples_from_lines(lines: list[str], path: str | Path, task: Any, max_tokens: int | None) -> list[Example]:
+def examples_from_lines(lines: list[str], path: str | Path, task: Task, max_tokens: int | None) -> list[Example]:
     """`load_examples` of a file already read (`path` names it in errors)."""
     examples = []
     for number, line in enumerate(lines, 1):
@@ -90,7 +91,7 @@ def examples_from_lines(lines: list[str], path: str | Path, task: Any, max_token
     return examples
 
 
-def _parse(record: Any, task: Any) -> Example:
+def _parse(record: Any, task: Task) -> Example:
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     missing = [name for name in TEXT_FIELDS if name not in record]
@@ -106,7 +107,7 @@ def _parse(record: Any, task: Any) -> Example:
     raise ValueError(f"{list(TEXT_FIELDS)} must all be strings or all be lists of token ids")
 
 
-def _encode(task: Any, record: dict[str, str]) -> Example:
+def _encode(task: Task, record: dict[str, str]) -> Example:
     for name in TEXT_FIELDS:
         if not record[name].strip():
             raise ValueError(f"{name} is empty")
@@ -114,7 +115,7 @@ def _encode(task: Any, record: dict[str, str]) -> Example:
     return task.encode_strings(record["context"], record["query"], record["target"])
 
 
-def _check_known(tokenizer: Any, name: str, text: str) -> None:
+def _check_known(tokenizer: Tokenizer, name: str, text: str) -> None:
     if tokenizer.unk_id is not None and tokenizer.unk_id in tokenizer.encode(text):
         named = unknown_characters(tokenizer, text) or ["some words"]
         # `unknown_characters` names words for a word tokenizer, characters for the others.

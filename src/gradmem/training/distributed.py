@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradmem.data import Batch, TokenBatch
+from gradmem.core.batch import Batch, TokenBatch
 
 
 @dataclass(frozen=True)

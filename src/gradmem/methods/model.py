@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone
-from gradmem.data import Batch, TokenBatch
-from gradmem.memory import Memory
-from gradmem.methods.base import MemoryMethod
-from gradmem.sequence import concat_right, gather_positions, per_example_cross_entropy
-from gradmem.write import WriteOptions
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import Batch, TokenBatch
+from gradmem.core.memory import Memory
+from gradmem.core.method import MemoryMethod
+from gradmem.core.sequence import concat_right, gather_positions, per_example_cross_entropy
+from gradmem.core.write import WriteOptions
 
 READ_LOSSES = ("example", "token")
 
@@ -63,7 +63,7 @@ class MemoryModel(nn.Module):
 
     @property
     def max_positions(self) -> int | None:
-        return getattr(self.backbone, "max_positions", None)
+        return self.backbone.max_positions
 
     @property
     def max_sequence_tokens(self) -> int | None:
@@ -74,7 +74,7 @@ class MemoryModel(nn.Module):
     def write(self, context: TokenBatch, options: WriteOptions | None = None, **overrides: Any) -> Memory:
         """Write each context of the batch into a memory: the one entry point to a method's WRITE.
 
-        `options` (gradmem.write.WriteOptions) or its fields as keywords override the method's
+        `options` (gradmem.core.write.WriteOptions) or its fields as keywords override the method's
         config for this call, e.g. `model.write(context, steps=5)` (test-time K), `lr=...`,
         `measure_final=True`, `target_loss=...` (adaptive stop), `on_loss=fn` (live losses).
         """

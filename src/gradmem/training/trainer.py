@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
-from gradmem.compiled import CompiledStep
-from gradmem.data import Batch, collate
-from gradmem.device import (
+from gradmem.core.batch import Batch, collate
+from gradmem.core.device import (
     out_of_memory_as_error,
     peak_memory_mib,
     reset_peak_memory,
@@ -30,16 +29,18 @@ from gradmem.device import (
     rng_state,
     set_rng_state,
 )
-from gradmem.distributed import DataParallel
-from gradmem.errors import CheckpointError, TrainingDiverged
-from gradmem.evaluate import evaluate
-from gradmem.files import atomic_write_text
-from gradmem.model import MemoryModel
+from gradmem.core.errors import CheckpointError, TrainingDiverged
+from gradmem.core.files import atomic_write_text
+from gradmem.core.task import Task
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.methods.model import MemoryModel
 from gradmem.run.build import build_task
 from gradmem.run.checkpoint import save_checkpoint
 from gradmem.run.saved_state import load_scores, load_trainer_state
 from gradmem.run.train_config import SCHEDULES, Stage, TrainConfig, curriculum, lr_factor
 from gradmem.run.weights import load_weights
+from gradmem.training.compiled import CompiledStep
+from gradmem.training.distributed import DataParallel
 
 __all__ = ["SCHEDULES", "Stage", "TrainConfig", "Trainer", "curriculum", "lr_factor", "read_metrics"]
 
@@ -106,7 +107,7 @@ class Trainer:
         self.best = -1.0
         self.bad_evals = 0
         self.history: list[dict[str, Any]] = []
-        self._tasks: dict[int, Any] = {}
+        self._tasks: dict[int, Task] = {}
         self._valid: dict[int, list] = {}
         self._compiled = (
             CompiledStep(
@@ -137,7 +138,7 @@ class Trainer:
         return cls(model, cfg, curriculum(spec["task"], cfg), out_dir, spec, on_log, parallel)
 
     # -- data -----------------------------------------------------------------------------------
-    def task(self, stage: int) -> Any:
+    def task(self, stage: int) -> Task:
         if stage not in self._tasks:
             self._tasks[stage] = build_task({"task": self.stages[stage].task})
         return self._tasks[stage]

@@ -1,19 +1,22 @@
 """The contract every memory method keeps, so generic code never asks a method what it has.
 
 A method is an `nn.Module` that WRITEs a batch of contexts into a `Memory`; READ is shared by all
-methods (gradmem.model). Every part below is required; a method without a use for one implements
+methods (gradmem.methods.model). Every part below is required; a method without a use for one implements
 the plain default (no prefix, no reading hook). `build_method` checks new registrations against it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from gradmem.backbones.base import Backbone
-from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.write import WriteOptions
+from torch import Tensor, nn
+
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import TokenBatch
+from gradmem.core.memory import Memory
+from gradmem.core.write import WriteOptions
 
 
 @runtime_checkable
@@ -50,4 +53,38 @@ class MemoryMethod(Protocol):
         ...
 
 
-__all__ = ["MemoryMethod", "WriteOptions"]
+@runtime_checkable
+class Reconstructing(MemoryMethod, Protocol):
+    """A method whose memory can be read back as the context it was written from (GradMem writes by
+    reconstructing its context): what the serving engine's reconstruction report needs. Checked
+    once, where a caller needs it (`reconstructing`)."""
+
+    def write_logits(self, backbone: Backbone, hidden: Tensor) -> Tensor:
+        """(..., D) hidden states -> (..., V) logits of the head the WRITE loss is computed with."""
+        ...
+
+    def reconstruction_logits(self, backbone: Backbone, prefix: Tensor, context_embeds: Tensor) -> Tensor:
+        """(B, N, V) logits of the context given [prefix; context]: position t predicts token t."""
+        ...
+
+
+def reconstructing(method: MemoryMethod) -> Reconstructing:
+    """`method` as a Reconstructing method; ValueError naming it when it is not one."""
+    if not isinstance(method, Reconstructing):
+        raise ValueError(
+            f"method {method.name!r} does not write by reconstructing its context; "
+            "only a method that does (gradmem) can be served"
+        )
+    return method
+
+
+class MethodModel(Protocol):
+    """A backbone with a memory method (gradmem.methods.model.MemoryModel is one): what a memory
+    file records and is checked against."""
+
+    backbone: Backbone
+    method: MemoryMethod
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
