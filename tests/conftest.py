@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +33,32 @@ def benchmarks_on_path() -> Iterator[None]:
 
 
 TINY = dict(vocab_size=70, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=128)
+
+
+def live_server(engine, cfg=None) -> tuple[str, Callable[[], None]]:
+    """A real uvicorn server of the service for `engine` on a free loopback port, in a thread:
+    (its URL, a function that stops it). Needs the 'serve' extra."""
+    import uvicorn
+
+    from gradmem.serve.service import ServiceConfig, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(engine, cfg or ServiceConfig())
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.05)
+
+    def stop() -> None:
+        srv.should_exit = True
+        thread.join(10)
+
+    return f"http://127.0.0.1:{port}", stop
 
 
 def tiny_model(method: str = "gradmem", dtype: torch.dtype = torch.float32, seed: int = 0, **method_cfg) -> MemoryModel:

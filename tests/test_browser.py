@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
@@ -17,11 +14,10 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not
 pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright pip package (dev extra)")
 uvicorn = pytest.importorskip("uvicorn", reason="the service needs the 'serve' extra")
 
-from conftest import TINY, benchmarks_on_path, tiny_model  # noqa: E402
+from conftest import TINY, benchmarks_on_path, live_server, tiny_model  # noqa: E402
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 from gradmem.serve.engine import Engine, EngineConfig, TaskText  # noqa: E402
-from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tasks.babi import BabiTask  # noqa: E402
 from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
@@ -30,32 +26,10 @@ with benchmarks_on_path():
     from web_screenshot import FLAGS  # the chromium flags of the page screenshot, shared  # noqa: E402
 
 
-def serve(engine):
-    """A real uvicorn server for `engine` on a free loopback port, in a thread: (url, stop)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(
-        uvicorn.Config(create_app(engine, ServiceConfig()), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
-
-    def stop() -> None:
-        srv.should_exit = True
-        thread.join(10)
-
-    return f"http://127.0.0.1:{port}", stop
-
-
 @pytest.fixture
 def server(tmp_path):
     engine = Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(tmp_path / "store"), EngineConfig(stop="|"))
-    url, stop = serve(engine)
+    url, stop = live_server(engine)
     yield url, engine
     stop()
 
@@ -65,7 +39,7 @@ def babi_server(tmp_path):
     task = BabiTask(tokenizer={"type": "word", "vocab": "babi"})
     assert task.tokenizer.vocab_size <= TINY["vocab_size"]  # the tiny decoder's embedding covers the words
     engine = Engine(tiny_model(), task.tokenizer, MemoryStore(tmp_path / "store"), text=TaskText.of(task))
-    url, stop = serve(engine)
+    url, stop = live_server(engine)
     yield url, engine, task
     stop()
 

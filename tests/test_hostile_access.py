@@ -135,7 +135,7 @@ class FakeEngine:
         time.sleep(self.seconds)
         return ["x"] * len(items)
 
-    def write_texts(self, texts, steps=None, lr=None, target_loss=None, on_step=None):
+    def write_texts(self, texts, steps=None, lr=None, target_loss=None, on_step=None, should_stop=None):
         self.calls.append(("write", len(texts)))
         time.sleep(self.seconds)
         return [SimpleNamespace(id=t) for t in texts]
@@ -190,7 +190,7 @@ class FailingEngine(FakeEngine):
             raise ValueError("bad question")
         return [f"answer to {question}" for _, question in items]
 
-    def write_texts(self, texts, steps=None, lr=None, target_loss=None, on_step=None):
+    def write_texts(self, texts, steps=None, lr=None, target_loss=None, on_step=None, should_stop=None):
         self.calls.append(("write", len(texts)))
         if "bad" in texts:
             raise ValueError("bad text")

@@ -14,9 +14,10 @@ from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from gradmem.serve.budget import Budget  # noqa: E402
-from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
+from gradmem.serve.engine import Engine, EngineConfig, TaskText  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
+from gradmem.tasks.babi import BabiTask  # noqa: E402
 from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "!ab:cd!!ef:gh!|"
@@ -51,9 +52,9 @@ def test_every_error_is_documented_with_the_one_error_body(tmp_path):
             if path.startswith("/v1/memories/{memory_id}"):
                 assert "404" in operation["responses"], (method, path)
     write = schema["components"]["schemas"]["WriteBody"]["properties"]["text"]
-    assert write["minLength"] == 1 and write["pattern"] == r"\S"  # whitespace-only is refused: said so
+    assert write["minLength"] == 1 and not re.search(write["pattern"], " \n ")  # whitespace-only is refused: said so
     ask = schema["components"]["schemas"]["AskBody"]["properties"]["questions"]
-    assert ask["minItems"] == 1 and ask["items"]["pattern"] == r"\S"
+    assert ask["minItems"] == 1 and not re.search(ask["items"]["pattern"], " \t")
     listing = {p["name"]: p["schema"] for p in schema["paths"]["/v1/memories"]["get"]["parameters"]}
     assert listing["limit"]["maximum"] == 1000 and listing["offset"]["minimum"] == 0
 
@@ -116,3 +117,31 @@ def test_405_names_every_method_of_the_path(tmp_path):
         assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET" and set(r.json()) == {"detail"}
         assert c.patch("/v1/memories").headers["allow"] == "GET, POST"
         assert c.post(f"/v1/memories/{'a' * 32}/reconstruction").headers["allow"] == "GET"
+
+
+def test_the_schema_carries_this_servers_limits(tmp_path):
+    budget = Budget(max_write_steps=7, max_question_tokens=20)
+    with client(tmp_path, max_questions=3, max_new_tokens=9, budget=budget) as c:
+        bodies = c.get("/openapi.json").json()["components"]["schemas"]
+    write, ask = bodies["WriteBody"]["properties"], bodies["AskBody"]["properties"]
+    assert write["steps"]["anyOf"][0]["maximum"] == 7 and ask["max_new_tokens"]["anyOf"][0]["maximum"] == 9
+    assert ask["questions"]["maxItems"] == 3
+    # a character-level model: its alphabet is the pattern, its token limits are character limits
+    assert write["text"]["maxLength"] == 30 and ask["questions"]["items"]["maxLength"] == 20
+    pattern = re.compile(write["text"]["pattern"])
+    assert pattern.search("!ab:cd!|") and not pattern.search("ab cd") and not pattern.search("é")
+    with client(tmp_path) as c:
+        r = c.post("/v1/memories", json={"text": "ab cd"})  # what the pattern refuses, the server refuses
+        assert r.status_code == 422 and "vocabulary" in r.json()["detail"]
+        assert c.post("/v1/memories", json={"text": TEXT, "steps": 2.0}).status_code == 201  # 2.0 is a JSON integer
+        assert c.post("/v1/memories", json={"text": TEXT, "target_loss": False}).status_code == 422
+
+
+def test_a_word_model_publishes_no_vocabulary_pattern(tmp_path):
+    """Which texts a word vocabulary encodes is no regular expression: the schema keeps "not blank"
+    and leaves token counts to the documented 413."""
+    task = BabiTask(tokenizer={"type": "word", "vocab": "babi"})
+    engine = Engine(tiny_model(), task.tokenizer, MemoryStore(tmp_path), text=TaskText.of(task))
+    with TestClient(create_app(engine, ServiceConfig()), base_url="http://127.0.0.1") as c:
+        text = c.get("/openapi.json").json()["components"]["schemas"]["WriteBody"]["properties"]["text"]
+    assert text["pattern"] == r"\S" and "maxLength" not in text

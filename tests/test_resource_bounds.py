@@ -113,3 +113,28 @@ def test_a_reconstruction_past_its_deadline_stops_and_asks_are_answered(tmp_path
         backbone.hidden = real_hidden
         r = c.post(f"/v1/memories/{written.id}/ask", json={"questions": ["?!ab:"]})
         assert r.status_code == 200  # the model thread is free again
+
+
+def test_a_write_past_its_deadline_stops_between_steps_and_stores_nothing(tmp_path):
+    pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
+    from fastapi.testclient import TestClient
+
+    engine = make_engine(tmp_path)
+    backbone = engine.model.backbone
+    real_hidden, calls = backbone.hidden, []
+
+    def slow_hidden(embeds):  # every forward of the write 0.1 s: 20 steps take > 2 s
+        calls.append(embeds.shape[1])
+        time.sleep(0.1)
+        return real_hidden(embeds)
+
+    backbone.hidden = slow_hidden
+    with TestClient(create_app(engine, ServiceConfig(request_timeout_s=0.35))) as c:
+        r = c.post("/v1/memories", json={"text": TEXT, "steps": 20})
+        assert r.status_code == 503 and "deadline" in r.json()["detail"]
+        at_deadline = len(calls)
+        time.sleep(0.8)
+        assert len(calls) <= at_deadline + 2  # stopped at its next step, not run to its 20th
+        assert c.get("/v1/memories").json()["total"] == 0  # the stopped write stored nothing
+        backbone.hidden = real_hidden
+        assert c.post("/v1/memories", json={"text": TEXT}).status_code == 201  # the model thread is free again

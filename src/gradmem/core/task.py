@@ -52,6 +52,11 @@ class Tokenizer(Protocol):
         """Up to `most` pieces of `text` (characters or words) this tokenizer cannot encode."""
         ...
 
+    def text_pattern(self) -> str | None:
+        """A regular expression matching exactly the texts it encodes without unknown tokens, or None
+        where no such expression exists (a subword vocabulary)."""
+        ...
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able spec that rebuilds this tokenizer."""
         ...

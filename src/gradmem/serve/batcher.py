@@ -8,8 +8,10 @@ not thread-safe, and one thread keeps the event loop free). When both queues hol
 alternates between them, so a stream of writes cannot starve asks (nor asks writes).
 
 Every job carries a deadline: a job still queued at its deadline is dropped unrun and its request
-gets Overloaded (HTTP 503), as does a request arriving while `max_queue` jobs already wait. Write
-jobs report each step's loss back to their request as the write runs.
+gets Overloaded (HTTP 503), as does a request arriving while `max_queue` jobs already wait. A
+batched write whose requests have all passed their deadline stops at its next step (an ask is
+short: bounded by its decode budget, it runs to its end and its answer is dropped). Write jobs
+report each step's loss back to their request as the write runs.
 """
 
 from __future__ import annotations
@@ -239,9 +241,14 @@ class Batcher:
                     if callback is not None:
                         loop.call_soon_threadsafe(callback, step, loss)
 
+                def should_stop() -> bool:  # every request of the group gave up: stop between steps
+                    return all(job.abandoned for job in jobs)
+
                 texts = [job.payload for job in jobs]
                 results = await loop.run_in_executor(
-                    self._executor, _releasing, lambda: self.engine.write_texts(texts, *settings, on_step=on_step)
+                    self._executor,
+                    _releasing,
+                    lambda: self.engine.write_texts(texts, *settings, on_step=on_step, should_stop=should_stop),
                 )
                 for job, result in zip(jobs, results):
                     _resolve(job.future, result)

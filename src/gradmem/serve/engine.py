@@ -21,7 +21,7 @@ from torch import Tensor
 
 from gradmem.backbones.base import context_state_floats
 from gradmem.core.batch import pad_right
-from gradmem.core.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, StoreUnavailable
+from gradmem.core.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, Overloaded, StoreUnavailable
 from gradmem.core.memory import Memory
 from gradmem.core.memory_file import build_sidecar, load_memory, model_fingerprint
 from gradmem.core.method import reconstructing
@@ -153,9 +153,12 @@ class Engine:
         lr: float | None = None,
         target_loss: float | None = None,
         on_step: StepCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[WriteResult]:
         """Write several texts in one batched WRITE (chunks of all texts side by side); texts whose
-        memory is already stored are not written again."""
+        memory is already stored are not written again. `should_stop` is asked before every step;
+        once it says so, Overloaded is raised and nothing is stored (every request of the batch has
+        passed its deadline: the model thread is freed for others)."""
         settings = self.settings(steps, lr, target_loss)
         encoded = [self.encode(t) for t in texts]
         keys = [memory_key(self.fingerprint, ids, settings) for ids in encoded]
@@ -173,6 +176,8 @@ class Engine:
             owner_t = torch.tensor(owner)
 
             def on_loss(step: int, loss: Tensor) -> None:
+                if should_stop is not None and should_stop():
+                    raise Overloaded(f"the write was stopped before step {step}: its request passed its deadline")
                 if on_step is not None:
                     for i in todo.values():
                         on_step(i, step, float(loss.cpu()[owner_t == i].mean()))

@@ -1,7 +1,8 @@
 """Request and response bodies of the HTTP service (gradmem.serve.service), validated by pydantic:
 text UTF-8 cannot carry or that is only whitespace is refused before it reaches the model. Request
 bodies are strict: an unknown field (a typo such as "step") is refused rather than silently
-ignored, and counts must be JSON integers (not true, "5" or 5.5)."""
+ignored, counts must be JSON integers (5 or 5.0, not true, "5" or 5.5) and rates JSON numbers (not
+false)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # whitespace (a JSON Schema pattern matches anywhere in the string). The check itself stays in
 # _clean_text, whose messages name the problem.
 NOT_BLANK = {"pattern": r"\S"}
+
+
+def _integral_float(value: Any) -> Any:
+    """5.0 is a JSON integer as JSON Schema counts one; the field's strict int check refuses the rest
+    (true, "5", 5.5)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _clean_text(value: str, what: str) -> str:
@@ -34,11 +41,18 @@ class WriteBody(BaseModel):
     text: str = Field(min_length=1, json_schema_extra=NOT_BLANK, description="the context to write into memory")
     steps: int | None = Field(None, ge=0, strict=True, description="maximum WRITE steps (default: the checkpoint's)")
     lr: float | None = Field(
-        None, gt=0, le=100, allow_inf_nan=False, description="inner learning rate (default: the checkpoint's)"
+        None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        strict=True,
+        description="inner learning rate (default: the checkpoint's)",
     )
     target_loss: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="stop each chunk once its reconstruction loss <= this"
+        None, ge=0, allow_inf_nan=False, strict=True, description="stop each chunk once its reconstruction loss <= this"
     )
+
+    _steps = field_validator("steps", mode="before")(_integral_float)
 
     @field_validator("text")
     @classmethod
@@ -56,10 +70,53 @@ class AskBody(BaseModel):
     )
     max_new_tokens: int | None = Field(None, ge=1, strict=True, description="answer length in tokens")
 
+    _max_new_tokens = field_validator("max_new_tokens", mode="before")(_integral_float)
+
     @field_validator("questions")
     @classmethod
     def _questions(cls, value: list[str]) -> list[str]:
         return [_clean_text(q, f"question {i}") for i, q in enumerate(value)]
+
+
+class WrittenMemory(BaseModel):
+    """A memory as POST /v1/memories answers it: its id and whether this request wrote it, then its
+    metadata (model fingerprint, write settings, losses, sizes) as GET /v1/memories/{id} shows it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="the memory's id, for ask / show / reconstruction / delete")
+    created: bool = Field(description="false when the same text was already in memory (that memory is returned)")
+
+
+def _memory_route(path: str, method: str) -> dict[str, Any]:
+    """An OpenAPI link from a written memory to a route of it: the new memory's id as {memory_id}."""
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {"operationRef": f"#/paths/{pointer}/{method}", "parameters": {"memory_id": "$response.body#/id"}}
+
+
+# The 201 of POST /v1/memories: JSON, or with ?stream=true server-sent events (`step` events, then
+# `done` with the memory or `error`); links say where its id goes next (clients, and the API fuzzer's
+# write -> ask -> delete sequences, follow them).
+WRITE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    201: {
+        "description": "the memory written (JSON), or with ?stream=true its progress as server-sent events",
+        "content": {
+            "text/event-stream": {
+                "schema": {  # one event: its name and its JSON data
+                    "type": "object",
+                    "properties": {"event": {"enum": ["step", "done", "error"]}, "data": {"type": "string"}},
+                    "required": ["event", "data"],
+                }
+            }
+        },
+        "links": {
+            "show": _memory_route("/v1/memories/{memory_id}", "get"),
+            "ask": _memory_route("/v1/memories/{memory_id}/ask", "post"),
+            "reconstruction": _memory_route("/v1/memories/{memory_id}/reconstruction", "get"),
+            "delete": _memory_route("/v1/memories/{memory_id}", "delete"),
+        },
+    }
+}
 
 
 class Answers(BaseModel):

@@ -47,8 +47,18 @@ from gradmem.serve.http_guard import (
     safe_text,
     status_of,
 )
+from gradmem.serve.openapi_contract import install_contract
 from gradmem.serve.page_security import PageSecurity, content_security_policy, parse_hosts
-from gradmem.serve.schemas import Answers, AskBody, MemoryPage, Reconstruction, WriteBody, error_responses
+from gradmem.serve.schemas import (
+    WRITE_RESPONSE,
+    Answers,
+    AskBody,
+    MemoryPage,
+    Reconstruction,
+    WriteBody,
+    WrittenMemory,
+    error_responses,
+)
 from gradmem.serve.service_config import ServiceConfig, server_config
 
 EXEMPT = ("/health", "/version", "/", "/docs", "/openapi.json")  # never rate limited
@@ -93,6 +103,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
     app.add_middleware(PageSecurity, allowed=parse_hosts(cfg.allowed_hosts))  # outermost: before anything else
     app.state.batcher = batcher
     install_error_handlers(app)
+    install_contract(app, cfg, engine)  # /openapi.json with this server's limits
 
     @app.middleware("http")
     async def rate_limit(request: Request, call_next: Any) -> Response:
@@ -123,7 +134,8 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
         status_code=201,
         summary="write a text into a memory",
         dependencies=[Depends(writer)],
-        responses=error_responses(*ALWAYS, 401, 408, 413, 422, 507),
+        response_model=WrittenMemory,
+        responses=error_responses(*ALWAYS, 401, 408, 413, 422, 507) | WRITE_RESPONSE,
     )
     async def create_memory(body: WriteBody, stream: bool = False) -> Any:
         cost = write_cost(body)

@@ -93,6 +93,13 @@ class CharTokenizer:
         """One id per character of `text`; characters outside the vocabulary become `[UNK]`."""
         return [self._char_to_id.get(c, self.unk_id) for c in text]
 
+    def text_pattern(self) -> str | None:
+        """A regular expression matching exactly the non-blank texts this tokenizer encodes without
+        `[UNK]` (one token per character), for the service's published schema."""
+        chars = "".join(re.escape(c) for c in self._char_to_id)
+        visible = "".join(re.escape(c) for c in self._char_to_id if not c.isspace())
+        return f"^[{chars}]*[{visible}][{chars}]*$"
+
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         """Join the characters of `ids`; `[PAD]`, `[BOS]`, `[EOS]` are dropped when `skip_special`.
 
@@ -159,6 +166,11 @@ class HFTokenizer:
     def from_tokenizers(cls, tokenizer: Any) -> HFTokenizer:
         """Wrap a `tokenizers.Tokenizer` object; it is serialised inline in `to_dict`."""
         return cls(tokenizer, {"type": "hf", "json": tokenizer.to_str()})
+
+    def text_pattern(self) -> str | None:
+        """None: which texts a subword or word vocabulary encodes is not a regular expression a
+        schema can carry (the service answers 422 for the others, naming them)."""
+        return None
 
     def _token_id(self, *names: str) -> int | None:
         for name in names:
