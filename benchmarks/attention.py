@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import DTYPES, add_run_options, apply_threads, interleaved, peak_bytes, ratios, summary  # noqa: E402
 
-from gradmem.attention import get_attention  # noqa: E402
-from gradmem.cli_options import int_list  # noqa: E402
+from gradmem.cli.options import int_list  # noqa: E402
+from gradmem.core.attention import get_attention  # noqa: E402
 
 KERNELS = ("math", "sdpa_explicit", "sdpa_hvp")  # the first is the reference
 

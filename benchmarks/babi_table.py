@@ -29,13 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, percent  # noqa: E402
 from time_to_accuracy import train_seeds, writes_by_gradient_descent  # noqa: E402
 
-from gradmem.build import apply_overrides, build_task, load_checkpoint  # noqa: E402
-from gradmem.cli import positive_int  # noqa: E402
-from gradmem.cli_options import int_list  # noqa: E402
-from gradmem.device import device_option  # noqa: E402
-from gradmem.evaluate import evaluate  # noqa: E402
+from gradmem.cli.main import positive_int  # noqa: E402
+from gradmem.cli.options import int_list  # noqa: E402
+from gradmem.core.device import device_option  # noqa: E402
+from gradmem.evaluation.evaluate import evaluate  # noqa: E402
+from gradmem.run.build import build_task
+from gradmem.run.checkpoint import load_checkpoint  # noqa: E402
+from gradmem.run.overrides import apply_overrides
 from gradmem.tasks.babi import BabiConfig, config_tasks  # noqa: E402
-from gradmem.train import read_metrics  # noqa: E402
+from gradmem.training.trainer import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = (1, 2, 3, 4, 5)

@@ -38,8 +38,8 @@ from presetkit import (  # noqa: E402
 )
 from report import markdown_table, percent, plot_curves, plot_lines  # noqa: E402
 
-from gradmem.build import build_task  # noqa: E402
-from gradmem.cli_options import int_list  # noqa: E402
+from gradmem.cli.options import int_list  # noqa: E402
+from gradmem.run.build import build_task  # noqa: E402
 
 __all__ = ["cell_spec", "deep_merge", "main", "run_cell", "summarise"]
 

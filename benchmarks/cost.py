@@ -30,11 +30,11 @@ from transformers import DynamicCache, LlamaConfig
 
 from gradmem.backbones import HFBackbone
 from gradmem.backbones.base import context_state_floats
-from gradmem.cli_options import int_list
-from gradmem.data import pad_right
-from gradmem.device import device_option
+from gradmem.cli.options import int_list
+from gradmem.core.batch import pad_right
+from gradmem.core.device import device_option
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 
 
 def timed(fn) -> float:

@@ -34,8 +34,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servekit import free_port, rss_mib, start_server, stop_server  # noqa: E402
 
-from gradmem.build import load_spec  # noqa: E402
-from gradmem.device import cpu_model_name  # noqa: E402
+from gradmem.core.device import cpu_model_name  # noqa: E402
+from gradmem.run.checkpoint import load_spec  # noqa: E402
 from gradmem.tasks.kv import KVConfig, sample_kv_strings  # noqa: E402
 
 

@@ -38,12 +38,12 @@ def main() -> None:
     from gradmem import attention
     from gradmem.backbones import LlamaBackbone, LlamaConfig
     from gradmem.methods import build_method
-    from gradmem.model import MemoryModel
+    from gradmem.methods.model import MemoryModel
     from gradmem.serve.budget import Budget
     from gradmem.serve.engine import Engine, EngineConfig
     from gradmem.serve.service import ServiceConfig, create_app
     from gradmem.serve.store import MemoryStore
-    from gradmem.tokenizers import CharTokenizer
+    from gradmem.tasks.tokenizers import CharTokenizer
 
     torch.manual_seed(args.seed)
     backbone = LlamaBackbone(

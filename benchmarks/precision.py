@@ -6,7 +6,7 @@
 Both variants are built from the same spec and hold the same weights (the bf16 one runs its decoder
 and LM head under bfloat16 autocast; weights, optimiser and memory stay fp32); every round times one
 training step of each on the same batch (WRITE with its K steps, READ, backward, AdamW), in a rotated
-order. Whether bf16 pays depends on the CPU (AMX or AVX512-BF16, see gradmem.device.fast_bf16), so
+order. Whether bf16 pays depends on the CPU (AMX or AVX512-BF16, see gradmem.core.device.fast_bf16), so
 the result names the CPU and its bf16 flags and says what `backbone.bf16: "auto"` would choose.
 A preset (a file with "base" and "methods") is timed with its base spec. Writes
 results/perf/precision[_tag].{json,md}.
@@ -27,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import interleaved, ratios, summary  # noqa: E402
 from report import markdown_table  # noqa: E402
 
-from gradmem.build import apply_overrides, build_model, build_task  # noqa: E402
-from gradmem.cli import positive_int  # noqa: E402
-from gradmem.data import collate  # noqa: E402
-from gradmem.device import cpu_bf16_flags, cpu_model_name, device_name, device_option, fast_bf16, resolve_device  # noqa: E402
-from gradmem.train import TrainConfig, curriculum  # noqa: E402
+from gradmem.cli.main import positive_int  # noqa: E402
+from gradmem.core.batch import collate  # noqa: E402
+from gradmem.core.device import cpu_bf16_flags, cpu_model_name, device_name, device_option, fast_bf16, resolve_device  # noqa: E402
+from gradmem.run.build import build_model, build_task  # noqa: E402
+from gradmem.run.overrides import apply_overrides
+from gradmem.training.trainer import TrainConfig, curriculum  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,18 +22,21 @@ from typing import Any
 
 import torch
 
-from gradmem.build import apply_overrides, build_model
-from gradmem.checkpoint_weights import load_weights
-from gradmem.cli_options import int_list
-from gradmem.data import Example
-from gradmem.device import device_option
-from gradmem.evaluate import evaluate
-from gradmem.model import MemoryModel
-from gradmem.train import Trainer
+from gradmem.cli.options import int_list
+from gradmem.core.batch import Example
+from gradmem.core.device import device_option
+from gradmem.core.files import atomic_write_text
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.methods.model import MemoryModel
+from gradmem.run.overrides import apply_overrides
+from gradmem.run.spec import upgrade_spec
+from gradmem.run.weights import load_weights
+from gradmem.training.start import start_run
+from gradmem.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-# How a cell's checkpoint is scored on the test set (gradmem.evaluate.evaluate's options):
+# How a cell's checkpoint is scored on the test set (gradmem.evaluation.evaluate.evaluate's options):
 EVAL_DEFAULTS: dict[str, Any] = {
     "batch_size": 250,  # examples per evaluation batch
     "generate": False,  # also greedy-decode the answers (generated_exact_match)
@@ -109,10 +111,8 @@ def train_cell(
 ) -> TrainedCell:
     """Train one cell's spec in `run_dir` (resuming it when interrupted), from `source`'s weights
     when given and not resuming, and load the checkpoint to score."""
-    torch.manual_seed(spec["train"].get("seed", 0))  # before the build: the seed fixes the initial weights
-    model = build_model(spec).to(device)
-    trainer = Trainer.from_spec(model, spec, run_dir, on_log=on_log, device=device)
-    resumed = trainer.resume()
+    run = start_run(spec, run_dir, resume=True, device=device, on_log=on_log)  # an interrupted cell continues
+    trainer, resumed, model = run.trainer, run.resumed, run.trainer.model
     if not resumed and source is not None:
         if not (checkpoint_of(source) / "model.safetensors").exists():
             raise RuntimeError(f"{run_dir.name} starts from {source.name}, which has not been trained; list it first")
@@ -166,9 +166,7 @@ def trainable_params(model: MemoryModel) -> dict[str, int]:
 
 def save_json(path: Path, data: Any) -> None:
     """Write JSON as one atomic replace: an interrupted save never leaves half a record."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def run_cells(
@@ -219,7 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load_preset(args: argparse.Namespace, runner: str) -> tuple[dict[str, Any], list[str], Path, Path]:
     """(preset with the command line's overrides, method keys to run, results folder, runs folder)."""
     preset = json.loads(Path(args.preset).read_text())
-    preset["base"] = apply_overrides(preset["base"], args.set)
+    preset["base"] = apply_overrides(upgrade_spec(preset["base"], args.preset), args.set)
     if args.seeds:
         preset["seeds"] = args.seeds
     keys = [m["key"] for m in preset["methods"]]

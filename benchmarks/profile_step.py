@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import ROOT, VARIANTS, build_models, calls  # noqa: E402
 
-from gradmem.data import collate  # noqa: E402
+from gradmem.core.batch import collate  # noqa: E402
 from gradmem.tasks.kv import KVTask  # noqa: E402
 
 GEMM = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu")

@@ -33,7 +33,7 @@ from presetkit import (  # noqa: E402
     trainable_params,
 )
 
-from gradmem.build import build_task  # noqa: E402
+from gradmem.run.build import build_task  # noqa: E402
 
 
 def cell_name(key: str, seed: int) -> str:

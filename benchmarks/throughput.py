@@ -39,20 +39,20 @@ from perfkit import (  # noqa: E402
     summary,
 )
 
-from gradmem.attention import HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME  # noqa: E402
 from gradmem.backbones import LlamaBackbone, LlamaConfig  # noqa: E402
 from gradmem.backbones.adapted import AdaptedBackbone, BackboneOptions  # noqa: E402
 from gradmem.backbones.convert import to_hf  # noqa: E402
 from gradmem.backbones.hf import HFBackbone  # noqa: E402
 from gradmem.backbones.pretrained import resolve_model_path  # noqa: E402
-from gradmem.compiled import CompiledStep  # noqa: E402
-from gradmem.data import collate  # noqa: E402
+from gradmem.core.attention import HF_ATTENTION_NAME, HF_HVP_ATTENTION_NAME  # noqa: E402
+from gradmem.core.batch import collate  # noqa: E402
 from gradmem.methods import build_method  # noqa: E402
-from gradmem.model import MemoryModel  # noqa: E402
+from gradmem.methods.model import MemoryModel  # noqa: E402
 from gradmem.tasks.kv import KVTask  # noqa: E402
+from gradmem.training.compiled import CompiledStep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# variant name -> (backbone family, attention kernel, training step compiled by gradmem.compiled,
+# variant name -> (backbone family, attention kernel, training step compiled by gradmem.training.compiled,
 # backbone option bf16: GEMMs under bfloat16 autocast, weights and memory fp32)
 VARIANTS = {
     "builtin": ("builtin", "math", False, False),

@@ -30,12 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, mean_std  # noqa: E402
 
-from gradmem.build import apply_overrides, build_model, build_task, load_checkpoint  # noqa: E402
-from gradmem.cli import positive_int  # noqa: E402
-from gradmem.cli_options import float_list, int_list  # noqa: E402
-from gradmem.device import device_option  # noqa: E402
-from gradmem.evaluate import choose_write_setting, evaluate  # noqa: E402
-from gradmem.train import Trainer, read_metrics  # noqa: E402
+from gradmem.cli.main import positive_int  # noqa: E402
+from gradmem.cli.options import float_list, int_list  # noqa: E402
+from gradmem.core.device import device_option  # noqa: E402
+from gradmem.evaluation.evaluate import choose_write_setting, evaluate  # noqa: E402
+from gradmem.run.build import build_model, build_task
+from gradmem.run.checkpoint import load_checkpoint  # noqa: E402
+from gradmem.run.overrides import apply_overrides
+from gradmem.training.trainer import Trainer, read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

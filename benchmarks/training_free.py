@@ -1,5 +1,5 @@
 """Training-free GradMem on a frozen pretrained LM: text-reconstruction accuracy vs write steps K
-and vs chunk length N (no meta-training; see gradmem.training_free).
+and vs chunk length N (no meta-training; see gradmem.methods.training_free).
 
     python benchmarks/training_free.py --model smollm2-135m --chunks 16,32 --steps 0,1,5,10,25,50
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from gradmem.backbones import build_backbone
-from gradmem.cli_options import float_list, int_list
-from gradmem.evaluate import evaluate
+from gradmem.cli.options import float_list, int_list
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.methods.training_free import training_free_model
 from gradmem.tasks.text import TextTask
-from gradmem.training_free import training_free_model
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    spec = {"type": "hf", "pretrained": args.model}
+    spec = {"name": "hf", "pretrained": args.model}
     backbone = build_backbone(spec)
     tokenizer = {"type": "hf", "pretrained": args.model}
     rows = []

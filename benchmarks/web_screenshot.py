@@ -16,7 +16,7 @@ import time
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
-from gradmem.build import load_checkpoint
+from gradmem.run.checkpoint import load_checkpoint
 from gradmem.serve.engine import Engine, EngineConfig
 from gradmem.serve.service import create_app
 from gradmem.serve.store import MemoryStore

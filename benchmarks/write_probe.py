@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmem.build import build_model, build_task
-from gradmem.cli_options import float_list, int_list
-from gradmem.data import iterate_batches
-from gradmem.training_free import mean_embedding
+from gradmem.cli.options import float_list, int_list
+from gradmem.core.batch import iterate_batches
+from gradmem.methods.training_free import mean_embedding
+from gradmem.run.build import build_model, build_task
 
 
 def probe_accuracy(features: Tensor, labels: Tensor, fit: int, steps: int = 300) -> float:
@@ -58,7 +58,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[Tensor]], list[str
             "statements_per_question": args.statements_per_question,
             "tokenizer": tokenizer,
         },
-        "backbone": {"type": "hf", "pretrained": args.model, "freeze": True},
+        "backbone": {"name": "hf", "pretrained": args.model, "freeze": True},
         "method": {"name": "gradmem", "num_memory": args.memory, "projection": "none", "write_head": False},
     }
     task = build_task(spec)

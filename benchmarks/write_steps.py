@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import markdown_table, plot_heatmap  # noqa: E402
 
-from gradmem.build import load_checkpoint  # noqa: E402
-from gradmem.device import device_option
-from gradmem.evaluate import evaluate  # noqa: E402
+from gradmem.core.device import device_option
+from gradmem.evaluation.evaluate import evaluate  # noqa: E402
+from gradmem.run.checkpoint import load_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_K = "0,1,2,3,4,5,6,7,8,9,10,15,20"

@@ -38,10 +38,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # a plain checkout runs without an install (the GPU machine)
 
-from gradmem.build import apply_overrides, build_model, build_task, save_checkpoint  # noqa: E402
-from gradmem.device import device_name, device_option, peak_memory_mib  # noqa: E402
-from gradmem.evaluate import evaluate  # noqa: E402
-from gradmem.train import Trainer  # noqa: E402
+from gradmem.core.device import device_name, device_option, peak_memory_mib  # noqa: E402
+from gradmem.evaluation.evaluate import evaluate  # noqa: E402
+from gradmem.run.build import build_model, build_task  # noqa: E402
+from gradmem.run.checkpoint import save_checkpoint  # noqa: E402
+from gradmem.run.overrides import apply_overrides  # noqa: E402
+from gradmem.training.trainer import Trainer  # noqa: E402
 
 CONFIG = ROOT / "configs" / "kv_paper_gpu.json"
 TEST_PAIRS = (16, 32)

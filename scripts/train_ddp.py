@@ -18,9 +18,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from gradmem.build import apply_overrides, build_model
-from gradmem.distributed import DataParallel
-from gradmem.train import Trainer
+from gradmem.run.overrides import apply_overrides
+from gradmem.run.spec import read_spec
+from gradmem.training.distributed import DataParallel
+from gradmem.training.start import start_run
 
 
 def main() -> None:
@@ -38,13 +39,10 @@ def main() -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        with open(args.config) as f:
-            spec = apply_overrides(json.load(f), args.set)
-        torch.manual_seed(spec.get("train", {}).get("seed", 0))  # same initial weights on every rank
+        spec = apply_overrides(read_spec(args.config), args.set)
         parallel = DataParallel.from_process_group(device)
-        trainer = Trainer.from_spec(build_model(spec), spec, args.out, parallel=parallel, device=device)
-        if args.resume:
-            trainer.resume()
+        # every rank seeds alike in start_run, so all start from the same initial weights
+        trainer = start_run(spec, args.out, args.resume, device=device, parallel=parallel).trainer
         started = time.time()
         final = trainer.train()
         if parallel.is_main:

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from gradmem.backbones import LlamaBackbone, LlamaConfig
-from gradmem.data import collate
+from gradmem.core.batch import collate
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"

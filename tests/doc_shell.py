@@ -120,7 +120,7 @@ def quick_train(spec: dict[str, Any], extra_steps: int = 0) -> list[str]:
 
 def shrink_backbone(backbone: dict[str, Any]) -> dict[str, Any]:
     """A built-in Llama or an HF config of conftest's tiny size; a pretrained backbone as it is."""
-    if backbone.get("name", backbone.get("type")) == "llama":
+    if backbone.get("name") == "llama":
         return {**backbone, **{k: v for k, v in TINY.items() if k != "vocab_size"}}
     if "config" in backbone:  # an HF architecture from scratch (e.g. Mamba)
         config = {**backbone["config"], "hidden_size": 16, "num_hidden_layers": 1}
@@ -173,7 +173,7 @@ def _option(args: list[str], name: str) -> str | None:
 
 def _spec(args: list[str], shell: DocShell, default: str | None = None) -> dict[str, Any]:
     """The run spec a command trains: its --config (or `default`) with its own --set items applied."""
-    from gradmem.build import apply_overrides
+    from gradmem.run.overrides import apply_overrides
 
     config = _option(args, "--config") or default
     if config is None:
@@ -348,7 +348,7 @@ class DocShell:
         return out.getvalue()
 
     def _gradmem(self, args: list[str]) -> int:
-        from gradmem.cli import main
+        from gradmem.cli.main import main
 
         return main(args)
 
@@ -362,7 +362,7 @@ class DocShell:
             sys.argv = argv
 
     def _demo_gradmem(self, *args: str) -> list[dict]:
-        from gradmem.cli import main
+        from gradmem.cli.main import main
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):

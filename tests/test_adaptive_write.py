@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from gradmem.data import pad_right
+from gradmem.core.batch import pad_right
 
 
 def gradmem_write(model, rows, steps, target_loss=None, lr=5.0):

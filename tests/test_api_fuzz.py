@@ -21,7 +21,7 @@ from gradmem.serve.budget import Budget  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 # Per-field limits small enough that their products stay inside the work budget (see CONFIG).

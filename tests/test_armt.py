@@ -14,12 +14,12 @@ from torch import nn
 from torch.func import functional_call
 
 from gradmem.backbones import HFBackbone
-from gradmem.data import pad_right
-from gradmem.memory import Memory
+from gradmem.core.batch import pad_right
+from gradmem.core.memory import Memory
 from gradmem.methods import ARMTConfig
 from gradmem.methods.armt import EPS, LayerMemory, _add_read, delta_update, dpfp, retrieve
 from gradmem.methods.context import NoContext
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 
 
 def unit_features(*shape: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ import torch
 from conftest import TINY, kv_batch
 from transformers import LlamaConfig as HFLlamaConfig
 
-from gradmem.attention import (
+from gradmem.backbones import HFBackbone, LlamaBackbone, LlamaConfig
+from gradmem.core.attention import (
     DOUBLE_BACKWARD,
     HF_ATTENTION_NAME,
     HF_HVP_ATTENTION_NAME,
@@ -18,9 +19,8 @@ from gradmem.attention import (
     sdpa_explicit_attention,
     sdpa_hvp_attention,
 )
-from gradmem.backbones import HFBackbone, LlamaBackbone, LlamaConfig
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 
 
 def qkv(b=2, h=3, t=9, dh=4, seed=0):

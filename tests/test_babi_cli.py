@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from gradmem.build import load_checkpoint
-from gradmem.cli import main
-from gradmem.data import pad_right
-from gradmem.sequence import generated_rows
-from gradmem.serve.memory_io import load_memory
+from gradmem.cli.main import main
+from gradmem.core.batch import pad_right
+from gradmem.core.memory_file import load_memory
+from gradmem.core.sequence import generated_rows
+from gradmem.run.checkpoint import load_checkpoint
 
 STORY = "Mary moved to the bathroom. John went to the hallway. Mary travelled to the office."
 SPEC = {

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY, benchmarks_on_path
 
-from gradmem.build import load_checkpoint
-from gradmem.evaluate import evaluate
-from gradmem.train_config import TrainConfig
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.run.checkpoint import load_checkpoint
+from gradmem.run.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # README bAbI table: column -> (preset, the record of the runs that gave its numbers, the script's flags)

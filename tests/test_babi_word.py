@@ -12,14 +12,15 @@ import pytest
 import torch
 from conftest import TINY, tiny_model
 
-from gradmem.build import build_model, build_task
-from gradmem.data_files import load_data_file
-from gradmem.errors import InvalidInput
+from gradmem.core.errors import InvalidInput
+from gradmem.run.build import build_model, build_task
 from gradmem.serve.engine import Engine, TaskText
 from gradmem.serve.store import MemoryStore
-from gradmem.tasks.babi import BabiConfig, BabiTask, babi_vocabulary, generate_stories, question_to_texts
+from gradmem.tasks.babi import BabiConfig, BabiTask, generate_stories, question_to_texts
 from gradmem.tasks.babi_format import BabiQuestion, format_babi, story_questions
-from gradmem.tokenizers import SPECIAL_TOKENS, WordTokenizer, build_tokenizer
+from gradmem.tasks.babi_words import babi_vocabulary
+from gradmem.tasks.data_files import load_data_file
+from gradmem.tasks.tokenizers import SPECIAL_TOKENS, WordTokenizer, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BABI_WORDS = {"type": "word", "vocab": "babi"}
@@ -212,7 +213,7 @@ def test_a_mix_pools_the_official_files_of_its_tasks(tmp_path: Path) -> None:
 
 
 def test_a_tiny_model_trains_on_the_mix(tmp_path: Path) -> None:
-    from gradmem.train import Trainer
+    from gradmem.training.trainer import Trainer
 
     backbone = {k: v for k, v in TINY.items() if k not in ("vocab_size", "max_positions")}
     spec = {

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import TINY, benchmarks_on_path
 
-from gradmem.build import load_checkpoint
-from gradmem.evaluate import evaluate
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.run.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ PRESET = {
     "name": "tiny",
     "base": {
         "task": {"name": "kv", "num_pairs": 1},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
         "train": {
             "steps": 3,

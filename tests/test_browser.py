@@ -20,7 +20,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig, TaskText  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tasks.babi import BabiTask  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 with benchmarks_on_path():
     from web_screenshot import FLAGS  # the chromium flags of the page screenshot, shared  # noqa: E402

@@ -8,15 +8,18 @@ import pytest
 import torch
 from conftest import TINY, kv_batch, tiny_model
 
-from gradmem.build import apply_overrides, build_model, load_checkpoint, load_scores, save_checkpoint
-from gradmem.data import pad_right
-from gradmem.errors import CheckpointError
-from gradmem.serve.memory_io import load_memory, save_memory
-from gradmem.train import Trainer, read_metrics
+from gradmem.core.batch import pad_right
+from gradmem.core.errors import CheckpointError
+from gradmem.core.memory_file import load_memory, save_memory
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
+from gradmem.run.overrides import apply_overrides
+from gradmem.run.saved_state import load_scores
+from gradmem.training.trainer import Trainer, read_metrics
 
 SPEC = {
     "task": {"name": "kv", "num_pairs": 2},
-    "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+    "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
     "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
     "train": {
         "steps": 6,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from test_checkpoint import SPEC
 
-from gradmem.build import load_checkpoint
-from gradmem.cli import main
-from gradmem.data import load_jsonl, pad_right
-from gradmem.evaluate import evaluate
-from gradmem.serve.memory_io import load_memory
+from gradmem.cli.main import main
+from gradmem.core.batch import load_jsonl, pad_right
+from gradmem.core.memory_file import load_memory
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.run.checkpoint import load_checkpoint
 
 # Recorded from `gradmem train` on this spec (torch 2.13 CPU, float32); a change here means the
 # method's numerics changed and must be explained.

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from test_checkpoint import SPEC
 
-from gradmem.build import build_model, save_checkpoint
-from gradmem.cli import main
+from gradmem.cli.main import main
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +108,14 @@ def test_out_of_memory_is_one_line_with_advice(checkpoint, capsys, monkeypatch):
     def exhausted(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr("gradmem.cli.load_checkpoint", exhausted)
+    monkeypatch.setattr("gradmem.cli.main.load_checkpoint", exhausted)
     assert main(["eval", str(checkpoint)]) == 2
     err = capsys.readouterr().err
     assert err == "gradmem eval: error: out of memory; use a smaller input, fewer examples or a smaller --batch-size\n"
 
 
 def test_a_regular_file_over_the_bound_is_refused_from_its_size(tmp_path, monkeypatch):
-    from gradmem import bounded_io
+    from gradmem.core import bounded_io
 
     big = tmp_path / "big.txt"
     big.write_text("a" * 100)
@@ -142,8 +143,8 @@ def test_a_regular_file_over_the_bound_is_refused_from_its_size(tmp_path, monkey
 def test_tampered_sizes_in_a_spec_are_refused_before_any_allocation(checkpoint, tmp_path, change, named, monkeypatch):
     import torch
 
-    from gradmem.build import load_checkpoint
-    from gradmem.errors import CheckpointError
+    from gradmem.core.errors import CheckpointError
+    from gradmem.run.checkpoint import load_checkpoint
 
     bad = tampered(tmp_path, checkpoint, "spec.json", {**SPEC, "backbone": {**SPEC["backbone"], **change}})
     manifest = Path(bad) / "manifest.json"  # tampered with care: the checksum of the new spec recorded

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gradmem.cli_options import add_options, field_comments, float_list, from_args, int_list
+from gradmem.cli.options import add_options, field_comments, float_list, from_args, int_list
 from gradmem.serve.budget import Budget
 
 

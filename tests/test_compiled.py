@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import kv_batch, tiny_model, tiny_run_spec
 
-from gradmem.build import build_model
-from gradmem.compiled import (
+from gradmem.run.build import build_model
+from gradmem.training.compiled import (
     INDUCTOR_CACHE,
     MAX_CHECK_FAILURES,
     CompiledStep,
@@ -25,7 +25,7 @@ from gradmem.compiled import (
     use_persistent_inductor_cache,
     without_bf16,
 )
-from gradmem.train import Trainer
+from gradmem.training.trainer import Trainer
 
 
 def eager_gradients(model, batch):

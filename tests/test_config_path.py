@@ -13,11 +13,12 @@ from test_pretrained_options import TINY as TINY_HF
 from test_pretrained_options import _save_tiny_folder
 
 from gradmem.backbones import build_backbone
-from gradmem.build import build_model, load_checkpoint, save_checkpoint
-from gradmem.checkpoint_weights import BACKBONE_REF, frozen_keys
-from gradmem.errors import CheckpointError, ConfigError
-from gradmem.spec_check import validate_spec
-from gradmem.train import Stage, TrainConfig, Trainer, curriculum
+from gradmem.core.errors import CheckpointError, ConfigError
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
+from gradmem.run.spec import LegacySpecWarning, upgrade_spec, validate_spec
+from gradmem.run.weights import BACKBONE_REF, frozen_keys
+from gradmem.training.trainer import Stage, TrainConfig, Trainer, curriculum
 
 TINY_LLAMA = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32}
 METHOD = {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}}
@@ -34,15 +35,20 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
-def test_old_backbone_type_key_builds_the_same_model_and_loads(tmp_path) -> None:
+def test_old_backbone_type_key_is_converted_once_on_load_and_builds_the_same_model(tmp_path) -> None:
     old, new = spec_with({"type": "llama", **TINY_LLAMA}), spec_with({"name": "llama", **TINY_LLAMA})
+    with pytest.warns(LegacySpecWarning, match="'type' is read as 'name'"):
+        assert upgrade_spec(old) == new
+    with pytest.raises(ConfigError, match="'type' is the old spelling of 'name'"):
+        validate_spec(old)  # only reading a file converts: code that builds specs writes `name`
     torch.manual_seed(0)
-    model_old = build_model(old)
+    model_old = build_model(upgrade_spec(old))
     torch.manual_seed(0)
     assert_same_weights(model_old, build_model(new))
     save_checkpoint(tmp_path / "old", model_old, old)  # a checkpoint whose spec.json says "type"
-    loaded, _, spec = load_checkpoint(tmp_path / "old")
-    assert spec["backbone"]["type"] == "llama" and "name" not in spec["backbone"]  # the saved spec, unchanged
+    with pytest.warns(LegacySpecWarning):
+        loaded, _, spec = load_checkpoint(tmp_path / "old")
+    assert spec["backbone"]["name"] == "llama" and "type" not in spec["backbone"]  # converted on load
     assert_same_weights(model_old, loaded)
     with pytest.raises(ConfigError, match="unknown backbone 'gpt'"):
         validate_spec(spec_with({"name": "gpt"}))

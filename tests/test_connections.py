@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app, server_config  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 
 def make_engine(root) -> Engine:

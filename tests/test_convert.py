@@ -9,7 +9,7 @@ from conftest import TINY, kv_batch
 from gradmem.backbones import LlamaBackbone, LlamaConfig
 from gradmem.backbones.convert import hf_state_dict, to_hf
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 
 # transformers' Llama takes RMSNorm statistics, rotary angles and the eager softmax in float32 even
 # for float64 weights, so agreement is to float32 rounding of O(1) activations.

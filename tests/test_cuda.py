@@ -17,8 +17,9 @@ import pytest
 import torch
 from conftest import kv_batch, tiny_model, tiny_run_spec
 
-from gradmem.build import build_model, load_checkpoint, save_checkpoint
-from gradmem.train import Trainer
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
+from gradmem.training.trainer import Trainer
 
 CUDA = torch.device(os.environ.get("GRADMEM_CUDA_TESTS_DEVICE", "cuda"))
 pytestmark = [
@@ -62,13 +63,13 @@ def test_baselines_on_cuda_equal_the_cpu_in_float64(method, cfg):
 
 @pytest.mark.parametrize("attention", ["sdpa_explicit", "sdpa_hvp"])
 def test_double_backward_attention_kernels_on_cuda_equal_math_on_the_cpu(attention):
-    """The fused-forward kernels with a hand-written differentiable backward (gradmem.attention),
+    """The fused-forward kernels with a hand-written differentiable backward (gradmem.core.attention),
     second order through two WRITE steps; float32, since fused SDPA kernels on CUDA have no float64."""
     from conftest import TINY
 
     from gradmem.backbones import LlamaBackbone, LlamaConfig
     from gradmem.methods import build_method
-    from gradmem.model import MemoryModel
+    from gradmem.methods.model import MemoryModel
 
     def model_with(kernel: str) -> MemoryModel:
         torch.manual_seed(0)
@@ -88,7 +89,7 @@ def test_data_parallel_training_step_on_cuda(tmp_path):
 
     import torch.distributed as dist
 
-    from gradmem.distributed import DataParallel
+    from gradmem.training.distributed import DataParallel
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -135,7 +136,7 @@ def test_reference_fixture_cases_hold_on_cuda():
 
 def test_compiled_step_on_cuda_equals_eager():
     """Inductor generates Triton kernels here; the step must give eager autograd's gradients."""
-    from gradmem.compiled import CompiledStep
+    from gradmem.training.compiled import CompiledStep
 
     model = tiny_model(write={"steps": 2, "grad_mode": "second"}).to(CUDA)
     batch = kv_batch(n=8, pairs=2).to(CUDA)
@@ -149,7 +150,7 @@ def test_compiled_step_on_cuda_equals_eager():
 
 
 def test_bf16_autocast_meta_gradient_points_where_fp32_does():
-    from gradmem.compiled import without_bf16
+    from gradmem.training.compiled import without_bf16
 
     spec = tiny_run_spec()
     spec["method"]["write"] = {"steps": 2, "grad_mode": "second"}

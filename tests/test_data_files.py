@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import tiny_model
 
-from gradmem.data import load_jsonl, save_jsonl
-from gradmem.data_files import load_examples
-from gradmem.evaluate import evaluate
+from gradmem.core.batch import load_jsonl, save_jsonl
+from gradmem.evaluation.evaluate import evaluate
 from gradmem.tasks import BabiTask, KVTask
 from gradmem.tasks.babi import BabiConfig, generate_stories, question_to_texts, story_questions
+from gradmem.tasks.data_files import load_examples
 from gradmem.tasks.kv import generate_kv, sample_kv_strings
-from gradmem.tokenizers import word_tokenizer
+from gradmem.tasks.tokenizers import word_tokenizer
 
 
 def write_lines(path: Path, records: list) -> Path:

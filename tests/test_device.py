@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import kv_batch, tiny_run_spec
 
-from gradmem.build import build_model
-from gradmem.cli import main
-from gradmem.device import out_of_memory_as_error, resolve_device, rng_state, set_rng_state
-from gradmem.errors import ConfigError, OutOfDeviceMemory
-from gradmem.train import Trainer
+from gradmem.cli.main import main
+from gradmem.core.device import out_of_memory_as_error, resolve_device, rng_state, set_rng_state
+from gradmem.core.errors import ConfigError, OutOfDeviceMemory
+from gradmem.run.build import build_model
+from gradmem.training.trainer import Trainer
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
 
@@ -122,7 +122,7 @@ def _bf16_model(setting):
 
 
 def test_bf16_auto_follows_the_cpu_features(monkeypatch):
-    import gradmem.device as device
+    import gradmem.core.device as device
 
     batch = kv_batch(n=4, pairs=2)
     model = _bf16_model("auto")

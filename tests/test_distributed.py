@@ -12,14 +12,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import kv_batch
 
-from gradmem.build import build_model
-from gradmem.distributed import DataParallel
-from gradmem.train import Trainer
+from gradmem.run.build import build_model
+from gradmem.training.distributed import DataParallel
+from gradmem.training.trainer import Trainer
 
 SPEC = {
     "task": {"name": "kv", "num_pairs": 2},
     "backbone": {
-        "type": "llama",
+        "name": "llama",
         "hidden_size": 16,
         "num_layers": 2,
         "num_heads": 2,

@@ -119,8 +119,9 @@ def block_id(block: tuple[str, int, str]) -> str:
 @pytest.fixture(scope="module")
 def demo_checkpoint_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch folder with a tiny trained key-value checkpoint at runs/demo/gradmem/best."""
-    from gradmem.build import build_model, save_checkpoint
-    from gradmem.train import Trainer
+    from gradmem.run.build import build_model
+    from gradmem.run.checkpoint import save_checkpoint
+    from gradmem.training.trainer import Trainer
 
     folder = tmp_path_factory.mktemp("docs")
     spec = tiny_run_spec(steps=2, batch_size=4, eval_every=2, eval_examples=4, log_every=1)
@@ -230,7 +231,7 @@ def test_shell_commands_parse(where: str, command: str) -> None:
         return
     words = shlex.split(command.replace("$CK", "runs/demo/gradmem/best"))
     if words[0] == "gradmem":
-        from gradmem.cli import build_parser
+        from gradmem.cli.main import build_parser
 
         _check_paths(words)
         if not torch.cuda.is_available():  # --device checks that CUDA is there; the option names are what is checked

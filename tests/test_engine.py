@@ -10,11 +10,11 @@ import torch
 from conftest import tiny_model
 
 from gradmem.backbones.base import context_state_floats
-from gradmem.data import pad_right
+from gradmem.core.batch import pad_right
+from gradmem.core.memory_file import load_memory, save_memory
 from gradmem.serve.engine import Engine, EngineConfig
-from gradmem.serve.memory_io import load_memory, save_memory
 from gradmem.serve.store import MemoryStore
-from gradmem.tokenizers import CharTokenizer
+from gradmem.tasks.tokenizers import CharTokenizer
 
 TOK = CharTokenizer.for_kv(62)
 TEXT = "!ab:cd!!ef:gh!|"
@@ -109,7 +109,7 @@ def test_memory_files_refuse_other_backbones_dtypes_and_versions(tmp_path):
 
     from gradmem.backbones import LlamaBackbone, LlamaConfig
     from gradmem.methods import build_method
-    from gradmem.model import MemoryModel
+    from gradmem.methods.model import MemoryModel
 
     wider = LlamaBackbone(LlamaConfig(**{**TINY, "num_layers": 3}))
     with pytest.raises(ValueError, match="another backbone architecture"):

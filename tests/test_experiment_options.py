@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY
 
-from gradmem.build import build_model
-from gradmem.data import iterate_batches
-from gradmem.evaluate import evaluate
-from gradmem.memory import mean_embedding
+from gradmem.core.batch import iterate_batches
+from gradmem.core.memory import mean_embedding
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.run.build import build_model
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 

@@ -16,8 +16,8 @@ from gradmem.backbones import LlamaBackbone, LlamaConfig
 from gradmem.methods import build_method
 from gradmem.methods.fast_weights import mapped_layer_inputs
 from gradmem.methods.lact import lact_descent, lact_update, newton_schulz, swiglu
+from gradmem.methods.model import MemoryModel
 from gradmem.methods.ttt_linear import LN_EPS, head_layer_norm, ttt_linear_step
-from gradmem.model import MemoryModel
 
 
 def randn(*shape: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gradmem.build import load_checkpoint
+from gradmem.run.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,9 @@ from transformers import GPT2Config
 from transformers import LlamaConfig as HFLlamaConfig
 
 from gradmem.backbones import HFBackbone, build_backbone
-from gradmem.data import collate
+from gradmem.core.batch import collate
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 CONFIGS = {

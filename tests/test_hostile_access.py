@@ -22,7 +22,7 @@ from gradmem.serve.batcher import Batcher  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app, server_config  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "!ab:cd!!ef:gh!|"
 

@@ -14,11 +14,11 @@ pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fast
 from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gradmem.serve import memory_io  # noqa: E402
+from gradmem.core import memory_file as memory_io  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "!ab:cd!!ef:gh!|"
 JSON = {"content-type": "application/json"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradmem.inner_optim import (
+from gradmem.core.inner_optim import (
     OPTIMIZERS,
     InnerOptimConfig,
     InnerState,

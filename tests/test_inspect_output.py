@@ -8,7 +8,7 @@ import json
 import pytest
 from test_checkpoint import SPEC
 
-from gradmem.cli import main
+from gradmem.cli.main import main
 
 
 def test_inspect_labels_the_reconstruction(tmp_path, capsys):

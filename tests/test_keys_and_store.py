@@ -12,13 +12,13 @@ pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fast
 from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gradmem.cli import main  # noqa: E402
-from gradmem.errors import DamagedMemory  # noqa: E402
-from gradmem.serve import memory_io  # noqa: E402
+from gradmem.cli.main import main  # noqa: E402
+from gradmem.core import memory_file as memory_io  # noqa: E402
+from gradmem.core.errors import DamagedMemory  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "!ab:cd!!ef:gh!|"
 

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from gradmem.build import build_task
+from gradmem.run.build import build_task
 from gradmem.tasks import TASKS
 from gradmem.tasks.kv import KVConfig, KVTask, generate_kv, kv_tokenizer
-from gradmem.tokenizers import CharTokenizer, kv_alphabet
+from gradmem.tasks.tokenizers import CharTokenizer, kv_alphabet
 
 PAIR = r"!([a-zA-Z0-9]{2}):([a-zA-Z0-9]{2})!"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import kv_batch, tiny_model
 
-from gradmem.memory import Memory
+from gradmem.core.memory import Memory
 
 
 def read_loss(model, batch) -> torch.Tensor:

@@ -11,15 +11,16 @@ from conftest import TINY, kv_batch
 
 from gradmem.backbones.base import context_state_floats
 from gradmem.backbones.mamba import mamba_backbone, mamba_state_floats
-from gradmem.build import build_model, load_checkpoint, save_checkpoint
-from gradmem.data import collate, pad_right
+from gradmem.core.batch import collate, pad_right
+from gradmem.core.memory_file import load_memory, save_memory
 from gradmem.methods import METHODS
-from gradmem.serve.memory_io import load_memory, save_memory
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.tasks.kv import KVConfig, generate_kv
 
-LLAMA = {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}}
+LLAMA = {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}}
 MAMBA = {
-    "type": "hf",
+    "name": "hf",
     "config": {
         "model_type": "mamba",
         "vocab_size": 70,
@@ -31,7 +32,7 @@ MAMBA = {
     },
 }
 HF_LLAMA = {
-    "type": "hf",
+    "name": "hf",
     "config": {
         "model_type": "llama",
         "vocab_size": 70,

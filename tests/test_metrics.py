@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gradmem.data import Example, collate
-from gradmem.metrics import exact_match_from_logits, exact_match_generated, token_accuracy
+from gradmem.core.batch import Example, collate
+from gradmem.evaluation.metrics import exact_match_from_logits, exact_match_generated, token_accuracy
 
 V = 10
 
@@ -55,7 +55,7 @@ def test_token_accuracy_ignores_padding() -> None:
 
 
 def test_generated_rows_stop_at_eos_or_the_stop_marker():
-    from gradmem.sequence import generated_rows
+    from gradmem.core.sequence import generated_rows
 
     out = torch.tensor([[5, 6, 2, -1], [7, -1, -1, -1], [8, 9, 10, 11]])
     assert generated_rows(out, eos_id=2) == [[5, 6], [7], [8, 9, 10, 11]]

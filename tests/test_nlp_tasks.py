@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradmem.build import build_model, build_task, load_checkpoint, save_checkpoint
-from gradmem.data import collate
-from gradmem.evaluate import evaluate
+from gradmem.core.batch import collate
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.evaluation.text_eval import evaluate_squad
+from gradmem.run.build import build_model, build_task
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.tasks.babi import BabiConfig, BabiTask, generate_stories
 from gradmem.tasks.babi_format import format_babi, parse_babi, story_questions
 from gradmem.tasks.squad import exact_match_score, f1_score, load_squad, normalize_answer, shorten, squad_scores
-from gradmem.text_eval import evaluate_squad
-from gradmem.tokenizers import build_tokenizer, word_tokenizer
+from gradmem.tasks.tokenizers import build_tokenizer, word_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SQUAD = FIXTURES / "squad_mini.json"
@@ -201,7 +202,7 @@ def test_every_nlp_task_runs_end_to_end(tmp_path, name, method):
     vocab = build_tokenizer(task_spec["tokenizer"]).vocab_size
     spec = {
         "task": task_spec,
-        "backbone": {"type": "hf", "config": {**TINY, "vocab_size": vocab}, "freeze": True},
+        "backbone": {"name": "hf", "config": {**TINY, "vocab_size": vocab}, "freeze": True},
         "method": {"name": method, **({"num_memory": 2, "write": {"steps": 1}} if method == "gradmem" else {})},
     }
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from gradmem.serve.engine import Engine, EngineConfig, TaskText  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tasks.babi import BabiTask  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "!ab:cd!!ef:gh!|"
 ERROR = {"$ref": "#/components/schemas/ErrorBody"}

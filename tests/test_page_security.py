@@ -13,12 +13,12 @@ pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fast
 from conftest import tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gradmem.serve.cli_memory import allowed_hosts  # noqa: E402
+from gradmem.cli.memory_commands import allowed_hosts  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
 from gradmem.serve.page_security import host_name  # noqa: E402
 from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
-from gradmem.tokenizers import CharTokenizer  # noqa: E402
+from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
 
 def client(root, base_url="http://testserver", **limits) -> TestClient:

@@ -13,9 +13,9 @@ import torch
 from gradmem.backbones import build_backbone
 from gradmem.backbones.adapted import AdaptedBackbone
 from gradmem.backbones.pretrained import MANIFEST, convert_gguf, pretrained_folder, resolve_model_path, verify_folder
-from gradmem.data import collate
+from gradmem.core.batch import collate
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 from gradmem.tasks.kv import KVConfig, generate_kv
 
 TINY = {
@@ -31,7 +31,7 @@ TINY = {
 
 
 def tiny_spec(**options) -> dict:
-    return {"type": "hf", "config": dict(TINY), **options}
+    return {"name": "hf", "config": dict(TINY), **options}
 
 
 def kv_batch(n: int = 3):
@@ -110,7 +110,7 @@ def test_write_only_lora_is_active_in_write_and_off_in_read():
 
 
 BUILTIN = {
-    "type": "llama",
+    "name": "llama",
     "vocab_size": 70,
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -123,7 +123,7 @@ BUILTIN = {
 def test_bf16_autocast_runs_on_cpu_with_fp32_weights_and_close_meta_gradients(spec):
     """bf16 runs the GEMMs in bfloat16 and keeps everything that is stored in float32: the
     second-order meta-gradient stays a float32 gradient close to the float32 model's."""
-    name = "hf" if spec["type"] == "hf" else "llama"
+    name = "hf" if spec["name"] == "hf" else "llama"
     fp32 = build_backbone(spec)
     bf16 = build_backbone({**spec, "bf16": True})
     state = fp32.state_dict()
@@ -153,7 +153,7 @@ def _save_tiny_folder(path):
 
 def test_local_folder_and_manifest_checks(tmp_path):
     model = _save_tiny_folder(tmp_path / "tiny")
-    backbone = build_backbone({"type": "hf", "path": str(tmp_path / "tiny")})
+    backbone = build_backbone({"name": "hf", "path": str(tmp_path / "tiny")})
     torch.testing.assert_close(backbone.head_weight(), model.get_output_embeddings().weight)
     from gradmem.backbones.pretrained import _write_manifest
 
@@ -189,11 +189,11 @@ def test_packaged_smollm2_converts_once_and_reloads(tmp_path):
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["files"]["model.safetensors"] == verify_folder(folder)["files"]["model.safetensors"]
     assert pretrained_folder("smollm2-135m", cache_dir=tmp_path) == folder  # reused, not converted again
-    backbone = build_backbone({"type": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
+    backbone = build_backbone({"name": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
     assert (backbone.hidden_size, backbone.vocab_size) == (576, 49152)
-    from gradmem.tokenizers import build_tokenizer
+    from gradmem.tasks.tokenizers import build_tokenizer
 
-    tok = build_tokenizer({"type": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
+    tok = build_tokenizer({"name": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
     ids = torch.tensor([tok.encode("The capital of France is")])
     with torch.no_grad():
         logits = backbone.logits(backbone.hidden(backbone.embed(ids)))

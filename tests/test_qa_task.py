@@ -9,15 +9,16 @@ import pytest
 import torch
 from conftest import TINY
 
-from gradmem.build import build_model, save_checkpoint
-from gradmem.cli import main
-from gradmem.data import Example
-from gradmem.data_files import load_data_file
+from gradmem.cli.main import main
+from gradmem.core.batch import Example
+from gradmem.evaluation.text_eval import score_answers
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import save_checkpoint
 from gradmem.tasks import QATask
+from gradmem.tasks.data_files import load_data_file
 from gradmem.tasks.qa import load_questions
 from gradmem.tasks.squad import squad_example
-from gradmem.text_eval import score_answers
-from gradmem.tokenizers import word_tokenizer
+from gradmem.tasks.tokenizers import word_tokenizer
 
 LINES = [
     {"context": "Mary went to the kitchen . John took the apple .", "question": "Where is Mary ?", "answer": "kitchen"},
@@ -87,7 +88,7 @@ def test_eval_data_scores_free_text_answers(tmp_path, tokenizer_spec, capsys):
     path = write_lines(tmp_path / "q.jsonl", LINES)
     spec = {
         "task": {"name": "qa", "test": str(path), "tokenizer": tokenizer_spec},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
         "train": {},
     }
@@ -115,7 +116,7 @@ def test_free_text_answers_are_written_with_the_given_steps_and_lr(tmp_path, tok
     task = QATask(test=str(path), tokenizer=tokenizer_spec)
     spec = {
         "task": {"name": "qa", "test": str(path), "tokenizer": tokenizer_spec},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
         "train": {},
     }
@@ -132,7 +133,7 @@ def test_free_text_answers_may_be_longer_than_sixteen_tokens(tmp_path, tokenizer
     task = QATask(test=str(write_lines(tmp_path / "q.jsonl", LINES)), tokenizer=tokenizer_spec)
     spec = {
         "task": {"name": "qa", "test": "unused", "tokenizer": tokenizer_spec},
-        "backbone": {"type": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
+        "backbone": {"name": "llama", **{k: v for k, v in TINY.items() if k != "vocab_size"}},
         "method": {"name": "gradmem", "num_memory": 2, "write": {"steps": 1}},
         "train": {},
     }

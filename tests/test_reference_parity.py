@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from gradmem import HFBackbone, MemoryModel, build_method
-from gradmem.data import Batch, TokenBatch
-from gradmem.reference_compat import reference_compat
+from gradmem.core.batch import Batch, TokenBatch
+from gradmem.run.reference_compat import reference_compat
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference" / "gradmem_reference_cases"
 META = json.loads(FIXTURE.with_suffix(".json").read_text())

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from gradmem import attention
+from gradmem.core import attention
 from gradmem.serve import os_memory
 from gradmem.serve.engine import Engine, EngineConfig
 from gradmem.serve.service_config import ServiceConfig
 from gradmem.serve.store import MemoryStore
-from gradmem.tokenizers import CharTokenizer
+from gradmem.tasks.tokenizers import CharTokenizer
 
 TEXT = "!ab:cd!!ef:gh!|"
 

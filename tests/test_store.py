@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gradmem.backbones.base import tensor_sha256
-from gradmem.serve import memory_io
-from gradmem.serve.memory_io import memory_paths
+from gradmem.core import memory_file as memory_io
+from gradmem.core.hashing import tensor_sha256
+from gradmem.core.memory_file import memory_paths
 from gradmem.serve.store import MemoryStore, memory_key
 
 

@@ -12,8 +12,8 @@ import time
 import pytest
 from test_store import fake_memory
 
-from gradmem.errors import DamagedMemory, StoreFull, StoreUnavailable
-from gradmem.serve import memory_io
+from gradmem.core import memory_file as memory_io
+from gradmem.core.errors import DamagedMemory, StoreFull, StoreUnavailable
 from gradmem.serve.store import MemoryStore, memory_key
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import benchmarks_on_path, tiny_run_spec
 
-from gradmem.inner_optim import InnerOptimConfig
+from gradmem.core.inner_optim import InnerOptimConfig
 
 
 @pytest.fixture(scope="module")

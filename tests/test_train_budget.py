@@ -7,8 +7,10 @@ import time
 import pytest
 from conftest import tiny_run_spec
 
-from gradmem.build import apply_overrides, build_model, load_trainer_state
-from gradmem.train import TrainConfig, Trainer
+from gradmem.run.build import build_model
+from gradmem.run.overrides import apply_overrides
+from gradmem.run.saved_state import load_trainer_state
+from gradmem.training.trainer import TrainConfig, Trainer
 
 SPEC = tiny_run_spec(steps=50, batch_size=4, eval_every=25, eval_examples=8, checkpoint_every=25, log_every=1, seed=3)
 

@@ -8,8 +8,8 @@ import math
 import pytest
 from test_checkpoint import SPEC
 
-from gradmem.build import build_model
-from gradmem.train import TrainConfig, Trainer, lr_factor
+from gradmem.run.build import build_model
+from gradmem.training.trainer import TrainConfig, Trainer, lr_factor
 
 
 def test_cosine_and_linear_schedules_have_known_values() -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from gradmem.backbones import build_backbone
-from gradmem.data import collate
-from gradmem.evaluate import evaluate
+from gradmem.core.batch import collate
+from gradmem.evaluation.evaluate import evaluate
+from gradmem.methods.training_free import mean_embedding, training_free_model
 from gradmem.tasks.kv import KVConfig, generate_kv
-from gradmem.training_free import mean_embedding, training_free_model
 
 TINY = {
     "model_type": "llama",
@@ -24,7 +24,7 @@ TINY = {
 
 def test_training_free_write_lowers_the_reconstruction_loss():
     torch.manual_seed(0)
-    backbone = build_backbone({"type": "hf", "config": dict(TINY)})
+    backbone = build_backbone({"name": "hf", "config": dict(TINY)})
     model = training_free_model(backbone, num_memory=2, steps=20, lr=0.1)
     assert not any(p.requires_grad for p in model.parameters())
     torch.testing.assert_close(model.method.memory0[1], mean_embedding(backbone))

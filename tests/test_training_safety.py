@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 from test_checkpoint import SPEC
 
-from gradmem.build import build_model, load_checkpoint, save_checkpoint
-from gradmem.checkpoint import recover, write_folder
-from gradmem.cli import main
-from gradmem.errors import CheckpointError, TrainingDiverged
-from gradmem.train import Trainer
+from gradmem.cli.main import main
+from gradmem.core.checkpoint_folder import recover, write_folder
+from gradmem.core.errors import CheckpointError, TrainingDiverged
+from gradmem.run.build import build_model
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
+from gradmem.training.trainer import Trainer
 
 
 def run(args: list[str], capsys) -> tuple[int, str]:

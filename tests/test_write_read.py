@@ -8,9 +8,9 @@ import torch
 from conftest import kv_batch, tiny_model
 
 from gradmem.backbones import LlamaBackbone, LlamaConfig
-from gradmem.data import pad_right
+from gradmem.core.batch import pad_right
 from gradmem.methods import build_method
-from gradmem.model import MemoryModel
+from gradmem.methods.model import MemoryModel
 
 
 def test_reconstruction_loss_decreases_over_write_steps():

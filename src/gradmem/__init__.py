@@ -2,18 +2,20 @@
 queries from the memory alone (GradMem, arXiv 2603.13875)."""
 
 from gradmem.backbones import Backbone, HFBackbone, LlamaBackbone, LlamaConfig, build_backbone
-from gradmem.build import build_model, build_task, load_checkpoint, save_checkpoint
-from gradmem.data import Batch, Example, TokenBatch, collate, pad_right
-from gradmem.evaluate import evaluate
-from gradmem.inner_optim import InnerOptimConfig
-from gradmem.memory import Memory, WriteStats
+from gradmem.core.batch import Batch, Example, TokenBatch, collate, pad_right
+from gradmem.core.inner_optim import InnerOptimConfig
+from gradmem.core.memory import Memory, WriteStats
+from gradmem.core.memory_file import load_memory, save_memory
+from gradmem.core.version import VERSION
+from gradmem.core.write import WriteConfig, WriteOptions, write
+from gradmem.evaluation.evaluate import evaluate
 from gradmem.methods import METHODS, GradMemConfig, MemoryMethod, build_method
-from gradmem.model import MemoryModel, ReadOutput
-from gradmem.serve.memory_io import load_memory, save_memory
+from gradmem.methods.model import MemoryModel, ReadOutput
+from gradmem.run.build import build_model, build_task
+from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
 from gradmem.tasks import TASKS, KVConfig, KVTask
-from gradmem.write import WriteConfig, WriteOptions, write
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Backbone",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from gradmem.backbones.hf import HFBackbone
 from gradmem.backbones.llama import LlamaBackbone
-from gradmem.device import fast_bf16
+from gradmem.core.device import fast_bf16
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -57,7 +57,7 @@ class BackboneOptions:
     lora: LoraOptions | None = None  # write-only LoRA adapters (implies frozen base weights)
     gradient_checkpointing: bool = False  # recompute layers in backward (non-reentrant: double backward works)
     bf16: bool | str = False  # bfloat16 autocast for decoder and LM head, weights stay fp32; "auto": only where
-    #                           bf16 is fast (a GPU, or a CPU with AMX / AVX512-BF16; gradmem.device.fast_bf16)
+    #                           bf16 is fast (a GPU, or a CPU with AMX / AVX512-BF16; gradmem.core.device.fast_bf16)
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -117,6 +117,16 @@ class AdaptedBackbone(nn.Module):
             yield
         finally:
             self._set_adapters(False)
+
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Inside: the decoder computes in fp32 even if `bf16` is on (or "auto" resolves to on)."""
+        options = self.options
+        self.options = replace(options, bf16=False)
+        try:
+            yield
+        finally:
+            self.options = options
 
     def uses_bf16(self, device_type: str) -> bool:
         """Whether the decoder runs under bf16 autocast on this device kind (resolves "auto")."""
@@ -209,11 +219,7 @@ def _inject_lora(model: nn.Module, lora: LoraOptions) -> list[nn.Module]:
     return layers
 
 
-def adapt(backbone: HFBackbone | LlamaBackbone, spec: dict[str, Any]) -> nn.Module:
+def adapt(backbone: HFBackbone | LlamaBackbone, spec: dict[str, Any]) -> HFBackbone | LlamaBackbone | AdaptedBackbone:
     """Apply the option keys of a backbone spec; returns the backbone unchanged when none is set."""
     options = BackboneOptions(**{k: spec[k] for k in OPTION_KEYS if k in spec})
-    if isinstance(backbone, LlamaBackbone) and (options.freeze or options.lora or options.gradient_checkpointing):
-        raise ValueError(
-            "the built-in llama backbone takes only the bf16 option (the others are for Hugging Face models)"
-        )
     return AdaptedBackbone(backbone, options) if options.any() else backbone

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from gradmem.attention import register_hf_attention
 from gradmem.backbones.hf import HFBackbone
 from gradmem.backbones.llama import LlamaBackbone
+from gradmem.core.attention import register_hf_attention
 
 
 def hf_llama_config(backbone: LlamaBackbone, attn_implementation: str = "eager") -> Any:

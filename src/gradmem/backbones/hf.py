@@ -7,11 +7,12 @@ and refuses second order with a clear error instead of silently changing the mod
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from torch import Tensor, nn
 
-from gradmem.attention import HF_KERNELS, register_hf_attention
+from gradmem.core.attention import HF_KERNELS, register_hf_attention
 
 # gradmem's fused-forward / explicit-backward kernels are registered with transformers on demand.
 DOUBLE_BACKWARD_ATTENTION = {"eager", *HF_KERNELS}
@@ -78,6 +79,15 @@ class HFBackbone(nn.Module):
     def head_weight(self) -> Tensor:
         return self.model.get_output_embeddings().weight
 
+    def write_mode(self) -> AbstractContextManager[None]:
+        return nullcontext()  # nothing is WRITE-only in a plain backbone (see gradmem.backbones.adapted)
+
+    def uses_bf16(self, device_type: str) -> bool:
+        return False  # computes in the weights' dtype; bf16 autocast is an option of AdaptedBackbone
+
+    def full_precision(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
     def supports_double_backward(self) -> bool:
         return self.attn_implementation in DOUBLE_BACKWARD_ATTENTION
 
@@ -86,4 +96,4 @@ class HFBackbone(nn.Module):
         # Runtime choices that do not change the function the model computes.
         for key in ("_attn_implementation", "attn_implementation", "torch_dtype", "dtype", "transformers_version"):
             config.pop(key, None)
-        return {"type": "hf", "model_type": config.get("model_type"), "config": config}
+        return {"name": "hf", "model_type": config.get("model_type"), "config": config}

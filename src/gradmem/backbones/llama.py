@@ -6,6 +6,7 @@ gate/up projection, rotary tables computed once, and an attention kernel with do
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradmem.attention import DOUBLE_BACKWARD, get_attention
+from gradmem.core.attention import DOUBLE_BACKWARD, get_attention
 
 
 @dataclass
@@ -29,7 +30,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0  # rotary base
     norm_eps: float = 1e-6  # RMSNorm epsilon
     tie_embeddings: bool = False  # share input embedding and LM head
-    attention: str = "math"  # attention kernel name, see gradmem.attention
+    attention: str = "math"  # attention kernel name, see gradmem.core.attention
 
     def __post_init__(self) -> None:
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions"):
@@ -132,11 +133,20 @@ class LlamaBackbone(nn.Module):
     def head_weight(self) -> Tensor:
         return self.head.weight
 
+    def write_mode(self) -> AbstractContextManager[None]:
+        return nullcontext()  # nothing is WRITE-only in a plain backbone (see gradmem.backbones.adapted)
+
+    def uses_bf16(self, device_type: str) -> bool:
+        return False  # computes in the weights' dtype; bf16 autocast is an option of AdaptedBackbone
+
+    def full_precision(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
     def supports_double_backward(self) -> bool:
         return DOUBLE_BACKWARD[self.config.attention]
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "llama", **asdict(self.config)}
+        return {"name": "llama", **asdict(self.config)}
 
 
 def _init_weights(module: nn.Module) -> None:

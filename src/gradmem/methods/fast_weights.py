@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone, decoder_layers
-from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.write import WriteOptions
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import TokenBatch
+from gradmem.core.memory import Memory
+from gradmem.core.write import WriteOptions
 
 State = tuple[Tensor, ...]
 
@@ -69,7 +69,7 @@ def mapped_layer_inputs(layers: Sequence[nn.Module], fns: Sequence[Callable[[Ten
 
 def checked_layers(backbone: Backbone, cells: nn.ModuleList, method: str) -> nn.ModuleList:
     """The backbone's decoder layers, refused if their number is not the cells'."""
-    layers = decoder_layers(backbone)
+    layers = backbone.decoder_layers()
     if len(layers) != len(cells):
         raise ValueError(f"this {method} was built for {len(cells)} decoder layers, the backbone has {len(layers)}")
     return layers
@@ -127,7 +127,7 @@ class FastWeightMemory(nn.Module):
     def __init__(self, backbone: Backbone, cfg: Any) -> None:
         super().__init__()
         self.config = cfg
-        self.cells = nn.ModuleList(type(self).cell_class(backbone.hidden_size, cfg) for _ in decoder_layers(backbone))
+        self.cells = nn.ModuleList(type(self).cell_class(backbone.hidden_size, cfg) for _ in backbone.decoder_layers())
 
     def init_from_backbone(self, backbone: Backbone) -> None:
         pass  # the initial fast weights and the maps keep their draw

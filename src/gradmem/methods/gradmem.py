@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone
-from gradmem.data import TokenBatch
-from gradmem.memory import MEMORY_INITS, Memory, WriteStats, init_memory0, initial_memory
-from gradmem.sequence import per_example_cross_entropy
-from gradmem.write import WriteConfig, WriteOptions, write
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import TokenBatch
+from gradmem.core.memory import MEMORY_INITS, Memory, WriteStats, init_memory0, initial_memory
+from gradmem.core.sequence import per_example_cross_entropy
+from gradmem.core.write import WriteConfig, WriteOptions, write
 
 PROJECTIONS = ("none", "linear", "fast")
 INNER_LOSS_STEPS = ("all", "last")
@@ -80,7 +80,7 @@ class GradMem(nn.Module):
         self.control = nn.Parameter(torch.randn(2, d) * cfg.init_std) if cfg.control_tokens else None
 
     def init_from_backbone(self, backbone: Backbone) -> None:
-        """M0 from the finished backbone when the config asks for it (gradmem.memory.init_memory0)."""
+        """M0 from the finished backbone when the config asks for it (gradmem.core.memory.init_memory0)."""
         init_memory0(self.memory0, backbone, self.config.init)
 
     def prefix_size(self) -> int:
@@ -142,7 +142,7 @@ class GradMem(nn.Module):
 
     def write(self, backbone: Backbone, context: TokenBatch, options: WriteOptions = WriteOptions()) -> Memory:
         """Write each context of the batch into its own memory by K steps of gradient descent
-        (gradmem.write.write; `options` overrides K and the inner lr, or stops adaptively)."""
+        (gradmem.core.write.write; `options` overrides K and the inner lr, or stops adaptively)."""
         cfg = self.config.write
         total = cfg.steps if options.steps is None else options.steps
         if (
@@ -162,7 +162,7 @@ class GradMem(nn.Module):
             return self.reconstruction_loss(backbone, self.prefix(params), context, context_embeds)
 
         # A backbone may change itself for WRITE only (write-only LoRA adapters); READ sees it unchanged.
-        with getattr(backbone, "write_mode", nullcontext)():
+        with backbone.write_mode():
             params, stats = write(
                 loss_fn,
                 self.initial_params(len(context)),

@@ -2,7 +2,7 @@
 
 GradMem writes m input embeddings; this method writes, for every decoder layer, the keys and
 values of P memory positions (a test-time-trainable KV-cache prefix), by the same WRITE: K steps
-of gradient descent (gradmem.write.write, the same inner optimiser and grad modes) on the same
+of gradient descent (gradmem.core.write.write, the same inner optimiser and grad modes) on the same
 loss, the cross-entropy of reconstructing the context from [memory; C] with a WRITE head.
     size-matched:   P = 1, 1 x layers x D x 2 floats (the paper, 4 x 128: 1,024 = GradMem m = 8)
     length-matched: P = m, m x layers x D x 2 floats (8 x 4 x 128 x 2 = 8,192, 8x GradMem's)
@@ -31,12 +31,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone, decoder_layers
 from gradmem.backbones.llama import Block
-from gradmem.data import TokenBatch
-from gradmem.memory import Memory
-from gradmem.sequence import per_example_cross_entropy
-from gradmem.write import WriteConfig, WriteOptions, write
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import TokenBatch
+from gradmem.core.memory import Memory
+from gradmem.core.sequence import per_example_cross_entropy
+from gradmem.core.write import WriteConfig, WriteOptions, write
 
 # (projection module, first column, end column of its output that the memory replaces,
 #  first and end column of the memory's (.., 2 x kv width) row that replaces them)
@@ -90,7 +90,7 @@ class KVPrefix(nn.Module):
         super().__init__()
         self.config = cfg
         d = backbone.hidden_size
-        splices = [layer_splices(layer) for layer in decoder_layers(backbone)]
+        splices = [layer_splices(layer) for layer in backbone.decoder_layers()]
         width = max(s[4] for s in splices[0])  # 2 x the key/value width
         self.memory0 = nn.Parameter(torch.randn(len(splices), cfg.num_memory, width) * cfg.init_std)  # (L, P, 2Dkv)
         self.slot = nn.Parameter(torch.randn(d) * cfg.init_std)  # (D,) input at every memory position
@@ -117,7 +117,7 @@ class KVPrefix(nn.Module):
     @contextmanager
     def _spliced(self, backbone: Backbone, memory: Tensor) -> Iterator[None]:
         """While inside, layer l's keys/values at the first P positions are memory[:, l] ((B, L, P, 2Dkv))."""
-        layers = decoder_layers(backbone)
+        layers = backbone.decoder_layers()
         if len(layers) != memory.shape[1]:
             raise ValueError(f"this KV memory has {memory.shape[1]} layers, the backbone has {len(layers)}")
         handles = [

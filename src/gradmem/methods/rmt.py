@@ -4,7 +4,7 @@ One forward pass over [M; C; M]: the leading copy is read by the context tokens,
 sits right after each example's last real context token and sees the whole context, and the
 backbone's output states at the trailing positions become the new memory. "xK" re-reading repeats
 the pass K times over the same context, feeding the new memory back in. READ is shared with every
-method (gradmem.model). Nothing is written by gradient descent, so RMT has no inner optimiser,
+method (gradmem.methods.model). Nothing is written by gradient descent, so RMT has no inner optimiser,
 no reconstruction loss and no WRITE head; training is plain backpropagation through the K passes.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradmem.backbones.base import Backbone
-from gradmem.data import TokenBatch
-from gradmem.memory import MEMORY_INITS, Memory, init_memory0, initial_memory
-from gradmem.sequence import append_after, gather_positions
-from gradmem.write import WriteOptions
+from gradmem.core.backbone import Backbone
+from gradmem.core.batch import TokenBatch
+from gradmem.core.memory import MEMORY_INITS, Memory, init_memory0, initial_memory
+from gradmem.core.sequence import append_after, gather_positions
+from gradmem.core.write import WriteOptions
 
 RMT_PROJECTIONS = ("none", "linear")
 
@@ -64,7 +64,7 @@ class RMT(nn.Module):
         self.projection = nn.Parameter(torch.eye(d)) if cfg.projection == "linear" else None  # (D, D)
 
     def init_from_backbone(self, backbone: Backbone) -> None:
-        """M0 from the finished backbone when the config asks for it (gradmem.memory.init_memory0)."""
+        """M0 from the finished backbone when the config asks for it (gradmem.core.memory.init_memory0)."""
         init_memory0(self.memory0, backbone, self.config.init)
 
     def prefix_size(self) -> int:
@@ -94,7 +94,7 @@ class RMT(nn.Module):
         """Read each context K times (`options.steps`, default the config's) into its own memory;
         the inner-lr and adaptive options of gradient writers do not apply."""
         total = self.config.steps if options.steps is None else options.steps
-        limit = getattr(backbone, "max_positions", None)
+        limit = backbone.max_positions
         if limit is not None and int(context.lengths.max()) + 2 * self.config.num_memory > limit:
             raise ValueError(
                 f"context plus 2 x {self.config.num_memory} memory vectors exceeds the backbone's {limit} positions"

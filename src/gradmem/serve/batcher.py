@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gradmem.errors import Overloaded
+from gradmem.core.errors import Overloaded
 from gradmem.serve.engine import Engine, WriteResult
 from gradmem.serve.os_memory import release_freed_memory
 

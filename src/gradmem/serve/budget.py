@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gradmem.errors import LimitExceeded
+from gradmem.core.errors import LimitExceeded
 
 
 @dataclass

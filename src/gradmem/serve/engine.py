@@ -20,17 +20,18 @@ import torch
 from torch import Tensor
 
 from gradmem.backbones.base import context_state_floats
-from gradmem.data import pad_right
-from gradmem.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, Overloaded, StoreUnavailable
-from gradmem.memory import Memory
-from gradmem.methods.gradmem import GradMem
-from gradmem.model import MemoryModel
-from gradmem.sequence import generated_rows
+from gradmem.core.batch import pad_right
+from gradmem.core.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, Overloaded, StoreUnavailable
+from gradmem.core.memory import Memory
+from gradmem.core.memory_file import build_sidecar, load_memory, model_fingerprint
+from gradmem.core.method import reconstructing
+from gradmem.core.sequence import generated_rows
+from gradmem.core.task import Tokenizer
+from gradmem.methods.model import MemoryModel
 from gradmem.serve.engine_config import EngineConfig, StepCallback, TaskText, WriteResult
 from gradmem.serve.fidelity import reconstruction_report
-from gradmem.serve.memory_io import build_sidecar, load_memory, model_fingerprint
 from gradmem.serve.store import MemoryStore, memory_key, store_errors
-from gradmem.tokenizers import unknown_characters
+from gradmem.tasks.tokenizers import unknown_characters
 
 
 class Engine:
@@ -40,18 +41,14 @@ class Engine:
     def __init__(
         self,
         model: MemoryModel,
-        tokenizer: Any,
+        tokenizer: Tokenizer,
         store: MemoryStore,
         cfg: EngineConfig | None = None,
         text: TaskText | None = None,
     ) -> None:
         """`text`: the checkpoint's task's question layout and example (`TaskText.of(task)`), so users
         ask plain questions; the default asks questions as typed."""
-        method = model.method
-        if not isinstance(method, GradMem):  # the reconstruction report needs GradMem's WRITE head
-            raise ValueError(
-                f"method {method.name!r} does not write by gradient descent; the engine serves GradMem checkpoints"
-            )
+        method = reconstructing(model.method)  # the reconstruction report reads a memory back as text
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.store = store
@@ -321,7 +318,7 @@ class Engine:
 
 
 def _select_stats(stats: Any, rows: Tensor) -> Any:
-    from gradmem.memory import WriteStats
+    from gradmem.core.memory import WriteStats
 
     return WriteStats(
         losses=stats.losses[:, rows],

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gradmem.data import TokenBatch, pad_right
-from gradmem.errors import InvalidInput, Overloaded
-from gradmem.memory import Memory
-from gradmem.model import MemoryModel
+from gradmem.core.batch import TokenBatch, pad_right
+from gradmem.core.errors import InvalidInput, Overloaded
+from gradmem.core.memory import Memory
+from gradmem.methods.model import MemoryModel
 
 # What the "reconstruction" of a report is, said wherever it is shown: it is easily mistaken for
 # the stored context, and after meta-training it is often far from it while answers are right.

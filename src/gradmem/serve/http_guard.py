@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from gradmem.errors import (
+from gradmem.core.errors import (
     DamagedMemory,
     GradmemError,
     InvalidInput,

@@ -32,7 +32,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from gradmem.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
+from gradmem.core.errors import GradmemError, InvalidInput, LimitExceeded, NotFound
+from gradmem.core.memory_file import FORMAT_VERSION
+from gradmem.core.version import VERSION
 from gradmem.serve.batcher import Batcher
 from gradmem.serve.engine import Engine
 from gradmem.serve.http_guard import (
@@ -45,7 +47,6 @@ from gradmem.serve.http_guard import (
     safe_text,
     status_of,
 )
-from gradmem.serve.memory_io import FORMAT_VERSION
 from gradmem.serve.openapi_contract import install_contract
 from gradmem.serve.page_security import PageSecurity, content_security_policy, parse_hosts
 from gradmem.serve.schemas import (
@@ -70,8 +71,6 @@ WEB_PAGES = ("index.html", "docs.html")  # in gradmem/serve/web/, read once when
 def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str | None = None) -> FastAPI:
     """The service app for `engine` (its store is where memories live). `checkpoint` is a label
     shown by /version (the CLI passes the folder's name, never its path)."""
-    from gradmem import __version__
-
     cfg = cfg or ServiceConfig()
     budget = cfg.budget
     batcher = Batcher(
@@ -94,7 +93,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
 
     app = FastAPI(
         title="gradmem",
-        version=__version__,
+        version=VERSION,
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -279,7 +278,7 @@ def create_app(engine: Engine, cfg: ServiceConfig | None = None, checkpoint: str
     @app.get("/version", summary="versions, model fingerprint and limits", responses=error_responses(400, 500))
     async def version() -> dict[str, Any]:
         return {
-            "gradmem": __version__,
+            "gradmem": VERSION,
             "memory_format": FORMAT_VERSION,
             "checkpoint": checkpoint,
             "model_fingerprint": engine.fingerprint,

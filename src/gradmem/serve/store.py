@@ -32,10 +32,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gradmem.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
-from gradmem.serve.memory_io import (
+from gradmem.core.errors import DamagedMemory, GradmemError, NotFound, StoreFull, StoreUnavailable
+from gradmem.core.files import atomic_write_text
+from gradmem.core.memory_file import (
     SpecialFile,
-    atomic_write,
     check_sidecar,
     memory_paths,
     read_bytes,
@@ -105,7 +105,7 @@ class MemoryStore:
         return memory_id
 
     def path(self, memory_id: str) -> Path:
-        """The memory's path without suffix (what memory_io functions take)."""
+        """The memory's path without suffix (what gradmem.core.memory_file's functions take)."""
         return self.objects / self._check_id(memory_id)
 
     def context_path(self, memory_id: str) -> Path:
@@ -163,7 +163,7 @@ class MemoryStore:
             try:
                 with store_errors("write the memory"):
                     if context_text is not None:
-                        atomic_write(context, lambda tmp: Path(tmp).write_text(context_text, encoding="utf-8"))
+                        atomic_write_text(context, context_text)
                     write_memory_files(self.path(memory_id), prefix, sidecar)
             except BaseException:
                 if memory_id not in self:  # a failed write leaves no context file behind

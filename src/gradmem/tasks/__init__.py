@@ -1,4 +1,5 @@
-"""Task registry: a plain dict from task name to task class (gradmem.build.build_task builds one)."""
+"""Task registry: a plain dict from task name to (task class, its config class), as for methods
+(gradmem.run.build.build_task builds one)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from gradmem.tasks.qa import QAConfig, QATask
 from gradmem.tasks.squad import SquadConfig, SquadTask
 from gradmem.tasks.text import TextConfig, TextTask
 
-TASKS: dict[str, type] = {"kv": KVTask, "babi": BabiTask, "squad": SquadTask, "text": TextTask, "qa": QATask}
+TASKS: dict[str, tuple[type, type]] = {
+    "kv": (KVTask, KVConfig),
+    "babi": (BabiTask, BabiConfig),
+    "squad": (SquadTask, SquadConfig),
+    "text": (TextTask, TextConfig),
+    "qa": (QATask, QAConfig),
+}
 
 
 __all__ = [

@@ -18,7 +18,7 @@ drawn per story, so a QA4 story (always one question) adds fewer questions than 
 
 `babi_vocabulary()` is every word the generator writes (and the question layout of
 `question_to_texts`): the closed vocabulary of the word tokenizer `{"type": "word", "vocab": "babi"}`
-(gradmem.tokenizers.WordTokenizer) that small models trained from scratch use.
+(gradmem.tasks.tokenizers.WordTokenizer) that small models trained from scratch use.
 """
 
 from __future__ import annotations
@@ -29,41 +29,26 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.data import QUESTION_LAYOUT, Example, answer_example
+from gradmem.core.batch import QUESTION_LAYOUT, Example, answer_example
+from gradmem.core.task import Task, split_seed
 from gradmem.tasks.babi_format import BabiLine, BabiQuestion, Story, find_babi_file, parse_babi, story_questions
+from gradmem.tasks.babi_words import (
+    DIRECTIONS,
+    DROPS,
+    GIVERS,
+    GIVES,
+    GRABS,
+    MOVES,
+    OBJECTS,
+    PEOPLE,
+    PLACES,
+)
 
-PEOPLE = ("Mary", "John", "Daniel", "Sandra")
-GIVERS = ("Fred", "Jeff", "Bill", "Mary")
-PLACES = ("bathroom", "hallway", "kitchen", "garden", "office", "bedroom")
-OBJECTS = ("football", "apple", "milk")
-MOVES = ("moved to", "went to", "journeyed to", "travelled to", "went back to")
-GRABS = ("picked up", "got", "grabbed", "took")
-DROPS = ("dropped", "discarded", "put down", "left")
-GIVES = ("gave", "handed", "passed")
-DIRECTIONS = ("north", "south", "east", "west")
-SPLIT_OFFSETS = {"train": 0, "valid": 1, "test": 2}
 # Statements between questions, per task (QA3 needs an object carried through two places).
 DEFAULT_STATEMENTS = {1: 2, 2: 3, 3: 4, 4: 2, 5: 2}
-# The words of the generator's sentence and question templates (below) and of the example layout
-# of `question_to_texts`, beyond the names, places, objects and verbs of the tuples above. A test
-# checks every generated story against this list; add a word here with any template that uses it.
-# Changing the vocabulary changes the ids of {"type": "word", "vocab": "babi"}: old checkpoints of
-# word-tokenized models would then read different ids.
-TEMPLATE_WORDS = (
-    "the", "The", "to", "is", "of", "was", "before",  # statements and questions
-    "Where", "What", "Who", "did", "give", "received",  # question words
-    "Question", "Answer", ":", ".", "?",  # layout and punctuation
-)  # fmt: skip
 
 
-def babi_vocabulary() -> tuple[str, ...]:
-    """Every word and punctuation mark of generated bAbI-style stories (all five tasks) and of their
-    question layout, sorted and distinct: the "babi" vocabulary of the word tokenizer."""
-    phrases = (*PEOPLE, *GIVERS, *PLACES, *OBJECTS, *MOVES, *GRABS, *DROPS, *GIVES, *DIRECTIONS, *TEMPLATE_WORDS)
-    return tuple(sorted({word for phrase in phrases for word in phrase.split()}))
-
-
-def _task_list(task: Any) -> list[int]:
+def _task_list(task: Task) -> list[int]:
     """The tasks of a `BabiConfig.task` value (one task or a mix); ValueError naming what is wrong."""
     tasks = list(task) if isinstance(task, (list, tuple)) else [task]
     if isinstance(task, (list, tuple)) and not tasks:
@@ -274,7 +259,7 @@ class BabiTask:
         return " ".join(questions[-1].statements), [q.question for q in questions]
 
     def __init__(self, config: BabiConfig | None = None, **overrides: Any) -> None:
-        from gradmem.tokenizers import build_tokenizer
+        from gradmem.tasks.tokenizers import build_tokenizer
 
         self.config = replace(config or BabiConfig(), **overrides)
         self.tokenizer = build_tokenizer(self.config.tokenizer)
@@ -312,9 +297,7 @@ class BabiTask:
 
     def questions(self, split: str, num_examples: int, seed: int) -> list[BabiQuestion]:
         """`num_examples` questions of `split`: generated from a split seed, or sampled from the files."""
-        if split not in SPLIT_OFFSETS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {sorted(SPLIT_OFFSETS)}")
-        rng = random.Random(seed * len(SPLIT_OFFSETS) + SPLIT_OFFSETS[split])
+        rng = random.Random(split_seed(split, seed))
         if self.config.data_path is not None:
             pool = self._file_questions(split)
             return rng.sample(pool, min(num_examples, len(pool)))

@@ -12,10 +12,9 @@ import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from gradmem.data import Example
-from gradmem.tokenizers import CharTokenizer, kv_alphabet
-
-SPLIT_OFFSETS = {"train": 0, "valid": 1, "test": 2}
+from gradmem.core.batch import Example
+from gradmem.core.task import split_seed
+from gradmem.tasks.tokenizers import CharTokenizer, kv_alphabet
 
 
 @dataclass
@@ -133,9 +132,7 @@ class KVTask:
 
     def split_seed(self, split: str, seed: int) -> int:
         """The generator seed used for `split` under the base `seed`."""
-        if split not in SPLIT_OFFSETS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {sorted(SPLIT_OFFSETS)}")
-        return seed * len(SPLIT_OFFSETS) + SPLIT_OFFSETS[split]
+        return split_seed(split, seed)
 
     def make_split(self, split: str, num_examples: int, seed: int) -> list[Example]:
         """`num_examples` examples of `split` ("train", "valid" or "test") for base `seed`."""
@@ -146,7 +143,7 @@ class KVTask:
 
         Scored as the task's own splits: the value's characters, not the closing "!|" (with fixed-
         length values, the first `value_len` characters). Characters outside the vocabulary encode
-        to [UNK] (gradmem.data_files refuses them).
+        to [UNK] (gradmem.tasks.data_files refuses them).
         """
         if len(target) < self.config.value_len:
             raise ValueError(f"target {target!r} is shorter than the task's {self.config.value_len}-character value")

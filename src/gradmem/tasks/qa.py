@@ -5,7 +5,7 @@ One line per question:
 `"answers": ["...", ...]` (several ground truths) may stand in place of `"answer"`; the first one
 is the training target. Examples are laid out as the SQuAD task lays them out (query
 "\\nQuestion: ...\\nAnswer:", target " answer" + EOS) and tokenised with any Hugging Face tokenizer;
-free-text answers are scored with SQuAD's EM and F1 (gradmem.text_eval).
+free-text answers are scored with SQuAD's EM and F1 (gradmem.evaluation.text_eval).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.bounded_io import DATA_LIMIT, read_limited_text, text_lines
-from gradmem.data import QUESTION_LAYOUT, Example, answer_example
-from gradmem.tasks.squad import SPLITS, SquadItem, sample_questions, squad_example
+from gradmem.core.batch import QUESTION_LAYOUT, Example, answer_example
+from gradmem.core.bounded_io import DATA_LIMIT, read_limited_text, text_lines
+from gradmem.core.task import SPLITS
+from gradmem.tasks.squad import SquadItem, sample_questions, squad_example
 
 
 @dataclass
@@ -75,7 +76,7 @@ class QATask:
         return "The Eiffel Tower was finished in 1889 in Paris.", ["When was the Eiffel Tower finished?"]
 
     def __init__(self, config: QAConfig | None = None, **overrides: Any) -> None:
-        from gradmem.tokenizers import build_tokenizer
+        from gradmem.tasks.tokenizers import build_tokenizer
 
         self.config = replace(config or QAConfig(), **overrides)
         if not any((self.config.train, self.config.valid, self.config.test)):

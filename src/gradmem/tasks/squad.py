@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.data import QUESTION_LAYOUT, Example, answer_example
+from gradmem.core.batch import QUESTION_LAYOUT, Example, answer_example
+from gradmem.core.task import SPLITS, Tokenizer, split_seed
 
-SPLITS = ("train", "valid", "test")
 ABBREVIATIONS = {"dr.", "mr.", "mrs.", "ms.", "st.", "prof.", "jr.", "sr.", "vs.", "etc.", "e.g.", "i.e.", "no.", "mt."}
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])")
 
@@ -141,11 +141,11 @@ class SquadConfig:
 def sample_questions(pool: list[SquadItem], split: str, num_examples: int, seed: int) -> list[SquadItem]:
     """`num_examples` of `pool` without replacement (all of them, shuffled, if fewer); a stream per
     (seed, split), so the splits of one seed never share draws."""
-    rng = random.Random(seed * len(SPLITS) + SPLITS.index(split))
+    rng = random.Random(split_seed(split, seed))
     return rng.sample(pool, min(num_examples, len(pool)))
 
 
-def squad_example(tokenizer: Any, context: str, question: str, answer: str) -> Example:
+def squad_example(tokenizer: Tokenizer, context: str, question: str, answer: str) -> Example:
     """A question laid out as the paper's extractive-QA tasks: the query "\nQuestion: ...\nAnswer:",
     the target " answer" then EOS, all of the answer scored."""
     return answer_example(tokenizer, context, QUESTION_LAYOUT.format(question=question), " " + answer)
@@ -163,7 +163,7 @@ class SquadTask:
         return "The Eiffel Tower was finished in 1889 in Paris.", ["When was the Eiffel Tower finished?"]
 
     def __init__(self, config: SquadConfig | None = None, **overrides: Any) -> None:
-        from gradmem.tokenizers import build_tokenizer
+        from gradmem.tasks.tokenizers import build_tokenizer
 
         self.config = replace(config or SquadConfig(), **overrides)
         if self.config.data_path is None:

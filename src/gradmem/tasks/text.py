@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.data import Example
-
-SPLITS = ("train", "valid", "test")
+from gradmem.core.batch import Example
+from gradmem.core.task import SPLITS, split_seed
 
 
 def shakespeare_files() -> list[Path]:
@@ -77,7 +76,7 @@ class TextTask:
         return "", []
 
     def __init__(self, config: TextConfig | None = None, **overrides: Any) -> None:
-        from gradmem.tokenizers import build_tokenizer
+        from gradmem.tasks.tokenizers import build_tokenizer
 
         self.config = replace(config or TextConfig(), **overrides)
         self.tokenizer = build_tokenizer(self.config.tokenizer)
@@ -107,7 +106,7 @@ class TextTask:
         chunks = [ids[i : i + width] for ids in self.token_files(split) for i in range(0, len(ids) - width + 1, width)]
         if not chunks:
             raise ValueError(f"no {split} file has {width} tokens")
-        rng = random.Random(seed * len(SPLITS) + SPLITS.index(split))
+        rng = random.Random(split_seed(split, seed))
         if num_examples <= len(chunks):
             return rng.sample(chunks, num_examples)
         return [rng.choice(chunks) for _ in range(num_examples)]

@@ -1,0 +1,1 @@
+"""The `gradmem` command line (gradmem.cli.main); the top layer, free to import any other."""

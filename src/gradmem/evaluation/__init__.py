@@ -1,0 +1,1 @@
+"""Evaluation: scoring a model on examples (exact match, token accuracy, generated text)."""

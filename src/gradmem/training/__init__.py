@@ -1,0 +1,2 @@
+"""Training: the Trainer, its compiled step, data parallelism, and `start_run`, the one start-up
+sequence of every entry point."""
