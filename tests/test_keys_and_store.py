@@ -123,3 +123,21 @@ def test_memory_files_outside_the_store_are_checked_too(tmp_path):
     os.mkfifo(fifo)
     done, result = _in_thread(lambda: memory_io.read_sidecar(tmp_path / "mem", label="memory mem"))
     assert done and isinstance(result, DamagedMemory) and "not a regular file" in str(result)
+
+
+def test_a_special_file_as_a_lock_neither_blocks_nor_breaks_writes(tmp_path):
+    """The lock of a key is opened read-write (a FIFO opened so never waits) and never followed
+    through a link; a folder where the lock belongs is a clear store error, not a hang."""
+    engine = make_engine(tmp_path)
+    (written,) = engine.write_texts([TEXT])
+    assert engine.forget(written.id)
+    lock = tmp_path / "locks" / f"{written.id}.lock"
+    os.mkfifo(lock)
+    done, result = _in_thread(lambda: engine.write_texts([TEXT]))
+    assert done and result[0].created and result[0].id == written.id
+    assert engine.forget(written.id)
+    if lock.exists():
+        lock.unlink()
+    lock.mkdir()
+    done, result = _in_thread(lambda: engine.write_texts([TEXT]))
+    assert done and isinstance(result, Exception) and "lock" in str(result) and str(tmp_path) not in str(result)
