@@ -300,7 +300,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     add_device_option(p)
 
 
-def add_memory_commands(sub: Any) -> None:
+def add_memory_commands(sub: argparse._SubParsersAction) -> None:
     """Register write / ask / inspect / store / serve on the `gradmem` sub-parser."""
     p = sub.add_parser("write", help="write a context (file or stdin) into a memory in the store")
     _engine_options(p)
