@@ -60,14 +60,18 @@ def forward_only(
 MODES = {"second_order": second_order, "first_order": first_order, "forward": forward_only}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_options(p)
     p.add_argument("--lengths", type=int_list, default="128,512,1024")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     apply_threads(args)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     report: dict[str, Any] = {
@@ -80,31 +84,43 @@ def main() -> None:
         q, k, v, w = (torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for _ in range(4))
         q, k, v = (x.requires_grad_() for x in (q, k, v))
         for mode, make in MODES.items():
-            calls = {name: make(get_attention(name), q, k, v, w) for name in KERNELS}
-            row: dict[str, Any] = {"length": length, "mode": mode}
-            for name, fn in calls.items():
-                fn()  # warm-up
-                row[f"{name}_peak_bytes"] = peak_bytes(fn, device)
-            times = interleaved(calls, args.rounds, device)
-            for name in KERNELS:
-                row[f"{name}_seconds"] = summary(times[name])
-            for name in KERNELS[1:]:
-                row[f"{name}_speedup"] = ratios(times, KERNELS[0], name)
-            report["results"].append(row)
-            print(
-                f"T={length:5d} {mode:12s} "
-                + ", ".join(
-                    f"{name} {row[name + '_seconds']['median'] * 1e3:.1f} ms {row[name + '_peak_bytes'] / 2**20:.0f} MiB"
-                    + (f" ({row[name + '_speedup']['median']:.2f}x)" if name != KERNELS[0] else "")
-                    for name in KERNELS
-                ),
-                flush=True,
-            )
+            row = measure({name: make(get_attention(name), q, k, v, w) for name in KERNELS}, args.rounds, device)
+            report["results"].append({"length": length, "mode": mode, **row})
+            print(f"T={length:5d} {mode:12s} " + summary_line(row), flush=True)
             q.grad = k.grad = v.grad = None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "attention" + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    lines = table(report)
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def measure(calls: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, Any]:
+    """Each kernel's peak memory (after a warm-up call), interleaved timings and speed-up over the first."""
+    row: dict[str, Any] = {}
+    for name, fn in calls.items():
+        fn()  # warm-up
+        row[f"{name}_peak_bytes"] = peak_bytes(fn, device)
+    times = interleaved(calls, rounds, device)
+    for name in KERNELS:
+        row[f"{name}_seconds"] = summary(times[name])
+    for name in KERNELS[1:]:
+        row[f"{name}_speedup"] = ratios(times, KERNELS[0], name)
+    return row
+
+
+def summary_line(row: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {row[name + '_seconds']['median'] * 1e3:.1f} ms {row[name + '_peak_bytes'] / 2**20:.0f} MiB"
+        + (f" ({row[name + '_speedup']['median']:.2f}x)" if name != KERNELS[0] else "")
+        for name in KERNELS
+    )
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    """The report as a Markdown table, with the setting above it."""
     s = report["setting"]
     lines = [
         f"Batch {s['batch']}, {s['heads']} heads, head dim {s['head_dim']}, {s['dtype']}, {s['device']}, "
@@ -128,8 +144,7 @@ def main() -> None:
         ]
         cells += [f"{r[n + '_peak_bytes'] / 2**20:.0f}" for n in KERNELS]
         lines.append(f"| {r['length']} | {r['mode']} | " + " | ".join(cells) + " |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

@@ -49,6 +49,21 @@ def make_preset(args: argparse.Namespace) -> dict[str, Any]:
         "init": "mean_embedding",
         "write": {"steps": args.write_steps, "optim": optim},
     }
+    return {
+        "name": Path(args.results).name,
+        "about": f"generated bAbI-style QA{args.task} (not the bAbI benchmark), {args.model}, the same budget for "
+        "every method",
+        "base": {"task": task, "backbone": backbone, "method": gradmem, "train": train_settings(args)},
+        "methods": method_entries(args),
+        "seeds": [args.seed],
+        "test_examples": args.test_examples,
+        "test_seed": args.seed,
+        "eval": {"batch_size": 8, "generate": True},
+    }
+
+
+def train_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The base spec's train section: the same for every method, with the warm-up stages if any."""
     train = {
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -72,9 +87,14 @@ def make_preset(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if warmups:
         train |= {"curriculum": [stage for stage, _ in warmups] + [{}], "stage_steps": [steps for _, steps in warmups]}
+    return train
+
+
+def method_entries(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The preset's methods: GradMem (the base spec's method), RMT and the two bounds."""
     k = args.write_steps
     rmt = {"name": "rmt", "num_memory": args.memory, "steps": 1, "init": "mean_embedding"}
-    methods = [
+    return [
         {
             "key": "gradmem",
             "label": f"GradMem m = {args.memory}, K = {k}",
@@ -85,17 +105,6 @@ def make_preset(args: argparse.Namespace) -> dict[str, Any]:
         {"key": "full_context", "label": "full context (upper bound)", "method": {"name": "full_context"}},
         {"key": "no_context", "label": "no context (lower bound)", "method": {"name": "no_context"}},
     ]
-    return {
-        "name": Path(args.results).name,
-        "about": f"generated bAbI-style QA{args.task} (not the bAbI benchmark), {args.model}, the same budget for "
-        "every method",
-        "base": {"task": task, "backbone": backbone, "method": gradmem, "train": train},
-        "methods": methods,
-        "seeds": [args.seed],
-        "test_examples": args.test_examples,
-        "test_seed": args.seed,
-        "eval": {"batch_size": 8, "generate": True},
-    }
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,7 +61,7 @@ def forward_flops(cfg: LlamaConfig, tokens: int, offset: int) -> float:
     return tokens * per_token + 4 * layers * d * attended
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int_list, default="128,256,512,1024", help="context lengths N in tokens")
     parser.add_argument("--steps", type=int_list, default="1,2,5", help="WRITE steps K")
@@ -77,10 +77,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", type=device_option, default="auto", help="auto (CUDA when available), cpu, cuda:N")
     parser.add_argument("--out", default="results/cost")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    lengths, ks = args.lengths, args.steps
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> tuple[LlamaConfig, MemoryModel]:
+    """A random-weight HF Llama of the asked size with GradMem on it, in eval mode on the device."""
     cfg = LlamaConfig(
         vocab_size=args.vocab,
         hidden_size=args.width,
@@ -88,75 +89,80 @@ def main() -> int:
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
         num_key_value_heads=args.heads,
-        max_position_embeddings=max(lengths) + 64,
+        max_position_embeddings=max(args.lengths) + 64,
     )
     backbone = HFBackbone.from_config(cfg, attn_implementation="sdpa")  # no second order at test time
     model = MemoryModel(backbone, build_method("gradmem", backbone, {"num_memory": args.memory})).to(args.device).eval()
-    lm = backbone.model
+    return cfg, model
+
+
+def time_length(args: argparse.Namespace, model: MemoryModel, n: int) -> dict[str, float]:
+    """Median seconds of each measured quantity (write_K, prefill, read_full, read_mem) for contexts of n tokens."""
+    lm, ks = model.backbone.model, args.steps
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    ids = torch.randint(4, args.vocab, (1, n), device=args.device)
+    context = pad_right([ids[0].tolist()]).to(args.device)
+    query = torch.randint(4, args.vocab, (1, args.query_tokens), device=args.device)
+    times: dict[str, list[float]] = {k: [] for k in ["prefill", "read_full", "read_mem"] + [f"write_{k}" for k in ks]}
+    for rep in range(args.repeats + 1):  # repetition 0 warms up and is dropped
+        sample: dict[str, float] = {}
+        for k in ks:
+
+            def run_write(k: int = k) -> None:
+                memory = model.write(context, steps=k)
+                lm(inputs_embeds=memory.prefix, use_cache=True)  # the memory's KV cache, once per memory
+                sync()
+
+            sample[f"write_{k}"] = timed(run_write)
+        cache_c = DynamicCache()
+        sample["prefill"] = timed(lambda: (lm(input_ids=ids, past_key_values=cache_c, use_cache=True), sync()))
+        cache_m = DynamicCache()
+        lm(inputs_embeds=model.write(context, steps=ks[0]).prefix, past_key_values=cache_m, use_cache=True)
+        full, mem = [], []
+        for _ in range(args.queries):  # interleaved: full, memory, full, memory ...
+            full.append(timed(lambda: (decode(lm, cache_c, n, query, args.answer_tokens), sync())))
+            mem.append(timed(lambda: (decode(lm, cache_m, args.memory, query, args.answer_tokens), sync())))
+        sample["read_full"], sample["read_mem"] = statistics.mean(full), statistics.mean(mem)
+        if rep:
+            for key, value in sample.items():
+                times[key].append(value)
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
+def rows_of(
+    args: argparse.Namespace, cfg: LlamaConfig, model: MemoryModel, n: int, med: dict[str, float]
+) -> list[dict]:
+    """One row per K for contexts of n tokens: the medians in ms, the break-even query counts, the state sizes."""
+    q, a, m = args.query_tokens, args.answer_tokens, args.memory
+    flops_read_full = forward_flops(cfg, q, n) + sum(forward_flops(cfg, 1, n + q + i) for i in range(a - 1))
+    flops_read_mem = forward_flops(cfg, q, m) + sum(forward_flops(cfg, 1, m + q + i) for i in range(a - 1))
     rows = []
-    with torch.no_grad():
-        for n in lengths:
-            ids = torch.randint(4, args.vocab, (1, n), device=args.device)
-            context = pad_right([ids[0].tolist()]).to(args.device)
-            query = torch.randint(4, args.vocab, (1, args.query_tokens), device=args.device)
-            times: dict[str, list[float]] = {
-                k: [] for k in ["prefill", "read_full", "read_mem"] + [f"write_{k}" for k in ks]
+    for k in args.steps:
+        flops_write = 3 * k * forward_flops(cfg, m + n, 0) + forward_flops(cfg, m, 0)  # fwd + bwd per step
+        gain = med["read_full"] - med["read_mem"]
+        extra = med[f"write_{k}"] - med["prefill"]
+        rows.append(
+            {
+                "context_tokens": n,
+                "write_steps": k,
+                "write_ms": 1000 * med[f"write_{k}"],
+                "prefill_ms": 1000 * med["prefill"],
+                "read_mem_ms": 1000 * med["read_mem"],
+                "read_full_ms": 1000 * med["read_full"],
+                "break_even_queries": extra / gain if gain > 0 else math.inf,
+                "break_even_queries_flops": (flops_write - forward_flops(cfg, n, 0))
+                / (flops_read_full - flops_read_mem),
+                # when the full-context KV cache is not kept, every query re-reads the context
+                "break_even_queries_reread": med[f"write_{k}"] / (med["prefill"] + gain),
+                "memory_floats": m * args.width,
+                "kv_cache_floats": context_state_floats(model.backbone, n),
             }
-            for rep in range(args.repeats + 1):  # repetition 0 warms up and is dropped
-                sample: dict[str, float] = {}
-                for k in ks:
+        )
+    return rows
 
-                    def run_write(k: int = k) -> None:
-                        memory = model.write(context, steps=k)
-                        lm(inputs_embeds=memory.prefix, use_cache=True)  # the memory's KV cache, once per memory
-                        sync()
 
-                    sample[f"write_{k}"] = timed(run_write)
-                cache_c = DynamicCache()
-                sample["prefill"] = timed(lambda: (lm(input_ids=ids, past_key_values=cache_c, use_cache=True), sync()))
-                cache_m = DynamicCache()
-                lm(inputs_embeds=model.write(context, steps=ks[0]).prefix, past_key_values=cache_m, use_cache=True)
-                full, mem = [], []
-                for _ in range(args.queries):  # interleaved: full, memory, full, memory ...
-                    full.append(timed(lambda: (decode(lm, cache_c, n, query, args.answer_tokens), sync())))
-                    mem.append(timed(lambda: (decode(lm, cache_m, args.memory, query, args.answer_tokens), sync())))
-                sample["read_full"], sample["read_mem"] = statistics.mean(full), statistics.mean(mem)
-                if rep:
-                    for key, value in sample.items():
-                        times[key].append(value)
-            med = {key: statistics.median(v) for key, v in times.items()}
-            q, a, m = args.query_tokens, args.answer_tokens, args.memory
-            flops_read_full = forward_flops(cfg, q, n) + sum(forward_flops(cfg, 1, n + q + i) for i in range(a - 1))
-            flops_read_mem = forward_flops(cfg, q, m) + sum(forward_flops(cfg, 1, m + q + i) for i in range(a - 1))
-            for k in ks:
-                flops_write = 3 * k * forward_flops(cfg, m + n, 0) + forward_flops(cfg, m, 0)  # fwd + bwd per step
-                gain = med["read_full"] - med["read_mem"]
-                extra = med[f"write_{k}"] - med["prefill"]
-                rows.append(
-                    {
-                        "context_tokens": n,
-                        "write_steps": k,
-                        "write_ms": 1000 * med[f"write_{k}"],
-                        "prefill_ms": 1000 * med["prefill"],
-                        "read_mem_ms": 1000 * med["read_mem"],
-                        "read_full_ms": 1000 * med["read_full"],
-                        "break_even_queries": extra / gain if gain > 0 else math.inf,
-                        "break_even_queries_flops": (flops_write - forward_flops(cfg, n, 0))
-                        / (flops_read_full - flops_read_mem),
-                        # when the full-context KV cache is not kept, every query re-reads the context
-                        "break_even_queries_reread": med[f"write_{k}"] / (med["prefill"] + gain),
-                        "memory_floats": m * args.width,
-                        "kv_cache_floats": context_state_floats(backbone, n),
-                    }
-                )
-                print(
-                    json.dumps({k2: (round(v, 2) if isinstance(v, float) else v) for k2, v in rows[-1].items()}),
-                    flush=True,
-                )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    setup = {
+def setup_of(args: argparse.Namespace) -> dict:
+    return {
         "model": f"HF Llama {args.layers} layers x width {args.width}, {args.heads} heads, vocab {args.vocab}, random weights",
         "memory_vectors": args.memory,
         "query_tokens": args.query_tokens,
@@ -170,9 +176,25 @@ def main() -> int:
         "command": "python benchmarks/cost.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    cfg, model = build(args)
+    rows = []
+    with torch.no_grad():
+        for n in args.lengths:
+            for row in rows_of(args, cfg, model, n, time_length(args, model, n)):
+                rows.append(row)
+                print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    setup = setup_of(args)
     (out / "cost.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=2))
     write_table(out, setup, rows)
-    plot(out, rows, ks)
+    plot(out, rows, args.steps)
     return 0
 
 

@@ -198,13 +198,34 @@ def main() -> None:
     task = KVTask(num_pairs=args.pairs)
     batch = collate(task.make_split("train", args.batch, seed=args.seed)).to(device)
     ops = {name: calls(model, batch, VARIANTS[name][2]) for name, model in models.items()}
-
+    report = new_report(args, batch, device)
+    for name in names:
+        report["variants"][name] = warm_up_and_count(name, ops[name], device)
     # the machine's matmul peak: a large square product and the model's widest projection
     shapes = [
         (2048, 2048, 2048),
         (args.batch * (args.memory + batch.context.ids.shape[1]), args.width, 2 * args.intermediate),
     ]
-    report: dict[str, Any] = {
+    peaks: list[float] = []
+    for op in ("train", "write", "read"):
+        # one matmul-peak measurement per round, interleaved with the variants
+        variants = {name: ops[name][op] for name in names}
+        if op == "train":
+            variants["_matmul_peak"] = lambda: peaks.append(max(matmul_gflops(s, dtype, device, 3) for s in shapes))
+        times = interleaved(variants, args.rounds, device)
+        times.pop("_matmul_peak", None)
+        record_times(report, op, times, names, args)
+    peak = summary(peaks)
+    report["matmul_peak_gflops"] = peak
+    for name in names:
+        for entry in report["variants"][name].values():
+            entry["fraction_of_peak"] = entry["gflops_per_s"] / peak["max"]
+    write_outputs(report, args)
+
+
+def new_report(args: argparse.Namespace, batch: Any, device: torch.device) -> dict[str, Any]:
+    """The report's setting and machine, with no variant measured yet."""
+    return {
         "setting": {
             **vars(args),
             "context_tokens": int(batch.context.ids.shape[1]),
@@ -218,53 +239,49 @@ def main() -> None:
         },
         "variants": {},
     }
-    for name in names:  # untimed warm-up (first calls allocate and pick kernels), FLOPs and peak memory
-        entry: dict[str, Any] = {}
-        eager_train = ops[name].pop("_train_eager", None)
-        for op, fn in ops[name].items():
-            fn()
-            if op == "train" and eager_train is not None:
-                # Compiled code must not run under the counting dispatch modes (Dynamo would retrace it);
-                # FLOPs are those of the eager step, tensor peak memory is not measured.
-                entry[op] = {"flops": count_flops(eager_train), "peak_bytes": None}
-            else:
-                entry[op] = {"flops": count_flops(fn), "peak_bytes": peak_bytes(fn, device)}
-        report["variants"][name] = entry
+
+
+def warm_up_and_count(name: str, ops: dict[str, Callable[[], Any]], device: torch.device) -> dict[str, Any]:
+    """Run each operation of variant `name` once untimed (first calls allocate and pick kernels), with
+    its FLOPs and peak tensor memory; printed. Takes the eager twin of a compiled step out of `ops`."""
+    entry: dict[str, Any] = {}
+    eager_train = ops.pop("_train_eager", None)
+    for op, fn in ops.items():
+        fn()
+        if op == "train" and eager_train is not None:
+            # Compiled code must not run under the counting dispatch modes (Dynamo would retrace it);
+            # FLOPs are those of the eager step, tensor peak memory is not measured.
+            entry[op] = {"flops": count_flops(eager_train), "peak_bytes": None}
+        else:
+            entry[op] = {"flops": count_flops(fn), "peak_bytes": peak_bytes(fn, device)}
+    print(
+        f"{name}: "
+        + ", ".join(f"{op} {e['flops'] / 1e9:.1f} GFLOP, {mib(e['peak_bytes'])} MiB" for op, e in entry.items()),
+        flush=True,
+    )
+    return entry
+
+
+def record_times(
+    report: dict[str, Any], op: str, times: dict[str, list[float]], names: list[str], args: argparse.Namespace
+) -> None:
+    """Add the timings of operation `op` to every variant's report entry (median, examples/s, GFLOP/s,
+    ratio to the baseline); printed."""
+    for name in names:
+        stats = summary(times[name])
+        entry = report["variants"][name][op]
+        entry.update(
+            seconds=stats,
+            examples_per_s=args.batch / stats["median"],
+            gflops_per_s=entry["flops"] / stats["median"] / 1e9,
+        )
+        entry["ratio_vs_baseline"] = ratios(times, args.baseline, name)
         print(
-            f"{name}: "
-            + ", ".join(f"{op} {e['flops'] / 1e9:.1f} GFLOP, {mib(e['peak_bytes'])} MiB" for op, e in entry.items()),
+            f"{op:5s} {name:22s} {stats['median']:.3f} s (spread {stats['spread']:.0%}), "
+            f"{args.batch / stats['median']:.3g} ex/s, speed-up vs {args.baseline}: "
+            f"{entry['ratio_vs_baseline']['median']:.2f}x",
             flush=True,
         )
-
-    peaks: list[float] = []
-    for op in ("train", "write", "read"):
-        # one matmul-peak measurement per round, interleaved with the variants
-        variants = {name: ops[name][op] for name in names}
-        if op == "train":
-            variants["_matmul_peak"] = lambda: peaks.append(max(matmul_gflops(s, dtype, device, 3) for s in shapes))
-        times = interleaved(variants, args.rounds, device)
-        times.pop("_matmul_peak", None)
-        for name in names:
-            stats = summary(times[name])
-            entry = report["variants"][name][op]
-            entry.update(
-                seconds=stats,
-                examples_per_s=args.batch / stats["median"],
-                gflops_per_s=entry["flops"] / stats["median"] / 1e9,
-            )
-            entry["ratio_vs_baseline"] = ratios(times, args.baseline, name)
-            print(
-                f"{op:5s} {name:22s} {stats['median']:.3f} s (spread {stats['spread']:.0%}), "
-                f"{args.batch / stats['median']:.3g} ex/s, speed-up vs {args.baseline}: "
-                f"{entry['ratio_vs_baseline']['median']:.2f}x",
-                flush=True,
-            )
-    peak = summary(peaks)
-    report["matmul_peak_gflops"] = peak
-    for name in names:
-        for entry in report["variants"][name].values():
-            entry["fraction_of_peak"] = entry["gflops_per_s"] / peak["max"]
-    write_outputs(report, args)
 
 
 def mib(n: int | None) -> str:

@@ -238,7 +238,9 @@ def plot(path: Path, rows: list[dict[str, Any]], title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The options and the config they name; every usage error before any training or scoring (a
+    run can take hours)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="run spec with a curriculum over num_pairs")
     parser.add_argument("--set", nargs="*", default=[], help="spec overrides, e.g. train.lr=0.002")
@@ -281,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=None, help="run folders (default runs/time_to_accuracy/<name>)")
     parser.add_argument("--out", default=None, help="results folder (default results/time_to_accuracy)")
     args = parser.parse_args(argv)
-    # every usage error before any training or scoring: a run can take hours
     if any(k < 0 for k in args.choose_steps or []) or not all(lr > 0 for lr in args.choose_lrs or []):
         parser.error("--choose-steps must be >= 0 and --choose-lrs > 0")
     if any(k < 0 for k in args.eval_steps) or min([*args.milestones, *(args.test_pairs or [])], default=1) < 1:
@@ -292,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads(Path(args.config).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as err:
         parser.error(f"cannot read --config {args.config}: {err}")
+    return args, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = parse_args(argv)
     torch.set_num_threads(args.threads)
 
     base = apply_overrides(config, args.set + [f"train.max_minutes={args.minutes}", f"train.device={args.device}"])

@@ -26,7 +26,7 @@ from gradmem.methods.training_free import training_free_model
 from gradmem.tasks.text import TextTask
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--chunks", type=int_list, default="16,32", help="chunk lengths N in tokens")
@@ -37,9 +37,30 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="results/pretrained/training_free")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    rows = measure(args)
+    command = "python benchmarks/training_free.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {"command": command, "model": args.model, "memory": args.memory, "examples": args.examples, "rows": rows},
+            indent=2,
+        )
+    )
+    out.with_suffix(".md").write_text("\n".join(report(args, rows, command)))
+    plot(rows, out.with_suffix(".png"), args)
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """One row per (chunk length, inner lr, write steps): the token accuracy of reconstruction; printed."""
     spec = {"name": "hf", "pretrained": args.model}
     backbone = build_backbone(spec)
     tokenizer = {"type": "hf", "pretrained": args.model}
@@ -63,17 +84,11 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps({k2: v for k2, v in row.items() if k2 != "write_loss_curve"}), flush=True)
-    command = "python benchmarks/training_free.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-    )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {"command": command, "model": args.model, "memory": args.memory, "examples": args.examples, "rows": rows},
-            indent=2,
-        )
-    )
+    return rows
+
+
+def report(args: argparse.Namespace, rows: list[dict], command: str) -> list[str]:
+    """The rows as Markdown lines: one table row per (chunk length, inner lr), one column per K."""
     lines = [
         f"# Training-free GradMem, {args.model} frozen, m = {args.memory}, inner Adam, M0 = mean embedding",
         "",
@@ -88,8 +103,7 @@ def main() -> None:
             cells = [f"{100 * r['token_accuracy']:.1f}" for r in rows if r["chunk_tokens"] == n and r["inner_lr"] == lr]
             lines.append(f"| {n} | {lr} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{command}`", ""]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    plot(rows, out.with_suffix(".png"), args)
+    return lines
 
 
 def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> None:

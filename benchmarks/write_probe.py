@@ -102,7 +102,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[Tensor]], list[str
     return features, [q.answer for q in questions]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", type=int, default=1)
@@ -118,6 +118,11 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.fit < args.stories:
         parser.error("need 0 < --fit < --stories")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     features, answers = collect(args)
@@ -135,6 +140,11 @@ def main() -> None:
     out.with_suffix(".json").write_text(
         json.dumps({"settings": settings, "chance": chance, "accuracy": rows}, indent=2)
     )
+    out.with_suffix(".md").write_text("\n".join(report(args, settings, chance, rows)))
+
+
+def report(args: argparse.Namespace, settings: dict[str, Any], chance: float, rows: dict[str, Any]) -> list[str]:
+    """The probe accuracies as Markdown lines: the gradient's, then one table row per step norm."""
     lines = [
         f"# Linear probe of one WRITE step, {args.model} frozen (GENERATED bAbI-style QA{args.task}, "
         f"{args.statements_per_question} statement(s) per question)",
@@ -166,7 +176,7 @@ def main() -> None:
         ),
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":

@@ -30,9 +30,8 @@ def test_evaluate_reports_each_scored_batch_for_a_progress_bar():
 
 def test_the_best_wins_and_ties_go_to_fewer_steps_then_the_smaller_lr(monkeypatch):
     scores = {(1, 0.5): 0.2, (1, 1.0): 0.7, (3, 0.5): 0.9, (3, 1.0): 0.9, (5, 0.5): 0.9, (5, 1.0): 0.8}
-    module = importlib.import_module(
-        "gradmem.evaluation.evaluate"
-    )  # the package's `evaluate` attribute is the function
+    # choose_write_setting looks `evaluate` up in its own module at call time: patch it there
+    module = importlib.import_module("gradmem.evaluation.evaluate")
     monkeypatch.setattr(
         module, "evaluate", lambda model, examples, batch_size, steps, lr: {"exact_match": scores[steps, lr]}
     )

@@ -16,7 +16,7 @@ from gradmem.backbones import build_backbone
 from gradmem.core.errors import CheckpointError, ConfigError
 from gradmem.run.build import build_model
 from gradmem.run.checkpoint import load_checkpoint, save_checkpoint
-from gradmem.run.spec import LegacySpecWarning, upgrade_spec, validate_spec
+from gradmem.run.spec import LegacySpecWarning, read_spec, upgrade_spec, validate_spec
 from gradmem.run.weights import BACKBONE_REF, frozen_keys
 from gradmem.training.trainer import Stage, TrainConfig, Trainer, curriculum
 
@@ -52,6 +52,20 @@ def test_old_backbone_type_key_is_converted_once_on_load_and_builds_the_same_mod
     assert_same_weights(model_old, loaded)
     with pytest.raises(ConfigError, match="unknown backbone 'gpt'"):
         validate_spec(spec_with({"name": "gpt"}))
+
+
+def test_the_legacy_key_warning_points_at_the_callers_line(tmp_path) -> None:
+    old = spec_with({"type": "llama", **TINY_LLAMA})
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    save_checkpoint(tmp_path / "old", build_model(spec_with({"name": "llama", **TINY_LLAMA})), old)
+    for read in (
+        lambda: upgrade_spec(old),
+        lambda: read_spec(tmp_path / "old.json"),
+        lambda: load_checkpoint(tmp_path / "old"),
+    ):
+        with pytest.warns(LegacySpecWarning) as caught:
+            read()
+        assert [w.filename for w in caught] == [__file__], [(w.filename, w.lineno) for w in caught]
 
 
 def test_a_built_in_backbone_spec_takes_the_backbone_options() -> None:

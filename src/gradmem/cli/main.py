@@ -234,7 +234,14 @@ def example_count(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gradmem", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_train_command(sub)
+    add_eval_command(sub)
+    add_memory_commands(sub)  # write, ask, inspect, store, serve
+    add_data_command(sub)
+    return parser
 
+
+def add_train_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="meta-train a model from a JSON run spec")
     p.add_argument(
         "--config",
@@ -265,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+
+def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out data")
     p.add_argument("checkpoint")
     p.add_argument(
@@ -292,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_option(p)
     p.set_defaults(func=cmd_eval)
 
-    add_memory_commands(sub)  # write, ask, inspect, store, serve
 
+def add_data_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="export a task split as JSONL")
     p.add_argument("--config", required=True)
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE")
@@ -302,7 +311,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_data)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

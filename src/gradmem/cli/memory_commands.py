@@ -24,7 +24,8 @@ from gradmem.core.bounded_io import TEXT_LIMIT, decode, read_limited_text, read_
 from gradmem.core.device import device_option
 from gradmem.core.errors import InvalidInput, NotFound
 from gradmem.core.files import atomic_copy
-from gradmem.serve.engine import EngineConfig, TaskText
+from gradmem.core.memory import Memory
+from gradmem.serve.engine import Engine, EngineConfig, TaskText
 from gradmem.serve.store import MemoryStore
 
 ASK_BATCH = 256  # questions per batched decode of `gradmem ask` (a long question file runs in several)
@@ -44,17 +45,16 @@ def default_store() -> str:
     return os.environ.get("GRADMEM_STORE") or str(Path.home() / ".cache" / "gradmem" / "store")
 
 
-def open_engine(args: argparse.Namespace) -> Any:
+def open_engine(args: argparse.Namespace) -> Engine:
     from gradmem.core.device import resolve_device
     from gradmem.run.checkpoint import load_checkpoint
-    from gradmem.serve.engine import Engine
 
     model, task, _ = load_checkpoint(args.checkpoint, resolve_device(args.device))
     config = from_args(EngineConfig, args)
     return Engine(model, task.tokenizer, MemoryStore(args.store), config, TaskText.of(task))
 
 
-def resolve_memory(engine: Any, ref: str) -> tuple[Any, dict[str, Any], str | None]:
+def resolve_memory(engine: Engine, ref: str) -> tuple[Memory, dict[str, Any], str | None]:
     """(memory, sidecar, stored context) for a store id or a memory file path."""
     from gradmem.core.memory_file import load_memory
 
@@ -300,7 +300,7 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     add_device_option(p)
 
 
-def add_memory_commands(sub: Any) -> None:
+def add_memory_commands(sub: argparse._SubParsersAction) -> None:
     """Register write / ask / inspect / store / serve on the `gradmem` sub-parser."""
     p = sub.add_parser("write", help="write a context (file or stdin) into a memory in the store")
     _engine_options(p)

@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -78,12 +77,6 @@ class Batch:
 # How the question-answering tasks (bAbI, SQuAD, user question files) lay out a question as the
 # query; the target is " answer" then EOS. `str.format` it with `question=`.
 QUESTION_LAYOUT = "\nQuestion: {question}\nAnswer:"
-
-
-def answer_example(tokenizer: Any, context: str, query: str, answer: str) -> Example:
-    """An extractive-QA example from text: the answer's tokens then EOS, all of the answer scored."""
-    answer_ids = tokenizer.encode(answer)
-    return Example(tokenizer.encode(context), tokenizer.encode(query), answer_ids + [tokenizer.eos_id], len(answer_ids))
 
 
 def pad_right(rows: Sequence[Sequence[int]], pad_id: int = 0) -> TokenBatch:

@@ -1,4 +1,5 @@
-"""The Task and Tokenizer protocols, and the one formula that seeds a task's data splits.
+"""The Task and Tokenizer protocols, the one formula that seeds a task's data splits, and the one
+way a question-answering task encodes an example from text (`answer_example`).
 
 A task turns a seed into examples (`make_split`) and its own text into examples
 (`encode_strings`, what `gradmem ask` and data files use); it holds the tokenizer every example
@@ -60,6 +61,12 @@ class Tokenizer(Protocol):
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able spec that rebuilds this tokenizer."""
         ...
+
+
+def answer_example(tokenizer: Tokenizer, context: str, query: str, answer: str) -> Example:
+    """An extractive-QA example from text: the answer's tokens then EOS, all of the answer scored."""
+    answer_ids = tokenizer.encode(answer)
+    return Example(tokenizer.encode(context), tokenizer.encode(query), answer_ids + [tokenizer.eos_id], len(answer_ids))
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, TypedDict
@@ -45,6 +46,19 @@ class LegacySpecWarning(UserWarning):
     """A spec read from a file spelled the backbone's kind with the old `type` key."""
 
 
+PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)  # src/gradmem
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` that makes a warning raised by the function calling this point at the first
+    line outside gradmem: the user's line that read the spec or loaded the checkpoint, however
+    many gradmem functions lie between (Python 3.10 has no `skip_file_prefixes`)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def upgrade_spec(spec: Any, source: str = "a run spec") -> Any:
     """`spec` with a legacy backbone `type` key renamed to `name` (a copy; a warning says so).
     Anything that is not a run spec is returned as it is, for `validate_spec` to name."""
@@ -56,7 +70,7 @@ def upgrade_spec(spec: Any, source: str = "a run spec") -> Any:
     warnings.warn(
         f"{source}: backbone key 'type' is read as 'name' (the one discriminator key); save the spec again",
         LegacySpecWarning,
-        stacklevel=2,
+        stacklevel=_caller_stacklevel(),
     )
     spec = copy.deepcopy(spec)
     kind = spec["backbone"].pop("type")

@@ -22,7 +22,7 @@ from torch import Tensor
 from gradmem.backbones.base import context_state_floats
 from gradmem.core.batch import pad_right
 from gradmem.core.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, Overloaded, StoreUnavailable
-from gradmem.core.memory import Memory
+from gradmem.core.memory import Memory, WriteStats
 from gradmem.core.memory_file import build_sidecar, load_memory, model_fingerprint
 from gradmem.core.method import reconstructing
 from gradmem.core.sequence import generated_rows
@@ -317,9 +317,7 @@ class Engine:
         )
 
 
-def _select_stats(stats: Any, rows: Tensor) -> Any:
-    from gradmem.core.memory import WriteStats
-
+def _select_stats(stats: WriteStats, rows: Tensor) -> WriteStats:
     return WriteStats(
         losses=stats.losses[:, rows],
         grad_norms=stats.grad_norms[:, rows],

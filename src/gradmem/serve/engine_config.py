@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradmem.core.task import Task
+
 StepCallback = Callable[[int, int, float], None]  # (text index, step, mean loss over its blocks)
 
 
@@ -38,7 +40,7 @@ class TaskText:
     example_questions: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, task: Any) -> TaskText:
+    def of(cls, task: Task) -> TaskText:
         """The text conventions of a registry task (its `question_layout` and `example()`)."""
         context, questions = task.example()
         return cls(task.question_layout, context, tuple(questions))

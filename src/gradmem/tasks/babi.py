@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.core.batch import QUESTION_LAYOUT, Example, answer_example
-from gradmem.core.task import Task, split_seed
+from gradmem.core.batch import QUESTION_LAYOUT, Example
+from gradmem.core.task import Task, answer_example, split_seed
 from gradmem.tasks.babi_format import BabiLine, BabiQuestion, Story, find_babi_file, parse_babi, story_questions
 from gradmem.tasks.babi_words import (
     DIRECTIONS,

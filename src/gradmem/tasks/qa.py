@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.core.batch import QUESTION_LAYOUT, Example, answer_example
+from gradmem.core.batch import QUESTION_LAYOUT, Example
 from gradmem.core.bounded_io import DATA_LIMIT, read_limited_text, text_lines
-from gradmem.core.task import SPLITS
+from gradmem.core.task import SPLITS, answer_example
 from gradmem.tasks.squad import SquadItem, sample_questions, squad_example
 
 

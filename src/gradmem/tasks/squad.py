@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gradmem.core.batch import QUESTION_LAYOUT, Example, answer_example
-from gradmem.core.task import SPLITS, Tokenizer, split_seed
+from gradmem.core.batch import QUESTION_LAYOUT, Example
+from gradmem.core.task import SPLITS, Tokenizer, answer_example, split_seed
 
 ABBREVIATIONS = {"dr.", "mr.", "mrs.", "ms.", "st.", "prof.", "jr.", "sr.", "vs.", "etc.", "e.g.", "i.e.", "no.", "mt."}
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[])")

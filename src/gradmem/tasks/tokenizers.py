@@ -320,7 +320,7 @@ class WordTokenizer(HFTokenizer):
         return f"WordTokenizer({named}, vocab_size={self.vocab_size})"
 
 
-def build_tokenizer(spec: dict[str, Any] | None) -> Any:
+def build_tokenizer(spec: dict[str, Any] | None) -> Tokenizer:
     """A tokenizer from its `to_dict` description: char, word (vocab / words), hf (path /
     pretrained / inline json)."""
     if spec is None:
@@ -349,7 +349,7 @@ def unknown_characters(tokenizer: Tokenizer, text: str, most: int = 10) -> list[
     return list(tokenizer.unknown(text, most))
 
 
-def _unknown_characters(tokenizer: Any, text: str, most: int = 10) -> list[str]:
+def _unknown_characters(tokenizer: Tokenizer, text: str, most: int = 10) -> list[str]:
     """Up to `most` distinct characters of `text` the tokenizer maps to its unknown token, each as
     U+XXXX with its repr (control characters stay readable), in order of first appearance."""
     found: list[str] = []
