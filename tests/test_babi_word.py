@@ -238,3 +238,21 @@ def test_the_page_example_is_a_story_of_the_task_in_its_vocabulary(tasks, tok: W
     assert task.example() == (context, questions)  # seeded: the page shows the same story every time
     first = tasks[0] if isinstance(tasks, list) else tasks
     assert all(question_task(BabiQuestion((), q, "", ())) == first for q in questions)
+
+
+@pytest.mark.parametrize("task", [1, 2, 3])
+def test_short_moves_tell_the_same_stories_without_the_verb_phrase(tok: WordTokenizer, task: int) -> None:
+    full = generate_stories(BabiConfig(task=task), 50, seed=3)
+    short = generate_stories(BabiConfig(task=task, short_moves=True), 50, seed=3)
+    moves = 0
+    for a, b in zip(full, short, strict=True):
+        assert [(x.answer, x.supporting) for x in a] == [(y.answer, y.supporting) for y in b]  # same questions
+        for x, y in zip(a, b, strict=True):
+            words = x.text.split()
+            if x.answer is None and words[1:] != y.text.split()[1:]:  # a move: "Mary went to the kitchen."
+                assert y.text == f"{words[0]} {words[-1]}"  # "Mary kitchen."
+                moves += 1
+            else:
+                assert x.text == y.text
+        assert tok.unk_id not in tok.encode(" ".join(y.text for y in b))
+    assert moves > 100

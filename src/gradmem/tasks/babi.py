@@ -71,6 +71,7 @@ class BabiConfig:
     questions_per_story: int = 5  # generated stories: questions asked per story (QA4: always 1)
     statements_per_question: int | None = None  # generated: statements before each question; None = per-task default
     tokenizer: dict[str, Any] | None = None  # e.g. {"type": "hf", "pretrained": "smollm2-135m"}
+    short_moves: bool = False  # generated: "Mary kitchen." for "Mary moved to the kitchen." (a curriculum aid)
 
     def __post_init__(self) -> None:
         tasks = _task_list(self.task)
@@ -81,10 +82,18 @@ class BabiConfig:
 
 
 class _World:
-    """The state a generated story needs to answer its questions (who is where, who holds what)."""
+    """The state a generated story needs to answer its questions (who is where, who holds what).
 
-    def __init__(self, rng: random.Random) -> None:
+    With `short_moves` a move is written without its verb phrase, "Mary kitchen.": the name right
+    before its place. A decoder trained from scratch on full context binds people to places in
+    ~2000 steps on that text and then carries the binding over to the full sentences, where the
+    3-4 words between name and place keep it on the "most recent place" shortcut (docs/results.md).
+    The verb is drawn either way, so both texts tell the same stories.
+    """
+
+    def __init__(self, rng: random.Random, short_moves: bool = False) -> None:
         self.rng = rng
+        self.short_moves = short_moves
         self.lines: Story = []
         self.person_at: dict[str, tuple[str, int]] = {}  # person -> (place, line number)
         self.holder: dict[str, tuple[str, int]] = {}  # object -> (person, grab line)
@@ -102,7 +111,8 @@ class _World:
     def move(self) -> None:
         person = self.rng.choice(PEOPLE)
         place = self.rng.choice([p for p in PLACES if p != self.person_at.get(person, ("",))[0]])
-        line = self.add(f"{person} {self.rng.choice(MOVES)} the {place}.")
+        verb = self.rng.choice(MOVES)
+        line = self.add(f"{person} {place}." if self.short_moves else f"{person} {verb} the {place}.")
         self.person_at[person] = (place, line)
         for obj, (holder, grab) in self.holder.items():
             if holder == person:
@@ -214,7 +224,7 @@ def generate_story(cfg: BabiConfig, rng: random.Random) -> Story:
     task = tasks[0] if len(tasks) == 1 else rng.choice(tasks)
     if task == 4:
         return _relation_story(rng)
-    world = _World(rng)
+    world = _World(rng, cfg.short_moves)
     per_question = cfg.statements_per_question or DEFAULT_STATEMENTS[task]
     asked = 0
     while asked < cfg.questions_per_story:
