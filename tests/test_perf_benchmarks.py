@@ -12,6 +12,7 @@ with benchmarks_on_path():
     import attention
     import perfkit
     import precision
+    import reconstruction_cache
     import throughput
 
 
@@ -104,3 +105,18 @@ def test_precision_benchmark_times_both_precisions_on_the_same_weights(tmp_path,
     assert set(result["seconds"]) == {"fp32", "bf16"} and result["seconds"]["fp32"]["n"] == 2
     assert result["batch_size"] == 4 and result["cpu"] and isinstance(result["auto_chooses_bf16"], bool)
     assert "bf16" in (tmp_path / "precision_t.md").read_text() and "Command:" in capsys.readouterr().out
+
+
+def test_the_reconstruction_cache_benchmark_decodes_the_same_tokens_both_ways(tmp_path):
+    from conftest import tiny_model
+
+    from gradmem.serve.engine import Engine, EngineConfig
+    from gradmem.serve.store import MemoryStore
+    from gradmem.tasks.tokenizers import CharTokenizer
+
+    engine = Engine(tiny_model(), CharTokenizer.for_kv(62), MemoryStore(tmp_path), EngineConfig(chunk_tokens=40))
+    (row,) = reconstruction_cache.compare(engine, [6], rounds=2)
+    assert row["same_tokens"] and row["blocks"] == -(-row["context_tokens"] // 40)
+    assert row["positions"]["cached"] == row["blocks"] * (3 + 40 - 1)  # m = 3, every block decodes 40 tokens
+    assert row["seconds"]["cached"]["n"] == row["seconds"]["uncached"]["n"] == 2
+    assert "| 6 |" in reconstruction_cache.table([row])

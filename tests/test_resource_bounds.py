@@ -61,17 +61,23 @@ def test_every_model_call_of_the_service_returns_freed_memory(tmp_path, monkeypa
     assert len(calls) == 3
 
 
-def test_the_reconstruction_budget_counts_the_positions_the_model_really_runs(tmp_path):
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_reconstruction_budget_counts_the_positions_the_model_really_runs(tmp_path, cached):
     from gradmem.serve.budget import Budget
     from gradmem.serve.fidelity import greedy_reconstruction
 
     engine = make_engine(tmp_path)
-    backbone = engine.model.backbone
-    real_hidden, seen = backbone.hidden, []
-    backbone.hidden = lambda embeds: seen.append(embeds.shape[0] * embeds.shape[1]) or real_hidden(embeds)
+    assert engine.decodes_incrementally  # the built-in decoder keeps a KV cache
+    backbone, seen = engine.model.backbone, []
+    for name in ("hidden", "prefill", "extend"):  # every way the decode can run the model
+        real = getattr(backbone, name)
+        setattr(backbone, name, lambda *a, real=real: seen.append(a[0].shape[0] * a[0].shape[1]) or real(*a))
     blocks = torch.randn(2, engine.block_vectors, backbone.hidden_size)  # two blocks of a 30-token memory
-    greedy_reconstruction(engine.model, blocks, 15)
-    assert sum(seen) == Budget.reconstruction_positions(30, 15, engine.block_vectors) == 2 * (15 * 3 + 105)
+    greedy_reconstruction(engine.model, blocks, 15, cache=cached)
+    # without a cache token t re-runs the 3 memory vectors and t tokens; with one, the block runs
+    # once and each of the first 14 tokens once
+    expected = 2 * (3 + 14) if cached else 2 * (15 * 3 + 105)
+    assert sum(seen) == Budget.reconstruction_positions(30, 15, engine.block_vectors, cached=cached) == expected
 
 
 def test_an_over_budget_reconstruction_is_refused_before_the_model_runs(tmp_path):
@@ -82,10 +88,12 @@ def test_an_over_budget_reconstruction_is_refused_before_the_model_runs(tmp_path
 
     engine = make_engine(tmp_path)
     (written,) = engine.write_texts([TEXT])
-    cfg = ServiceConfig(budget=Budget(max_reconstruction_positions=149))  # this one runs 150 positions
+    # one block of 3 vectors and 15 tokens: with the KV cache it runs 3 + 14 = 17 positions (150
+    # without one), so the limit is the cached cost
+    cfg = ServiceConfig(budget=Budget(max_reconstruction_positions=16))
     with TestClient(create_app(engine, cfg)) as c:
         r = c.get(f"/v1/memories/{written.id}/reconstruction")
-        assert r.status_code == 413 and "150 positions" in r.json()["detail"]
+        assert r.status_code == 413 and "17 positions" in r.json()["detail"]
         assert c.get("/health").json()["jobs"] == 0
 
 
@@ -96,21 +104,21 @@ def test_a_reconstruction_past_its_deadline_stops_and_asks_are_answered(tmp_path
     engine = make_engine(tmp_path)
     (written,) = engine.write_texts([TEXT])
     backbone = engine.model.backbone
-    real_hidden, calls = backbone.hidden, []
+    real_extend, calls = backbone.extend, []
 
-    def slow_hidden(embeds):  # 15 greedy steps of 0.1 s: 1.5 s of model work
+    def slow_extend(embeds, cache):  # 14 cached greedy steps of 0.1 s: 1.4 s of model work
         calls.append(embeds.shape[1])
         time.sleep(0.1)
-        return real_hidden(embeds)
+        return real_extend(embeds, cache)
 
-    backbone.hidden = slow_hidden
+    backbone.extend = slow_extend
     with TestClient(create_app(engine, ServiceConfig(request_timeout_s=0.35))) as c:
         r = c.get(f"/v1/memories/{written.id}/reconstruction")
         assert r.status_code == 503 and "deadline" in r.json()["detail"]
         at_deadline = len(calls)
         time.sleep(0.6)
         assert len(calls) <= at_deadline + 1  # stopped at its next step, not run to its 15th
-        backbone.hidden = real_hidden
+        backbone.extend = real_extend
         r = c.post(f"/v1/memories/{written.id}/ask", json={"questions": ["?!ab:"]})
         assert r.status_code == 200  # the model thread is free again
 

@@ -3,6 +3,12 @@
 Second order needs an attention implementation with a double backward: `eager` has one, the
 fused `sdpa` / `flash_attention_*` kernels do not. `GradMem` asks `supports_double_backward()`
 and refuses second order with a clear error instead of silently changing the mode.
+
+It does not declare incremental decoding (gradmem.core.backbone.IncrementalDecoding), so a
+reconstruction re-runs the whole sequence per token: the decoder's cache argument is named
+`past_key_values` in transformers 4.x and `cache` in 5.x, a state-space model (Mamba) keeps no
+keys and values, and gradmem's own attention kernels align the causal mask top-left, which is
+wrong for queries after a cache; the last two give wrong hidden states without an error.
 """
 
 from __future__ import annotations

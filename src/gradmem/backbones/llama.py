@@ -2,10 +2,13 @@
 
 Small and written for second-order meta-training speed: one fused QKV projection, one fused
 gate/up projection, rotary tables computed once, and an attention kernel with double backward.
+It also decodes incrementally (gradmem.core.backbone.IncrementalDecoding): its cache is, per layer,
+the rotated keys and the values of every position run so far, each (B, heads, T, head_dim).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -14,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradmem.core.attention import DOUBLE_BACKWARD, get_attention
+from gradmem.core.attention import DOUBLE_BACKWARD, get_attention, trailing_causal_attention
+
+KVCache = list[tuple[Tensor, Tensor]]  # per layer: (B, H, T, Dh) rotated keys and values
 
 
 @dataclass
@@ -77,12 +82,31 @@ class Block(nn.Module):
         self.attention = get_attention(cfg.attention)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        q, k, v = self._project(x, cos, sin)
+        return self._finish(x, self.attention(q, k, v))
+
+    def cached(
+        self, x: Tensor, cos: Tensor, sin: Tensor, past: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """`forward` for the positions after `past`'s (cos/sin: their rotary rows), with the keys and
+        values of all positions so far: (B, T, D) -> ((B, T, D), ((B, H, T0 + T, Dh) keys, values))."""
+        q, k, v = self._project(x, cos, sin)
+        if past is None:
+            return self._finish(x, self.attention(q, k, v)), (k, v)
+        k, v = torch.cat((past[0], k), 2), torch.cat((past[1], v), 2)
+        return self._finish(x, trailing_causal_attention(q, k, v)), (k, v)
+
+    def _project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, D) -> rotated queries, rotated keys, values, each (B, H, T, Dh)."""
         b, t, d = x.shape
         qkv = self.qkv(self.attn_norm(x)).view(b, t, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, T, Dh)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        attn = self.attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-        x = x + self.out(attn)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def _finish(self, x: Tensor, attn: Tensor) -> Tensor:
+        """Residual attention output and gated MLP; attn: (B, H, T, Dh) -> (B, T, D)."""
+        b, t, d = x.shape
+        x = x + self.out(attn.transpose(1, 2).reshape(b, t, d))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
         return x + self.down(F.silu(gate) * up)
 
@@ -114,15 +138,38 @@ class LlamaBackbone(nn.Module):
         return self.embedding(ids)
 
     def hidden(self, embeds: Tensor) -> Tensor:
-        t = embeds.shape[1]
-        if t > self.config.max_positions:
-            raise ValueError(f"sequence of {t} positions exceeds max_positions={self.config.max_positions}")
-        cos = self.rope_cos[:t].to(embeds.dtype)
-        sin = self.rope_sin[:t].to(embeds.dtype)
+        cos, sin = self._rotary(0, embeds)
         x = embeds
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.norm(x)
+
+    def decodes_incrementally(self) -> bool:
+        return True
+
+    def prefill(self, embeds: Tensor) -> tuple[Tensor, KVCache]:
+        return self._run_cached(embeds, [None] * len(self.blocks), 0)
+
+    def extend(self, embeds: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+        return self._run_cached(embeds, cache, cache[0][0].shape[2])
+
+    def _run_cached(
+        self, embeds: Tensor, cache: Sequence[tuple[Tensor, Tensor] | None], start: int
+    ) -> tuple[Tensor, KVCache]:
+        """Positions start .. start + T of the sequence: (B, T, D) -> ((B, T, D), the grown cache)."""
+        cos, sin = self._rotary(start, embeds)
+        x, grown = embeds, []
+        for block, past in zip(self.blocks, cache):
+            x, kv = block.cached(x, cos, sin, past)
+            grown.append(kv)
+        return self.norm(x), grown
+
+    def _rotary(self, start: int, embeds: Tensor) -> tuple[Tensor, Tensor]:
+        """(T, Dh/2) cos and sin for positions start .. start + T, in the embeddings' dtype."""
+        end = start + embeds.shape[1]
+        if end > self.config.max_positions:
+            raise ValueError(f"sequence of {end} positions exceeds max_positions={self.config.max_positions}")
+        return self.rope_cos[start:end].to(embeds.dtype), self.rope_sin[start:end].to(embeds.dtype)
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.head(hidden)

@@ -75,6 +75,16 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def trailing_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention of the last N of S positions (a decode step against a KV cache): query i
+    sits at position S - N + i and sees keys 0 .. S - N + i. q: (B, H, N, Dh), k, v: (B, H, S, Dh).
+    Forward only (no double backward needed while decoding); a single query sees every key."""
+    n, s = q.shape[-2], k.shape[-2]
+    # SDPA's is_causal aligns the mask top-left, which is wrong when N < S: the mask is built here.
+    mask = None if n == 1 else torch.ones(n, s, dtype=torch.bool, device=q.device).tril(s - n)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 def attention_backward(q: Tensor, k: Tensor, v: Tensor, grad: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of causal softmax attention, written out as differentiable ops.
 

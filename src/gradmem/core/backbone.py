@@ -13,6 +13,11 @@ so no caller probes a backbone for an attribute:
 - `uses_bf16(device_type)` and `full_precision()`: whether it computes under bf16 autocast on a
   device kind, and a context in which it does not (the compiled step checks against fp32).
 Backbones that have no use for one of them implement the plain default (a no-op context, False).
+
+One capability is optional, because not every model has it: `IncrementalDecoding`, running a
+prefix once and then only the new positions against a cache of its keys and values (a token-by-token
+decode then costs one position per token instead of the whole sequence again). Whether a backbone
+has it is asked once, through `incremental_decoding`.
 """
 
 from __future__ import annotations
@@ -74,3 +79,34 @@ class Backbone(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-able architecture description: enough to rebuild it and to fingerprint it."""
         ...
+
+
+@runtime_checkable
+class IncrementalDecoding(Protocol):
+    """A backbone that can keep the keys and values of the positions it ran and run only new ones.
+
+    The cache is the backbone's own object (per-layer keys and values); callers only pass it back.
+    Both methods compute what `hidden` computes for the same whole sequence (same precision
+    handling), up to floating-point rounding; per-layer hooks of a method's `reading` are not run.
+    """
+
+    def decodes_incrementally(self) -> bool:
+        """Whether this instance really can (a wrapper's answer depends on the model it wraps)."""
+        ...
+
+    def prefill(self, embeds: Tensor) -> tuple[Tensor, Any]:
+        """(B, T, D) input embeddings -> ((B, T, D) final hidden states, cache of the T positions)."""
+        ...
+
+    def extend(self, embeds: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """(B, N, D) embeddings of the next N positions -> ((B, N, D) their final hidden states, the
+        cache grown by them). The cache passed in may be reused: use only the one returned."""
+        ...
+
+
+def incremental_decoding(backbone: Backbone) -> IncrementalDecoding | None:
+    """`backbone` as an IncrementalDecoding backbone when it declares the capability and its model
+    supports it, else None (the caller runs the whole sequence with `hidden` instead)."""
+    if isinstance(backbone, IncrementalDecoding) and backbone.decodes_incrementally():
+        return backbone
+    return None

@@ -83,24 +83,30 @@ class Budget:
         return blocks * min(chunk_tokens, context_tokens)
 
     @staticmethod
-    def reconstruction_positions(context_tokens: int, chunk_tokens: int, block_vectors: int) -> int:
-        """Positions the backbone runs on for a greedy reconstruction, its real cost: the decode has
-        no KV cache, so the step that decodes token t of a block re-runs its m memory vectors and
-        t tokens, and all blocks run to the longest chunk: blocks x sum_t (m + t)."""
+    def reconstruction_positions(context_tokens: int, chunk_tokens: int, block_vectors: int, *, cached: bool) -> int:
+        """Positions the backbone runs on for a greedy reconstruction (gradmem.serve.fidelity), its
+        real cost; all blocks run to the longest chunk's length n. Without a KV cache the step that
+        decodes token t re-runs the block's m memory vectors and the t tokens before it:
+        blocks x sum_t (m + t). With one (`cached`: the backbone decodes incrementally) the block
+        runs once and every token but the last runs once: blocks x (m + n - 1)."""
         blocks, length = -(-context_tokens // chunk_tokens), min(chunk_tokens, context_tokens)
+        if cached:
+            return blocks * (block_vectors + length - 1)
         return blocks * (length * block_vectors + length * (length - 1) // 2)
 
-    def check_reconstruction(self, context_tokens: int, chunk_tokens: int, block_vectors: int = 0) -> int:
+    def check_reconstruction(
+        self, context_tokens: int, chunk_tokens: int, block_vectors: int = 0, *, cached: bool
+    ) -> int:
         """The reconstruction's cost in decode tokens (under the per-request decode limit of an ask);
-        LimitExceeded if it is over that, or if the positions it runs the backbone on are over
-        max_reconstruction_positions."""
+        LimitExceeded if it is over that, or if the positions it runs the backbone on (`cached`: as
+        in `reconstruction_positions`) are over max_reconstruction_positions."""
         cost = self.reconstruction_cost(context_tokens, chunk_tokens)
         if cost > self.max_ask_tokens:
             raise LimitExceeded(
                 f"reconstructing this memory needs {cost} decode tokens, over the limit of "
                 f"{self.max_ask_tokens} per request (max_ask_tokens)"
             )
-        positions = self.reconstruction_positions(context_tokens, chunk_tokens, block_vectors)
+        positions = self.reconstruction_positions(context_tokens, chunk_tokens, block_vectors, cached=cached)
         if positions > self.max_reconstruction_positions:
             raise LimitExceeded(
                 f"reconstructing this memory runs the model on {positions} positions, over the limit of "

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from gradmem.backbones.base import context_state_floats
+from gradmem.core.backbone import incremental_decoding
 from gradmem.core.batch import pad_right
 from gradmem.core.errors import DamagedMemory, InvalidInput, LimitExceeded, NotFound, Overloaded, StoreUnavailable
 from gradmem.core.memory import Memory, WriteStats
@@ -56,6 +57,9 @@ class Engine:
         self.text = text or TaskText()
         self.fingerprint = model_fingerprint(model)
         self.block_vectors = method.prefix_size()
+        # A reconstruction runs one position per token with a KV cache, the whole prefix again
+        # without one: the budget counts what this backbone will really run.
+        self.decodes_incrementally = incremental_decoding(model.backbone) is not None
         window = model.max_positions
         room = None if window is None else window - self.block_vectors
         if room is not None and room < 1:

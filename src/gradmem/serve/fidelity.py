@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from gradmem.core.backbone import incremental_decoding
 from gradmem.core.batch import TokenBatch, pad_right
 from gradmem.core.errors import InvalidInput, Overloaded
 from gradmem.core.memory import Memory
@@ -29,18 +30,34 @@ RECONSTRUCTION_NOTE = (
 
 @torch.no_grad()
 def greedy_reconstruction(
-    model: MemoryModel, prefix: Tensor, length: int, should_stop: Callable[[], bool] | None = None
+    model: MemoryModel,
+    prefix: Tensor,
+    length: int,
+    should_stop: Callable[[], bool] | None = None,
+    cache: bool = True,
 ) -> Tensor:
     """(R, P, D) memory blocks -> (R, length) token ids generated greedily from each block alone.
     `should_stop` is asked before every token; once it says so, Overloaded is raised (the request
-    that wanted the decode has passed its deadline: the model thread is freed for others)."""
+    that wanted the decode has passed its deadline: the model thread is freed for others).
+
+    A backbone that decodes incrementally runs each block once and then one position per token
+    (`Budget.reconstruction_positions` counts both ways); `cache=False` re-runs the whole
+    [block; tokens so far] at every token instead (the same tokens, for comparison)."""
     backbone = model.backbone
+    incremental = incremental_decoding(backbone) if cache else None
     tokens = prefix.new_zeros(prefix.shape[0], 0, dtype=torch.long)
+    state: Any = None  # the backbone's KV cache of [block; tokens so far] once the block has run
     for _ in range(length):
         if should_stop is not None and should_stop():
             raise Overloaded("the reconstruction was stopped: its request passed its deadline")
-        hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))[:, -1]  # (R, D)
-        tokens = torch.cat((tokens, model.method.write_logits(backbone, hidden).argmax(-1, keepdim=True)), 1)
+        if incremental is None:
+            hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))  # (R, P + t, D)
+        elif state is None:
+            hidden, state = incremental.prefill(prefix)  # (R, P, D)
+        else:
+            hidden, state = incremental.extend(backbone.embed(tokens[:, -1:]), state)  # (R, 1, D)
+        next_token = model.method.write_logits(backbone, hidden[:, -1]).argmax(-1, keepdim=True)  # (R, 1)
+        tokens = torch.cat((tokens, next_token), 1)
     return tokens
 
 

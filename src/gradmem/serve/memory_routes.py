@@ -215,7 +215,7 @@ def add_answer_routes(app: FastAPI, engine: Engine, batcher: Batcher, cfg: Servi
             tokens, chunk = int(meta["context_tokens"]), int(meta["write"].get("chunk_tokens") or engine.chunk_tokens)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise InvalidInput(f"memory {memory_id} has an unusable sidecar") from err
-        budget.check_reconstruction(tokens, chunk, engine.block_vectors)
+        budget.check_reconstruction(tokens, chunk, engine.block_vectors, cached=engine.decodes_incrementally)
         report = await batcher.call(lambda should_stop: engine.reconstruct(memory_id, should_stop=should_stop))
         texts = {k: safe_text(report[k]) for k in ("reconstruction", "context") if report[k] is not None}
         return {**report, **texts, "id": memory_id}
