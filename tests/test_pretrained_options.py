@@ -193,7 +193,7 @@ def test_packaged_smollm2_converts_once_and_reloads(tmp_path):
     assert (backbone.hidden_size, backbone.vocab_size) == (576, 49152)
     from gradmem.tasks.tokenizers import build_tokenizer
 
-    tok = build_tokenizer({"name": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
+    tok = build_tokenizer({"type": "hf", "pretrained": "smollm2-135m", "cache_dir": str(tmp_path)})
     ids = torch.tensor([tok.encode("The capital of France is")])
     with torch.no_grad():
         logits = backbone.logits(backbone.hidden(backbone.embed(ids)))
