@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from gradmem.core.batch import QUESTION_LAYOUT, Example, answer_example, collate, iterate_batches
+from gradmem.core.batch import QUESTION_LAYOUT, Example, collate, iterate_batches
+from gradmem.core.task import answer_example
 from gradmem.evaluation.metrics import exact_match_from_logits
 from gradmem.run.build import build_model, build_task
 from gradmem.tasks.babi_format import BabiQuestion

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import sys
 import tempfile
+from pathlib import Path
 
-
-def rss_mib() -> float:
-    """This process's resident set size in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servekit import rss_mib  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +32,8 @@ def main() -> None:
     import torch
     from fastapi.testclient import TestClient
 
-    from gradmem import attention
     from gradmem.backbones import LlamaBackbone, LlamaConfig
+    from gradmem.core import attention
     from gradmem.methods import build_method
     from gradmem.methods.model import MemoryModel
     from gradmem.serve.budget import Budget
@@ -58,14 +55,14 @@ def main() -> None:
         cfg = ServiceConfig(rate_burst=10**6, budget=Budget(max_write_tokens=room, max_write_token_steps=room))
         with TestClient(create_app(engine, cfg)) as client:
             client.post("/v1/memories", json={"text": "ab" * 8})  # warm up: libraries, first allocations
-            before = rss_mib()
+            before = rss_mib(os.getpid())
             peak = before
             for n in lengths:
                 text = "".join(rng.choice("abcdefgh") for _ in range(n))
                 response = client.post("/v1/memories", json={"text": text})
                 assert response.status_code == 201, response.text
-                peak = max(peak, rss_mib())
-            after = rss_mib()
+                peak = max(peak, rss_mib(os.getpid()))
+            after = rss_mib(os.getpid())
     cache = getattr(attention, "_MASK_CACHE", {})
     cached = sum(t.numel() * t.element_size() for t in cache.values()) / 2**20
     print(

@@ -3,8 +3,10 @@ rerun, chained across N, and summarised into JSON, Markdown and PNG."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +124,21 @@ def test_write_probe_separates_a_linear_signal_and_not_noise():
     signal[:, :4] += 3 * torch.nn.functional.one_hot(labels, 4)  # the class sits in 4 of 32 directions
     assert probe.probe_accuracy(signal, labels, fit=150) > 0.75  # Bayes rate ~0.96
     assert probe.probe_accuracy(noise, labels, fit=150) < 0.5  # chance is ~0.25
+
+
+def test_every_gradmem_import_of_the_scripts_resolves():
+    """Scripts import gradmem lazily inside main() too, where a moved module only fails when the
+    script runs: every `from gradmem... import name` in benchmarks/ and scripts/ must resolve."""
+    root = Path(__file__).resolve().parent.parent
+    missing = []
+    for path in sorted([*root.glob("benchmarks/*.py"), *root.glob("scripts/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gradmem":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.name}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, missing
