@@ -99,7 +99,11 @@ def test_write_only_lora_is_active_in_write_and_off_in_read():
         read = backbone.hidden(embeds)
         with backbone.write_mode():
             written = backbone.hidden(embeds)
+            with backbone.write_mode():
+                pass
+            still_written = backbone.hidden(embeds)  # a nested use does not switch them off
         again = backbone.hidden(embeds)
+    torch.testing.assert_close(written, still_written)
     assert not torch.allclose(read, written)
     torch.testing.assert_close(read, again)
     grads = meta_grads(backbone, torch.float32)
@@ -215,3 +219,33 @@ def test_armt_runs_on_a_frozen_backbone_and_refuses_checkpointing():
 def test_the_builtin_backbone_takes_only_bf16():
     with pytest.raises(ValueError, match="takes only the bf16 option"):
         build_backbone({**BUILTIN, "freeze": True})
+
+
+def test_reconstruction_probes_the_model_that_wrote_with_write_only_lora():
+    """The reconstruction loss is computed with the adapters on, so the fidelity probe must decode
+    and score with them on too, not with the READ model."""
+    from gradmem.serve.fidelity import greedy_reconstruction, teacher_forced_accuracy
+
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_spec(lora={"r": 2, "alpha": 4.0}))
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=2.0)  # adapters large enough to change the greedy tokens
+    method = build_method("gradmem", backbone, {"num_memory": 2, "write": {"steps": 1}})
+    model = MemoryModel(backbone, method).eval()
+    prefix = torch.randn(4, 2, TINY["hidden_size"])
+    context = kv_batch(4).context
+
+    def decode() -> tuple[torch.Tensor, float]:
+        return greedy_reconstruction(model, prefix, 6), teacher_forced_accuracy(model, prefix, context)
+
+    with backbone.write_mode():
+        inside = decode()  # what WRITE's model decodes
+    plain = decode()
+    read_logits = method.reconstruction_logits(backbone, prefix, backbone.embed(context.ids))
+    with backbone.write_mode():
+        write_logits = method.reconstruction_logits(backbone, prefix, backbone.embed(context.ids))
+    assert not torch.allclose(read_logits, write_logits)  # the adapters matter to this probe
+    torch.testing.assert_close(plain[0], inside[0])
+    assert plain[1] == inside[1]

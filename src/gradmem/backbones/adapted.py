@@ -108,15 +108,17 @@ class AdaptedBackbone(nn.Module):
 
     @contextmanager
     def write_mode(self) -> Iterator[None]:
-        """Inside: LoRA adapters on (WRITE). Outside: off (READ). A no-op without LoRA."""
+        """Inside: LoRA adapters on (WRITE). Outside: off (READ). A no-op without LoRA. Nested
+        uses leave the adapters on until the outermost one exits."""
         if not self._lora_layers:
             yield
             return
+        was_on = not self._lora_layers[0]._disable_adapters
         self._set_adapters(True)
         try:
             yield
         finally:
-            self._set_adapters(False)
+            self._set_adapters(was_on)
 
     @contextmanager
     def full_precision(self) -> Iterator[None]:

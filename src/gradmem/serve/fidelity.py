@@ -1,7 +1,8 @@
 """How faithfully a memory holds its context: decode the context back from the memory alone.
 
 Each block of m vectors is decoded greedily with the WRITE head (the head the reconstruction loss
-trains; the LM head when the method has none), with nothing but the memory as the prefix. The
+trains; the LM head when the method has none), with nothing but the memory as the prefix, and with
+the backbone as WRITE runs it (inside `write_mode()`: write-only LoRA adapters on). The
 decoded text is scored against the original context, both free-running (greedy token accuracy)
 and teacher-forced (the WRITE head's next-token accuracy given [memory; previous context tokens]).
 """
@@ -47,24 +48,30 @@ def greedy_reconstruction(
     incremental = incremental_decoding(backbone) if cache else None
     tokens = prefix.new_zeros(prefix.shape[0], 0, dtype=torch.long)
     state: Any = None  # the backbone's KV cache of [block; tokens so far] once the block has run
-    for _ in range(length):
-        if should_stop is not None and should_stop():
-            raise Overloaded("the reconstruction was stopped: its request passed its deadline")
-        if incremental is None:
-            hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))  # (R, P + t, D)
-        elif state is None:
-            hidden, state = incremental.prefill(prefix)  # (R, P, D)
-        else:
-            hidden, state = incremental.extend(backbone.embed(tokens[:, -1:]), state)  # (R, 1, D)
-        next_token = model.method.write_logits(backbone, hidden[:, -1]).argmax(-1, keepdim=True)  # (R, 1)
-        tokens = torch.cat((tokens, next_token), 1)
+    # The reconstruction loss is computed inside write_mode(); decoding outside it would probe a
+    # different model than the one that wrote the memory (write-only LoRA adapters off).
+    with backbone.write_mode():
+        for _ in range(length):
+            if should_stop is not None and should_stop():
+                raise Overloaded("the reconstruction was stopped: its request passed its deadline")
+            if incremental is None:
+                hidden = backbone.hidden(torch.cat((prefix, backbone.embed(tokens)), 1))  # (R, P + t, D)
+            elif state is None:
+                hidden, state = incremental.prefill(prefix)  # (R, P, D)
+            else:
+                hidden, state = incremental.extend(backbone.embed(tokens[:, -1:]), state)  # (R, 1, D)
+            next_token = model.method.write_logits(backbone, hidden[:, -1]).argmax(-1, keepdim=True)  # (R, 1)
+            tokens = torch.cat((tokens, next_token), 1)
     return tokens
 
 
 @torch.no_grad()
 def teacher_forced_accuracy(model: MemoryModel, prefix: Tensor, context: TokenBatch) -> float:
-    """Share of the context's real tokens the WRITE head predicts from [block; previous tokens]."""
-    logits = model.method.reconstruction_logits(model.backbone, prefix, model.backbone.embed(context.ids))  # (R, N, V)
+    """Share of the context's real tokens the WRITE head predicts from [block; previous tokens],
+    with the backbone in write mode as in WRITE."""
+    backbone = model.backbone
+    with backbone.write_mode():
+        logits = model.method.reconstruction_logits(backbone, prefix, backbone.embed(context.ids))  # (R, N, V)
     right = (logits.argmax(-1) == context.ids) & context.mask
     return float(right.sum() / context.mask.sum())
 
