@@ -12,7 +12,6 @@ interleaved per round; ratios are per round, medians reported.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import DTYPES, add_run_options, apply_threads, interleaved, peak_bytes, ratios, summary  # noqa: E402
+from report import save_results  # noqa: E402
 
 from gradmem.cli.options import int_list  # noqa: E402
 from gradmem.core.attention import get_attention  # noqa: E402
@@ -88,12 +88,8 @@ def main() -> None:
             report["results"].append({"length": length, "mode": mode, **row})
             print(f"T={length:5d} {mode:12s} " + summary_line(row), flush=True)
             q.grad = k.grad = v.grad = None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "attention" + (f"_{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     lines = table(report)
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    save_results(Path(args.out), "attention" + (f"_{args.tag}" if args.tag else ""), report, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import markdown_table, percent  # noqa: E402
+from report import markdown_table, percent, save_results  # noqa: E402
 from time_to_accuracy import train_seeds, writes_by_gradient_descent  # noqa: E402
 
 from gradmem.cli.main import positive_int  # noqa: E402
@@ -179,11 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         train_seeds(base, runs, args.seeds)
     found = sorted(int(p.name[1:]) for p in runs.glob("s*") if (p / "metrics.jsonl").exists())
     rows = [score_seed(apply_overrides(base, [f"train.seed={s}"]), runs / f"s{s}", args) for s in found]
-    out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/babi_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = summarise(name, base, rows) + f"\nCommand: `{command}`\n"
-    (out / f"{name}.md").write_text(table)
-    (out / f"{name}.json").write_text(json.dumps({"name": name, "spec": base, "seeds": rows}, indent=1) + "\n")
+    save_results(out, name, {"name": name, "spec": base, "seeds": rows}, table)
     print(table)
     return 0
 

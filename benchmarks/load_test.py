@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import save_results  # noqa: E402
 from servekit import free_port, rss_mib, start_server, stop_server  # noqa: E402
 
 from gradmem.core.device import cpu_model_name  # noqa: E402
@@ -284,11 +285,8 @@ def main() -> int:
         stop_server(proc)
 
     summary = summarise_run(args, result, health, limits, lost)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
     lines = report(summary)
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    save_results(Path(args.out), args.name, summary, "\n".join(lines))
     print("\n".join(lines))
     ok = not summary["failed_requests"] and not lost["now"] and not lost["after_restart"]
     print("PASS" if ok else "FAIL: " + json.dumps({"failed": summary["failed_examples"], "lost": lost}))

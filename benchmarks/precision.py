@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import interleaved, ratios, summary  # noqa: E402
-from report import markdown_table  # noqa: E402
+from report import markdown_table, save_results  # noqa: E402
 
 from gradmem.cli.main import positive_int  # noqa: E402
 from gradmem.core.batch import collate  # noqa: E402
@@ -140,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     result = run(args, spec, resolve_device(args.device))
     text = report(args, result, sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "precision" + (f"_{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(text)
+    save_results(Path(args.out), "precision" + (f"_{args.tag}" if args.tag else ""), result, text)
     print(text)
     return 0
 

@@ -11,7 +11,6 @@ tokens. Prints a table and writes results/perf/reconstruction_cache{_tag}.{json,
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perfkit import RESULTS, interleaved, ratios, summary  # noqa: E402
+from report import save_results  # noqa: E402
 
 from gradmem.core.device import cpu_model_name  # noqa: E402
 from gradmem.serve.budget import Budget  # noqa: E402
@@ -120,11 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "(gradmem.serve.budget.Budget.reconstruction_positions)."
     )
     text = f"{setting}\n\n{table(rows)}\n\nCommand: `{command}`\n"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "reconstruction_cache" + (f"_{args.tag}" if args.tag else "")
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{name}.md").write_text(text)
+    save_results(Path(args.out), "reconstruction_cache" + (f"_{args.tag}" if args.tag else ""), result, text)
     print(text)
     return 0 if all(r["same_tokens"] for r in rows) else 1
 

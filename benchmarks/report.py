@@ -5,6 +5,7 @@ Plots use matplotlib's Agg backend (no display needed); matplotlib comes with th
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def save_results(folder: Path, stem: str, data: Any, markdown: str) -> None:
+    """Write folder/stem.json (indented) and folder/stem.md, creating the folder: the pair every
+    benchmark leaves under results/ (the JSON for tools, the Markdown to read and quote)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
 
 
 def _pyplot():

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import markdown_table, mean_std  # noqa: E402
+from report import markdown_table, mean_std, save_results  # noqa: E402
 
 from gradmem.cli.main import positive_int  # noqa: E402
 from gradmem.cli.options import float_list, int_list  # noqa: E402
@@ -308,13 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     found = sorted(int(p.name[1:]) for p in runs.glob("s*") if (p / "metrics.jsonl").exists())
     rows = [score_seed(apply_overrides(base, [f"train.seed={s}"]), runs / f"s{s}", args) for s in found]
     out = Path(args.out) if args.out else ROOT / "results" / "time_to_accuracy"
-    out.mkdir(parents=True, exist_ok=True)
     table = summarise(name, base, rows, args)
     command = "python benchmarks/time_to_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     threads = "of this command (the runs trained under their own)" if args.report_only else "per run"
-    (out / f"{name}.md").write_text(table + f"\nCommand: `{command}`; torch threads {threads}: {args.threads}.\n")
-    (out / f"{name}.json").write_text(
-        json.dumps({"name": name, "spec": base, "target": args.target, "seeds": rows}, indent=1) + "\n"
+    save_results(
+        out,
+        name,
+        {"name": name, "spec": base, "target": args.target, "seeds": rows},
+        table + f"\nCommand: `{command}`; torch threads {threads}: {args.threads}.",
     )
     if rows:
         plot(out / f"{name}.png", rows, f"time to accuracy: {name}")

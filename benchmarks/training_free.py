@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import save_results  # noqa: E402
 
 from gradmem.backbones import build_backbone
 from gradmem.cli.options import float_list, int_list
@@ -48,14 +52,8 @@ def main() -> None:
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
     )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {"command": command, "model": args.model, "memory": args.memory, "examples": args.examples, "rows": rows},
-            indent=2,
-        )
-    )
-    out.with_suffix(".md").write_text("\n".join(report(args, rows, command)))
+    data = {"command": command, "model": args.model, "memory": args.memory, "examples": args.examples, "rows": rows}
+    save_results(out.parent, out.stem, data, "\n".join(report(args, rows, command)))
     plot(rows, out.with_suffix(".png"), args)
 
 

@@ -20,12 +20,15 @@ the most frequent answer among the scored stories. Writes `<out>.json` / `<out>.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import save_results  # noqa: E402
 
 from gradmem.cli.options import float_list, int_list
 from gradmem.core.batch import iterate_batches
@@ -135,12 +138,9 @@ def main() -> None:
     for name, acc in rows.items():
         print(f"{name}: {100 * acc:.1f} %", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    out.with_suffix(".json").write_text(
-        json.dumps({"settings": settings, "chance": chance, "accuracy": rows}, indent=2)
-    )
-    out.with_suffix(".md").write_text("\n".join(report(args, settings, chance, rows)))
+    data = {"settings": settings, "chance": chance, "accuracy": rows}
+    save_results(out.parent, out.stem, data, "\n".join(report(args, settings, chance, rows)))
 
 
 def report(args: argparse.Namespace, settings: dict[str, Any], chance: float, rows: dict[str, Any]) -> list[str]:
