@@ -13,18 +13,18 @@ wrong for queries after a cache; the last two give wrong hidden states without a
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from torch import Tensor, nn
 
 from gradmem.core.attention import HF_KERNELS, register_hf_attention
+from gradmem.core.backbone import PlainBackboneDefaults
 
 # gradmem's fused-forward / explicit-backward kernels are registered with transformers on demand.
 DOUBLE_BACKWARD_ATTENTION = {"eager", *HF_KERNELS}
 
 
-class HFBackbone(nn.Module):
+class HFBackbone(PlainBackboneDefaults, nn.Module):
     """Wraps a `transformers` causal LM (`AutoModelForCausalLM`) into the Backbone protocol."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -84,15 +84,6 @@ class HFBackbone(nn.Module):
 
     def head_weight(self) -> Tensor:
         return self.model.get_output_embeddings().weight
-
-    def write_mode(self) -> AbstractContextManager[None]:
-        return nullcontext()  # nothing is WRITE-only in a plain backbone (see gradmem.backbones.adapted)
-
-    def uses_bf16(self, device_type: str) -> bool:
-        return False  # computes in the weights' dtype; bf16 autocast is an option of AdaptedBackbone
-
-    def full_precision(self) -> AbstractContextManager[None]:
-        return nullcontext()
 
     def supports_double_backward(self) -> bool:
         return self.attn_implementation in DOUBLE_BACKWARD_ATTENTION

@@ -9,7 +9,6 @@ the rotated keys and the values of every position run so far, each (B, heads, T,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradmem.core.attention import DOUBLE_BACKWARD, get_attention, trailing_causal_attention
+from gradmem.core.backbone import PlainBackboneDefaults
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: (B, H, T, Dh) rotated keys and values
 
@@ -111,7 +111,7 @@ class Block(nn.Module):
         return x + self.down(F.silu(gate) * up)
 
 
-class LlamaBackbone(nn.Module):
+class LlamaBackbone(PlainBackboneDefaults, nn.Module):
     """A small Llama-style decoder implementing the Backbone protocol."""
 
     def __init__(self, cfg: LlamaConfig) -> None:
@@ -179,15 +179,6 @@ class LlamaBackbone(nn.Module):
 
     def head_weight(self) -> Tensor:
         return self.head.weight
-
-    def write_mode(self) -> AbstractContextManager[None]:
-        return nullcontext()  # nothing is WRITE-only in a plain backbone (see gradmem.backbones.adapted)
-
-    def uses_bf16(self, device_type: str) -> bool:
-        return False  # computes in the weights' dtype; bf16 autocast is an option of AdaptedBackbone
-
-    def full_precision(self) -> AbstractContextManager[None]:
-        return nullcontext()
 
     def supports_double_backward(self) -> bool:
         return DOUBLE_BACKWARD[self.config.attention]

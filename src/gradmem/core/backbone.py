@@ -12,7 +12,7 @@ so no caller probes a backbone for an attribute:
 - `write_mode()`: entered around GradMem's WRITE (write-only LoRA adapters switch on there).
 - `uses_bf16(device_type)` and `full_precision()`: whether it computes under bf16 autocast on a
   device kind, and a context in which it does not (the compiled step checks against fp32).
-Backbones that have no use for one of them implement the plain default (a no-op context, False).
+Backbones that have no use for them inherit the plain defaults of `PlainBackboneDefaults`.
 
 One capability is optional, because not every model has it: `IncrementalDecoding`, running a
 prefix once and then only the new positions against a cache of its keys and values (a token-by-token
@@ -22,7 +22,7 @@ has it is asked once, through `incremental_decoding`.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -79,6 +79,21 @@ class Backbone(Protocol):
     def describe(self) -> dict[str, Any]:
         """JSON-able architecture description: enough to rebuild it and to fingerprint it."""
         ...
+
+
+class PlainBackboneDefaults:
+    """The three options a backbone without options answers plainly: nothing is WRITE-only, it
+    computes in its weights' dtype (bf16 autocast is an option of gradmem.backbones.adapted), so
+    full precision changes nothing."""
+
+    def write_mode(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def uses_bf16(self, device_type: str) -> bool:
+        return False
+
+    def full_precision(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 @runtime_checkable
