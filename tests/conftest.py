@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,30 +35,40 @@ def benchmarks_on_path() -> Iterator[None]:
 TINY = dict(vocab_size=70, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=128)
 
 
-def live_server(engine, cfg=None) -> tuple[str, Callable[[], None]]:
-    """A real uvicorn server of the service for `engine` on a free loopback port, in a thread:
-    (its URL, a function that stops it). Needs the 'serve' extra."""
+@contextmanager
+def serving(app, cfg=None, trust_proxy: str | None = None) -> Iterator[int]:
+    """Run `app` on a free loopback port in a thread, under the uvicorn configuration `gradmem
+    serve` itself uses (header timeout, connection cap, proxy trust); yields the port."""
     import uvicorn
 
-    from gradmem.serve.service import ServiceConfig, create_app
+    from gradmem.serve.service import server_config
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(engine, cfg or ServiceConfig())
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, trust_proxy, cfg=cfg))
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline, "the server did not start"
-        time.sleep(0.05)
+    try:
+        while not server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
-    def stop() -> None:
-        srv.should_exit = True
-        thread.join(10)
 
-    return f"http://127.0.0.1:{port}", stop
+def live_server(engine, cfg=None) -> tuple[str, Callable[[], None]]:
+    """The service for `engine` served as by `serving`, for tests that stop it themselves: (its
+    URL, a function that stops it). Needs the 'serve' extra."""
+    from gradmem.serve.service import ServiceConfig, create_app
+
+    cfg = cfg or ServiceConfig()
+    stack = ExitStack()
+    port = stack.enter_context(serving(create_app(engine, cfg), cfg))
+    return f"http://127.0.0.1:{port}", stack.close
 
 
 def tiny_model(method: str = "gradmem", dtype: torch.dtype = torch.float32, seed: int = 0, **method_cfg) -> MemoryModel:

@@ -12,12 +12,11 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from conftest import tiny_model  # noqa: E402
+from conftest import serving, tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
-from gradmem.serve.service import ServiceConfig, create_app, server_config  # noqa: E402
+from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
@@ -31,20 +30,8 @@ def make_engine(root) -> Engine:
 @contextmanager
 def served(root, **limits):
     cfg = ServiceConfig(**limits)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(server_config(create_app(make_engine(root), cfg), "127.0.0.1", port, cfg=cfg))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
+    with serving(create_app(make_engine(root), cfg), cfg) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def closed_within(conn: socket.socket, seconds: float) -> bool:

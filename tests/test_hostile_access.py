@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the service needs the 'serve' extra (fastapi, uvicorn, httpx)")
 import httpx  # noqa: E402
-import uvicorn  # noqa: E402
-from conftest import tiny_model  # noqa: E402
+from conftest import serving, tiny_model  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from gradmem.serve.batcher import Batcher  # noqa: E402
 from gradmem.serve.engine import Engine, EngineConfig  # noqa: E402
-from gradmem.serve.service import ServiceConfig, create_app, server_config  # noqa: E402
+from gradmem.serve.service import ServiceConfig, create_app  # noqa: E402
 from gradmem.serve.store import MemoryStore  # noqa: E402
 from gradmem.tasks.tokenizers import CharTokenizer  # noqa: E402
 
@@ -31,24 +28,6 @@ def make_engine(root) -> Engine:
     return Engine(
         tiny_model(), CharTokenizer.for_kv(62), MemoryStore(root), EngineConfig(chunk_tokens=15, max_blocks=2)
     )
-
-
-@contextmanager
-def served(app, trust_proxy=None):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, trust_proxy))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_writes_and_deletes_need_the_key(tmp_path):
@@ -72,14 +51,14 @@ def test_writes_and_deletes_need_the_key(tmp_path):
 
 def test_rate_limit_is_keyed_on_the_socket_peer_unless_a_proxy_is_trusted(tmp_path):
     app = create_app(make_engine(tmp_path), ServiceConfig(rate_per_second=0.5, rate_burst=3))
-    with served(app) as port:
+    with serving(app) as port:
         codes = [
             httpx.get(f"http://127.0.0.1:{port}/v1/memories", headers={"x-forwarded-for": f"10.0.0.{i}"}).status_code
             for i in range(6)
         ]
     assert codes[:3] == [200] * 3 and codes[3:] == [429] * 3  # a new forwarded address per request changes nothing
     app = create_app(make_engine(tmp_path), ServiceConfig(rate_per_second=0.5, rate_burst=3))
-    with served(app, trust_proxy="127.0.0.1") as port:  # behind a proxy on loopback: its header names the client
+    with serving(app, trust_proxy="127.0.0.1") as port:  # behind a proxy on loopback: its header names the client
         codes = [
             httpx.get(f"http://127.0.0.1:{port}/v1/memories", headers={"x-forwarded-for": f"10.0.0.{i}"}).status_code
             for i in range(6)
@@ -89,7 +68,7 @@ def test_rate_limit_is_keyed_on_the_socket_peer_unless_a_proxy_is_trusted(tmp_pa
 
 def test_a_slow_body_gets_408_instead_of_holding_the_connection(tmp_path):
     app = create_app(make_engine(tmp_path), ServiceConfig(body_timeout_s=0.5))
-    with served(app) as port:
+    with serving(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
             started = time.perf_counter()
             conn.sendall(
