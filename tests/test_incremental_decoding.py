@@ -13,6 +13,19 @@ from gradmem.core.errors import Overloaded
 from gradmem.serve.fidelity import greedy_reconstruction
 
 
+def cached_hidden(decoder, embeds: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """Hidden states of `embeds` run as a greedy decode runs them (a prefix of 5, then a chunk of
+    4, then one position at a time), and the cache after them."""
+    hidden, cache = decoder.prefill(embeds[:, :5])
+    parts = [hidden]
+    hidden, cache = decoder.extend(embeds[:, 5:9], cache)
+    parts.append(hidden)
+    for t in range(9, embeds.shape[1]):
+        hidden, cache = decoder.extend(embeds[:, t : t + 1], cache)
+        parts.append(hidden)
+    return torch.cat(parts, 1), cache
+
+
 @pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_the_llama_cache_gives_the_hidden_states_of_a_full_forward(dtype, atol):
     backbone = tiny_model(dtype=dtype).backbone
@@ -22,14 +35,8 @@ def test_the_llama_cache_gives_the_hidden_states_of_a_full_forward(dtype, atol):
     embeds = torch.randn(3, 21, backbone.hidden_size, dtype=dtype)
     with torch.no_grad():
         full = backbone.hidden(embeds)  # (B, T, D)
-        hidden, cache = decoder.prefill(embeds[:, :5])
-        parts = [hidden]
-        hidden, cache = decoder.extend(embeds[:, 5:9], cache)  # several new positions at once
-        parts.append(hidden)
-        for t in range(9, 21):  # then one at a time, as a greedy decode runs
-            hidden, cache = decoder.extend(embeds[:, t : t + 1], cache)
-            parts.append(hidden)
-    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=atol)
+        cached, cache = cached_hidden(decoder, embeds)
+    torch.testing.assert_close(cached, full, rtol=0, atol=atol)
     cfg = backbone.config
     head_dim = cfg.hidden_size // cfg.num_heads
     assert len(cache) == cfg.num_layers
@@ -44,11 +51,55 @@ def test_the_cache_keeps_to_the_window():
         backbone.extend(torch.randn(1, 1, backbone.hidden_size), cache)
 
 
-def test_only_a_backbone_that_declares_it_decodes_incrementally():
-    backbone = tiny_model().backbone
-    assert incremental_decoding(backbone) is backbone
-    # a wrapper (bf16 autocast) keeps the uncached path: it does not declare the capability
-    assert incremental_decoding(AdaptedBackbone(backbone, BackboneOptions(bf16=True))) is None
+@pytest.mark.parametrize(("bf16", "atol"), [(False, 1e-5), (True, 0.1)])
+def test_a_wrapped_backbone_decodes_incrementally_under_its_own_autocast(bf16, atol):
+    adapted = AdaptedBackbone(tiny_model().backbone, BackboneOptions(bf16=bf16))
+    decoder = incremental_decoding(adapted)
+    assert decoder is adapted
+    torch.manual_seed(1)
+    embeds = torch.randn(2, 14, adapted.hidden_size)
+    with torch.no_grad():
+        full, (cached, _) = adapted.hidden(embeds), cached_hidden(decoder, embeds)
+    assert cached.dtype == full.dtype == torch.float32
+    torch.testing.assert_close(cached, full, rtol=0, atol=atol)  # bf16: the same roundings, other orders
+
+
+HF_CONFIGS = {
+    "llama": dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "gpt2": dict(n_layer=2, n_head=4, n_positions=64),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(HF_CONFIGS))
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_hugging_face_decoder_decodes_incrementally_through_its_own_cache(model_type, attention):
+    from transformers import AutoConfig
+
+    from gradmem.backbones.hf import HFBackbone
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=50, hidden_size=32, **HF_CONFIGS[model_type])
+    backbone = HFBackbone.from_config(config, attn_implementation=attention).double().eval()
+    decoder = incremental_decoding(backbone)
+    assert decoder is backbone
+    embeds = torch.randn(3, 14, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(cached_hidden(decoder, embeds)[0], backbone.hidden(embeds), rtol=0, atol=1e-10)
+
+
+def test_models_whose_cache_would_be_wrong_re_run_the_whole_sequence():
+    from transformers import AutoConfig
+
+    from gradmem.backbones.hf import HFBackbone
+    from gradmem.backbones.mamba import mamba_backbone
+    from gradmem.core.attention import HF_KERNELS
+
+    config = AutoConfig.for_model("llama", vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
+    for kernel in HF_KERNELS:  # gradmem's kernels align the causal mask top-left
+        assert incremental_decoding(HFBackbone.from_config(config, attn_implementation=kernel)) is None
+    mamba = mamba_backbone(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=1)
+    assert incremental_decoding(mamba) is None  # a state-space model keeps no keys and values
+    assert incremental_decoding(AdaptedBackbone(mamba, BackboneOptions(bf16=False))) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

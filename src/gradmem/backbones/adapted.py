@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from gradmem.backbones.hf import HFBackbone
 from gradmem.backbones.llama import LlamaBackbone
+from gradmem.core.backbone import incremental_decoding
 from gradmem.core.device import fast_bf16
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -155,6 +156,23 @@ class AdaptedBackbone(nn.Module):
 
     def head_weight(self) -> Tensor:
         return self.inner.head_weight()
+
+    def decodes_incrementally(self) -> bool:
+        return incremental_decoding(self.inner) is not None
+
+    def prefill(self, embeds: Tensor) -> tuple[Tensor, Any]:
+        return self._cached(embeds, None)
+
+    def extend(self, embeds: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        return self._cached(embeds, cache)
+
+    def _cached(self, embeds: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """The inner model's incremental decoding under the same autocast as `hidden`."""
+        inner = incremental_decoding(self.inner)
+        assert inner is not None, "decodes_incrementally() said no"
+        with self._autocast(embeds):
+            out, grown = inner.prefill(embeds) if cache is None else inner.extend(embeds, cache)
+        return (out.float() if self.uses_bf16(embeds.device.type) else out), grown
 
     def decoder_layers(self) -> nn.ModuleList:
         """The inner model's decoder blocks (for methods that hook into layers, e.g. ARMT)."""

@@ -4,15 +4,17 @@ Second order needs an attention implementation with a double backward: `eager` h
 fused `sdpa` / `flash_attention_*` kernels do not. `GradMem` asks `supports_double_backward()`
 and refuses second order with a clear error instead of silently changing the mode.
 
-It does not declare incremental decoding (gradmem.core.backbone.IncrementalDecoding), so a
-reconstruction re-runs the whole sequence per token: the decoder's cache argument is named
-`past_key_values` in transformers 4.x and `cache` in 5.x, a state-space model (Mamba) keeps no
-keys and values, and gradmem's own attention kernels align the causal mask top-left, which is
-wrong for queries after a cache; the last two give wrong hidden states without an error.
+It decodes incrementally (gradmem.core.backbone.IncrementalDecoding) through transformers' own
+KV cache when that is sound: attention models under transformers' `eager` or `sdpa` attention,
+which place the causal mask after the cached positions. gradmem's own attention kernels align it
+top-left (right for a whole sequence, wrong for queries after a cache) and a state-space model
+(Mamba) keeps no keys and values, so those re-run the whole sequence instead. The decoder's cache
+argument is `cache` in transformers 5.x and `past_key_values` in 4.x; the signature says which.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import Tensor, nn
@@ -72,6 +74,33 @@ class HFBackbone(PlainBackboneDefaults, nn.Module):
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.get_output_embeddings()(hidden)
+
+    def decodes_incrementally(self) -> bool:
+        return (
+            self.attn_implementation in ("eager", "sdpa")
+            and getattr(self.model.config, "num_attention_heads", None) is not None
+            and self._cache_keyword() is not None
+        )
+
+    def prefill(self, embeds: Tensor) -> tuple[Tensor, Any]:
+        return self._run_cached(embeds, None)
+
+    def extend(self, embeds: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        return self._run_cached(embeds, cache)
+
+    def _cache_keyword(self) -> str | None:
+        parameters = inspect.signature(self.model.base_model.forward).parameters
+        return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+    def _run_cached(self, embeds: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """(B, T, D) embeddings of the next positions -> (their hidden states, the grown cache);
+        transformers numbers the positions from the cache's length."""
+        keyword = self._cache_keyword()
+        assert keyword is not None, "decodes_incrementally() said no"
+        extra = {} if cache is None else {keyword: cache}
+        out = self.model.base_model(inputs_embeds=embeds, use_cache=True, **extra)
+        grown = out.get("cache")
+        return out.last_hidden_state, out.get("past_key_values") if grown is None else grown
 
     def decoder_layers(self) -> nn.ModuleList:
         # Llama-family and Mamba decoders keep their blocks in `layers`, GPT-2 in `h`.
