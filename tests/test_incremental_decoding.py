@@ -67,6 +67,15 @@ def test_a_wrapped_backbone_decodes_incrementally_under_its_own_autocast(bf16, a
 HF_CONFIGS = {
     "llama": dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "gpt2": dict(n_layer=2, n_head=4, n_positions=64),
+    # Gemma 3 (a packaged model's family): sliding-window layers whose window the decode crosses
+    "gemma3_text": dict(
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    ),
 }
 
 
