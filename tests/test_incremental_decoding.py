@@ -73,6 +73,7 @@ HF_CONFIGS = {
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=8,
+        num_hidden_layers=3,
         sliding_window=4,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
     ),
