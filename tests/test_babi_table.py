@@ -54,7 +54,39 @@ def test_trains_scores_every_task_of_a_mix_and_collects(babi_table, tmp_path, ca
     assert babi_table.main(["--collect", "--out", str(out)]) == 0
     table = (out / "table.md").read_text()
     assert "GradMem m=2, K=1 | QA1+QA4 |" in table and "paper: GradMem m=8, K 1-2" in table
+    # the error breakdown of the same checkpoint on the same test questions agrees with the table
+    with benchmarks_on_path():
+        babi_errors = importlib.import_module("babi_errors")
+    best = runs / "s0" / "best"
+    argv = ["--checkpoint", str(best), "--examples", "6", "--name", "tiny", "--out", str(out), "--device", "cpu"]
+    assert babi_errors.main(argv) == 0
+    report = json.loads((out / "errors_tiny.json").read_text())["tasks"]
+    assert set(report) == {"QA1", "QA4"}
+    for task, errors in report.items():
+        assert errors["exact_match"] == result["seeds"][0]["em"][task]
+        for split in ("by_back", "by_statements"):
+            assert sum(row[1] for row in errors[split]) == 6  # every question in one bucket
+            right = sum(row[1] * float(row[2]) / 100 for row in errors[split])
+            assert right == pytest.approx(6 * errors["exact_match"])
+    assert "## QA4: EM" in (out / "errors_tiny.md").read_text()
     capsys.readouterr()
+
+
+def test_error_buckets_count_statements_after_the_evidence():
+    from gradmem.tasks.babi_format import BabiQuestion
+
+    with benchmarks_on_path():
+        babi_errors = importlib.import_module("babi_errors")
+    q = BabiQuestion(
+        ("Mary got the milk.", "Mary went to the office.", "John moved to the garden.", "Sandra went to the kitchen."),
+        "Where is the milk?",
+        "office",
+        (0, 1),
+    )
+    assert babi_errors.statements_back(q) == 3  # three statements after "Mary got the milk."
+    assert babi_errors.latest_place(q) == "kitchen"
+    no_place = BabiQuestion(("Mary got the milk.",), "What does Mary carry?", "milk", (0,))
+    assert babi_errors.statements_back(no_place) == 0 and babi_errors.latest_place(no_place) is None
 
 
 @pytest.mark.parametrize(
