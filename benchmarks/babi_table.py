@@ -108,6 +108,8 @@ def collect(out: Path) -> str:
     body = []
     for path in sorted(out.glob("*.json")):
         result = json.loads(path.read_text())
+        if "seeds" not in result:
+            continue  # another benchmark's file in the folder (babi_errors.py)
         rows = [r for r in result["seeds"] if r["em"]]
         if not rows:
             continue

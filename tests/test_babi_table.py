@@ -69,6 +69,8 @@ def test_trains_scores_every_task_of_a_mix_and_collects(babi_table, tmp_path, ca
             right = sum(row[1] * float(row[2]) / 100 for row in errors[split])
             assert right == pytest.approx(6 * errors["exact_match"])
     assert "## QA4: EM" in (out / "errors_tiny.md").read_text()
+    assert babi_table.main(["--collect", "--out", str(out)]) == 0  # its file beside the results is skipped
+    assert (out / "table.md").read_text() == table
     capsys.readouterr()
 
 
