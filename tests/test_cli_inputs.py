@@ -160,8 +160,7 @@ def test_tampered_sizes_in_a_spec_are_refused_before_any_allocation(checkpoint, 
         return out
 
     monkeypatch.setattr(torch, "full", counted_full)
-    started = time.perf_counter()
     with pytest.raises(CheckpointError, match="spec.json") as caught:
         load_checkpoint(bad)
-    assert named in str(caught.value) and time.perf_counter() - started < 5
+    assert named in str(caught.value)
     assert max(sizes, default=0) < 10**6  # nothing the spec's sizes asked for was allocated for real

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import time
 
 import pytest
 import torch
@@ -34,31 +33,26 @@ def make_client(root, engine_cfg=None, **limits) -> TestClient:
     return TestClient(create_app(engine, ServiceConfig(**limits), checkpoint="tiny"))
 
 
-def timed(call):
-    started = time.perf_counter()
-    response = call()
-    return response, time.perf_counter() - started
-
-
 def test_oversized_work_is_refused_before_any_tensor(tmp_path):
     with make_client(tmp_path) as c:
         mid = c.post("/v1/memories", json={"text": TEXT}).json()["id"]
         # 64 questions of 4,080 characters: once ~17 GB of attention; now refused by the question limit
-        r, seconds = timed(lambda: c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?" * 4080] * 64}))
-        assert r.status_code == 413 and "limit of 256 tokens per question" in r.json()["detail"] and seconds < 1
+        r = c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?" * 4080] * 64})
+        assert r.status_code == 413 and "limit of 256 tokens per question" in r.json()["detail"]
         r = c.post(f"/v1/memories/{mid}/ask", json={"questions": ["?!ab:"] * 64, "max_new_tokens": 64})
         assert r.status_code == 413 and "over the limit of 4096" in r.json()["detail"]
         # 4,000 characters with 200 steps: once 310 s of a blocked model thread
-        r, seconds = timed(lambda: c.post("/v1/memories", json={"text": "ab" * 2000, "steps": 200}))
-        assert r.status_code == 413 and "limit of 2048 tokens per write" in r.json()["detail"] and seconds < 1
+        r = c.post("/v1/memories", json={"text": "ab" * 2000, "steps": 200})
+        assert r.status_code == 413 and "limit of 2048 tokens per write" in r.json()["detail"]
         r = c.post("/v1/memories", json={"text": TEXT, "steps": 200})
         assert r.status_code == 413 and "limit of 50 steps" in r.json()["detail"]
         r = c.post("/v1/memories", json={"text": "ab" * 1000, "steps": 20})  # 2,000 tokens x 20 steps
         assert r.status_code == 413 and "40000 exceeds the limit of 16384 token-steps" in r.json()["detail"]
         # 65,000 characters inside the engine's block limit (70,000 tokens here): once a 4.3 GB allocation
-        r, seconds = timed(lambda: c.post("/v1/memories", json={"text": "a" * 65000}))
-        assert r.status_code == 413 and "limit of 2048 tokens" in r.json()["detail"] and seconds < 1
-        assert c.get("/health").json()["jobs"] == 1  # only the first, legal write reached the model
+        r = c.post("/v1/memories", json={"text": "a" * 65000})
+        assert r.status_code == 413 and "limit of 2048 tokens" in r.json()["detail"]
+        # only the first, legal write reached the model: the rest were refused before any tensor
+        assert c.get("/health").json()["jobs"] == 1
 
 
 def test_non_finite_numbers_and_bad_text_get_a_readable_422(tmp_path):
