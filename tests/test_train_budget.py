@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -69,6 +70,50 @@ def test_last_stage_steps_ends_the_run_and_spreads_the_decay_over_the_last_stage
     assert lrs[1] == pytest.approx(0.01) and lrs[2] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.01)
     assert lrs[4] > lrs[5] > lrs[6] > 0.001  # decaying toward the floor over the last stage
     assert load_trainer_state(tmp_path / "last")["last_stage_start"] == 2
+
+
+def test_a_last_stage_until_the_budget_decays_over_the_time_left_and_resumes_on_the_clock(tmp_path, monkeypatch):
+    # Every step costs 6 "seconds"; the first evaluation (step 2, 12 s) moves to the last stage,
+    # which then has 60 - 12 = 48 s: 8 steps, the cosine decay spread over them by time, not steps.
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    def tick(record):
+        clock[0] += 6.0 if record["kind"] == "train" else 0.0
+
+    overrides = [
+        'train.curriculum=[{"num_pairs": 1}, {"num_pairs": 2}]',
+        "train.advance_exact_match=0",
+        "train.eval_every=2",
+        "train.max_minutes=1",
+        "train.last_stage_until_budget=true",
+        "train.schedule=cosine",
+        "train.warmup_steps=1",
+        "train.min_lr_ratio=0.1",
+        "train.lr=0.01",
+    ]
+    spec = apply_overrides(SPEC, [*overrides, "train.steps=5"])  # a first sitting cut short at step 5
+    trainer = Trainer.from_spec(build_model(spec), spec, tmp_path, on_log=tick)
+    trainer.train()
+    assert trainer.step == 5 and trainer.stage_start_s == pytest.approx(12.0)
+    assert load_trainer_state(tmp_path / "last")["stage_start_s"] == pytest.approx(12.0)
+
+    spec = apply_overrides(SPEC, [*overrides, "train.steps=1000"])  # resumed: the schedule goes on by the clock
+    resumed = Trainer.from_spec(build_model(spec), spec, tmp_path, on_log=tick)
+    assert resumed.resume() and resumed.stage_start_s == pytest.approx(12.0)
+    resumed.train()
+    assert resumed.step == 10  # 60 s of 6-second steps: the budget, not `steps`, ended the run
+    lrs = {r["step"]: r["lr"] for r in trainer.history + resumed.history if r["kind"] == "train"}
+    assert lrs[2] == lrs[3] == pytest.approx(0.01)  # peak until the last stage's first step is done
+    for step in range(4, 11):  # step s runs with the lr set at 6 (s - 1) seconds, 6 (s - 3) into the stage
+        progress = 6 * (step - 3) / 48
+        assert lrs[step] == pytest.approx(0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))))
+
+
+@pytest.mark.parametrize("extra", [{}, {"max_minutes": 5, "last_stage_steps": 100}])
+def test_a_last_stage_until_the_budget_needs_a_budget_and_no_step_count(extra):
+    with pytest.raises(ValueError, match="last_stage_until_budget needs max_minutes"):
+        TrainConfig(last_stage_until_budget=True, **extra)
 
 
 def test_max_stage_steps_moves_on_from_a_stage_stuck_below_the_advance_threshold(tmp_path):

@@ -46,6 +46,9 @@ class TrainConfig:
     max_stage_steps: int | None = None  # an EM-advanced stage moves on after this many steps even below
     #                                     advance_exact_match (a plateau just under it would eat the budget)
     last_stage_steps: int | None = None  # train the last stage this many steps, the decay schedule spread over them
+    last_stage_until_budget: bool = False  # with max_minutes: the last stage trains until the budget is spent, its
+    #                                        decay spread over the time left when it began (every method then uses
+    #                                        the whole budget, whatever its step costs)
     read_loss: str = (
         "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
     )
@@ -105,6 +108,12 @@ class TrainConfig:
             )
         if self.last_stage_steps is not None and self.last_stage_steps < 1:
             raise ValueError(f"last_stage_steps must be >= 1 or None, got {self.last_stage_steps}")
+        if self.last_stage_until_budget and (self.max_minutes is None or self.last_stage_steps is not None):
+            raise ValueError(
+                "last_stage_until_budget needs max_minutes (the budget it runs to) and no last_stage_steps "
+                f"(the other way to end the last stage), got max_minutes={self.max_minutes}, "
+                f"last_stage_steps={self.last_stage_steps}"
+            )
         if self.max_stage_steps is not None and self.max_stage_steps < 1:
             raise ValueError(f"max_stage_steps must be >= 1 or None, got {self.max_stage_steps}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
@@ -113,14 +122,18 @@ class TrainConfig:
             raise ValueError(f"compile_stages must be 'all' or 'last', got {self.compile_stages!r}")
 
 
-def lr_factor(step: int, cfg: TrainConfig, decay: tuple[int, int] | None = None) -> float:
+def lr_factor(
+    step: int, cfg: TrainConfig, decay: tuple[int, int] | None = None, progress: float | None = None
+) -> float:
     """Multiplier of the peak lr at `step`: linear warmup, then the chosen decay over the steps
-    `decay` = (first, end); by default from the end of warmup to `cfg.steps`."""
+    `decay` = (first, end); by default from the end of warmup to `cfg.steps`. A given `progress`
+    (the share of the decay done, e.g. of a time budget) replaces the step-based one."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    first, end = decay or (cfg.warmup_steps, cfg.steps)
-    first = max(first, cfg.warmup_steps)
-    progress = max(0, step - first) / max(1, end - first)
+    if progress is None:
+        first, end = decay or (cfg.warmup_steps, cfg.steps)
+        first = max(first, cfg.warmup_steps)
+        progress = max(0, step - first) / max(1, end - first)
     floor = cfg.min_lr_ratio
     if cfg.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -101,6 +101,7 @@ class Trainer:
         )
         self.step = 0
         self.stage_start = 0  # step the current stage began
+        self.stage_start_s = 0.0  # training seconds (elapsed()) when it began
         self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self._started = time.time()
         self.stage = 0
@@ -163,6 +164,7 @@ class Trainer:
             "bad_evals": self.bad_evals,
             "last_stage_start": self.last_stage_start,
             "stage_start": self.stage_start,
+            "stage_start_s": self.stage_start_s,
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": rng_state(),
             "elapsed_s": self.elapsed(),
@@ -205,6 +207,7 @@ class Trainer:
         # checkpoints from before stage_start was saved: the last stage's start, else count from the resume
         older = state.get("last_stage_start")
         self.stage_start = state.get("stage_start", self.step if older is None else older)
+        self.stage_start_s = state.get("stage_start_s", self._elapsed_before)
         return True
 
     def _cut_metrics_after(self, step: int) -> None:
@@ -266,7 +269,7 @@ class Trainer:
             if self.stage < last_stage and self.step >= self._stage_end():
                 self._next_stage()
             for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg, self.decay_window())
+                group["lr"] = self.cfg.lr * lr_factor(self.step, self.cfg, self.decay_window(), self.budget_progress())
             with out_of_memory_as_error(step_what, step_advice):
                 loss, read_loss, write_losses = self._gradients(self.train_batch(self.step).to(self.device))
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
@@ -345,6 +348,16 @@ class Trainer:
             return (self.cfg.steps, self.cfg.steps + 1)  # not started: no decay yet
         return (self.last_stage_start, self.end_step())
 
+    def budget_progress(self) -> float | None:
+        """With `last_stage_until_budget`: the share of the last stage's time already spent (0 before
+        that stage, so the lr stays at its peak), else None (the decay follows steps)."""
+        if not self.cfg.last_stage_until_budget or self.cfg.max_minutes is None:
+            return None
+        if self.last_stage_start is None:
+            return 0.0
+        left = 60 * self.cfg.max_minutes - self.stage_start_s
+        return min(1.0, max(0.0, (self.elapsed() - self.stage_start_s) / left)) if left > 0 else 1.0
+
     def _stage_end(self) -> float:
         """The step a fixed-length stage ends at (the sum of its and earlier stages' steps); inf for
         a stage that ends on exact match."""
@@ -361,7 +374,7 @@ class Trainer:
 
     def _next_stage(self) -> None:
         self.stage += 1
-        self.stage_start = self.step
+        self.stage_start, self.stage_start_s = self.step, self.elapsed()
         self.best, self.bad_evals = self._score_of_best(self.stage), 0
 
     def _after_eval(self, em: float, last_stage: int) -> bool:
