@@ -73,6 +73,8 @@ PARSE_ONLY = {
     r"^python benchmarks/babi_table\.py": "trains bAbI up to 2 h per cell; tests/test_babi_table.py runs it at toy size",
     r"^python benchmarks/precision\.py": "times whole recipes (SmolLM2: seconds per step); "
     "tests/test_perf_benchmarks.py runs it at toy size",
+    r"^python benchmarks/length_buckets\.py": "trains 4 blocks of 16 bAbI steps per task and variant (minutes); "
+    "tests/test_length_buckets.py runs it at toy size",
 }
 # commands that run only under the `pretrained` marker: pattern -> what they need
 PRETRAINED = {

@@ -49,6 +49,10 @@ class TrainConfig:
     last_stage_until_budget: bool = False  # with max_minutes: the last stage trains until the budget is spent, its
     #                                        decay spread over the time left when it began (every method then uses
     #                                        the whole budget, whatever its step costs)
+    length_buckets: int = 1  # draw this many batches at once and hand them out sorted by example length (in a
+    #                          seeded order): batches of alike lengths pad less where contexts vary (bAbI
+    #                          QA2/QA3 pad ~2x). 1: each batch drawn on its own. Each step's batch still
+    #                          depends only on (seed, stage, step), so a resume sees the same batches.
     read_loss: str = (
         "example"  # READ loss reduction: "example" mean of per-example means | "token" (build_model sets it)
     )
@@ -71,6 +75,7 @@ class TrainConfig:
             "eval_batch_size",
             "checkpoint_every",
             "log_every",
+            "length_buckets",
         )
         for name in counts:
             if getattr(self, name) < 1:

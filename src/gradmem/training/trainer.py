@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gradmem.core.batch import Batch, collate
+from gradmem.core.batch import Batch, Example, collate
 from gradmem.core.device import (
     out_of_memory_as_error,
     peak_memory_mib,
@@ -110,6 +110,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._tasks: dict[int, Task] = {}
         self._valid: dict[int, list] = {}
+        self._bucket_key: tuple[int, int] | None = None  # (stage, first step) of the length-bucket pool held
+        self._bucket_batches: list[list[Example]] = []
         self._compiled = (
             CompiledStep(
                 model,
@@ -149,11 +151,27 @@ class Trainer:
             self._valid[stage] = self.task(stage).make_split("valid", self.cfg.eval_examples, self.cfg.seed)
         return self._valid[stage]
 
-    def train_batch(self, step: int):
-        # A distinct, reproducible stream per (seed, step): offset far from the valid/test seeds.
+    def train_batch(self, step: int) -> Batch:
+        """This rank's slice of the training batch of `step`: a function of (seed, stage, step) only."""
         task = self.task(self.stage)
-        examples = task.make_split("train", self.cfg.batch_size, seed=1_000_003 * (self.cfg.seed + 1) + step)
-        return self.parallel.shard(collate(examples, task.tokenizer.pad_id))  # this rank's slice
+        return self.parallel.shard(collate(self._train_examples(task, step), task.tokenizer.pad_id))
+
+    def _train_examples(self, task: Task, step: int) -> list[Example]:
+        # A distinct, reproducible stream per (seed, step): offset far from the valid/test seeds.
+        size, buckets = self.cfg.batch_size, self.cfg.length_buckets
+        if buckets == 1:
+            return task.make_split("train", size, seed=1_000_003 * (self.cfg.seed + 1) + step)
+        # Length buckets: the steps of one block share a pool of `buckets` batches, drawn from the seed
+        # of the block's first step, sorted by length and cut into batches that the block's steps take
+        # in a seeded order. A stage that begins mid-block draws its own pool for the same block.
+        first = step - step % buckets
+        if self._bucket_key != (self.stage, first):
+            pool = task.make_split("train", size * buckets, seed=1_000_003 * (self.cfg.seed + 1) + first)
+            pool.sort(key=lambda e: len(e.context) + len(e.query) + len(e.target))  # stable: ties keep draw order
+            batches = [pool[i * size : (i + 1) * size] for i in range(buckets)]
+            order = torch.randperm(buckets, generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + first))
+            self._bucket_key, self._bucket_batches = (self.stage, first), [batches[i] for i in order.tolist()]
+        return self._bucket_batches[step - first]
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
