@@ -40,7 +40,7 @@ def last_stage_spec(spec: dict[str, Any], task: int, buckets: int) -> dict[str, 
     """The spec trained on its last curriculum stage of bAbI task `task` alone, with these buckets."""
     spec = copy.deepcopy(spec)
     spec["task"] = {**curriculum(spec["task"], TrainConfig(**spec.get("train", {})))[-1].task, "task": task}
-    spec["train"] = {**spec.get("train", {}), "curriculum": [], "length_buckets": buckets, "device": "cpu"}
+    spec["train"] = {**spec.get("train", {}), "curriculum": [], "length_buckets": buckets}
     return spec
 
 
@@ -71,13 +71,7 @@ def measure(spec: dict[str, Any], task: int, buckets: int, rounds: int, scratch:
     calls = {}
     for name, count in (("alone", 1), ("bucketed", buckets)):
         variant = last_stage_spec(spec, task, count)
-        trainer = Trainer(
-            copy.deepcopy(model),
-            TrainConfig(**variant["train"]),
-            curriculum(variant["task"], TrainConfig(**variant["train"])),
-            scratch / name,
-            variant,
-        )
+        trainer = Trainer.from_spec(copy.deepcopy(model), variant, scratch / name, device="cpu")
         calls[name] = block_of_steps(trainer, buckets, padding[name])
     interleaved(calls, 1, torch.device("cpu"))  # warm-up: allocator and kernel caches, one block each
     for values in padding.values():

@@ -38,7 +38,7 @@ def trainer(spec: dict, out_dir) -> Trainer:
 
 
 def contexts(t: Trainer, step: int) -> list[tuple[int, ...]]:
-    return [tuple(e.context) for e in t._train_examples(t.task(t.stage), step)]
+    return [tuple(e.context) for e in t._train_examples(step)]
 
 
 def test_a_block_hands_out_its_pool_once_sorted_by_length_in_a_shuffled_order(tmp_path):

@@ -154,19 +154,20 @@ class Trainer:
     def train_batch(self, step: int) -> Batch:
         """This rank's slice of the training batch of `step`: a function of (seed, stage, step) only."""
         task = self.task(self.stage)
-        return self.parallel.shard(collate(self._train_examples(task, step), task.tokenizer.pad_id))
+        return self.parallel.shard(collate(self._train_examples(step), task.tokenizer.pad_id))
 
-    def _train_examples(self, task: Task, step: int) -> list[Example]:
+    def _train_examples(self, step: int) -> list[Example]:
         # A distinct, reproducible stream per (seed, step): offset far from the valid/test seeds.
+        task, stream = self.task(self.stage), 1_000_003 * (self.cfg.seed + 1)
         size, buckets = self.cfg.batch_size, self.cfg.length_buckets
         if buckets == 1:
-            return task.make_split("train", size, seed=1_000_003 * (self.cfg.seed + 1) + step)
+            return task.make_split("train", size, seed=stream + step)
         # Length buckets: the steps of one block share a pool of `buckets` batches, drawn from the seed
         # of the block's first step, sorted by length and cut into batches that the block's steps take
         # in a seeded order. A stage that begins mid-block draws its own pool for the same block.
         first = step - step % buckets
         if self._bucket_key != (self.stage, first):
-            pool = task.make_split("train", size * buckets, seed=1_000_003 * (self.cfg.seed + 1) + first)
+            pool = task.make_split("train", size * buckets, seed=stream + first)
             pool.sort(key=lambda e: len(e.context) + len(e.query) + len(e.target))  # stable: ties keep draw order
             batches = [pool[i * size : (i + 1) * size] for i in range(buckets)]
             order = torch.randperm(buckets, generator=torch.Generator().manual_seed(self.cfg.seed * 7919 + first))
