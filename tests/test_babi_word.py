@@ -91,7 +91,7 @@ def test_ids_are_specials_then_sorted_words_and_answers_round_trip(tok: WordToke
 
 def test_unknown_words_are_named(tok: WordTokenizer, tmp_path: Path) -> None:
     text = "Marry went to the kitchen. Marry took the mary!"
-    assert tok.unknown(text) == ["'Marry'", "'mary'", "'!'"]  # distinct, in order; case-sensitive
+    assert tok.unknown(text) == ["'Marry'", "'mary' (did you mean 'Mary'?)", "'!'"]  # distinct, in order
     assert tok.unknown(text, most=1) == ["'Marry'"] and tok.unknown("Mary went to the kitchen.") == []
     assert tok.unk_id in tok.encode(text)
     task = BabiTask(task=1, tokenizer=BABI_WORDS)
@@ -127,7 +127,11 @@ def test_specs_rebuild_the_same_ids(tok: WordTokenizer) -> None:
     small = build_tokenizer(spec)
     assert small.to_dict() == spec and small.vocab_size == 7
     assert small.encode("Mary kitchen.") == [5, 6, 4]  # sorted: "." = 4 < "Mary" = 5 < "kitchen" = 6
-    assert small.unknown("mary Kitchen") == ["'mary'", "'Kitchen'"]
+    assert small.unknown("mary Kitchen garden") == [
+        "'mary' (did you mean 'Mary'?)",
+        "'Kitchen' (did you mean 'kitchen'?)",
+        "'garden'",
+    ]
     assert build_tokenizer(small.to_dict()).encode("Mary kitchen.") == [5, 6, 4]
 
 

@@ -306,11 +306,14 @@ class WordTokenizer(HFTokenizer):
 
     def unknown(self, text: str, most: int = 10) -> list[str]:
         """Up to `most` distinct words (or punctuation marks) of `text` outside the word list, each
-        repr'd (e.g. "'Marry'"), in order of first appearance."""
+        repr'd (e.g. "'Marry'"), in order of first appearance. The list is case-sensitive, so a
+        word known in another case is named with it: "'mary' (did you mean 'Mary'?)"."""
+        by_lower = {word.lower(): word for word in self.words}
         found: list[str] = []
         for piece in dict.fromkeys(p for p, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(text)):
             if self.tokenizer.token_to_id(piece) is None:
-                found.append(repr(piece))
+                known = by_lower.get(piece.lower())
+                found.append(f"{piece!r} (did you mean {known!r}?)" if known else repr(piece))
                 if len(found) == most:
                     break
         return found
