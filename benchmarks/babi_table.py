@@ -5,7 +5,7 @@ over seeds, then score exact match on held-out questions of every task it was tr
     python benchmarks/babi_table.py --config configs/babi_qa1_cpu.json --seeds 0 --name qa1_rmt \
         --set 'method={"name":"rmt","num_memory":8,"projection":"linear","steps":1}'
     python benchmarks/babi_table.py --config configs/babi_qa1_cpu.json --seeds 0,1,2 --name qa1_gradmem_k2 --report-only
-    python benchmarks/babi_table.py --collect          # results/babi/table.md from every results/babi/*.json
+    python benchmarks/babi_table.py --collect          # results/babi/table.{md,png} from every results/babi/*.json
 
 Each seed trains in runs/babi/<name>/s<seed> under `train.max_minutes` (counted across resumes: an
 interrupted seed continues where it stopped). Its best checkpoint (best validation EM on the last
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import markdown_table, percent, save_results  # noqa: E402
+from report import markdown_table, percent, pyplot, save_results  # noqa: E402
 from time_to_accuracy import train_seeds, writes_by_gradient_descent  # noqa: E402
 
 from gradmem.cli.main import positive_int  # noqa: E402
@@ -102,21 +102,69 @@ def summarise(name: str, spec: dict[str, Any], rows: list[dict[str, Any]]) -> st
     return f"## {name}: {method_label(spec['method'])}\n\n" + markdown_table(header, body)
 
 
-def collect(out: Path) -> str:
-    """Every result in `out` as one table, one row per result (mean over its seeds), beside the paper."""
-    header = ["method", "trained on", *(f"QA{t}" for t in TASKS), "seeds", "minutes per seed", "result"]
-    body = []
+def read_results(out: Path) -> dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]]:
+    """Every scored result in `out`: its stem -> (method label, seeds with scores, spec)."""
+    found = {}
     for path in sorted(out.glob("*.json")):
         result = json.loads(path.read_text())
         if "seeds" not in result:
             continue  # another benchmark's file in the folder (babi_errors.py)
         rows = [r for r in result["seeds"] if r["em"]]
-        if not rows:
-            continue
+        if rows:
+            found[path.stem] = (method_label(result["spec"]["method"]), rows, result["spec"])
+    return found
+
+
+def plot_results(path: Path, results: dict[str, tuple[str, list[dict[str, Any]], dict[str, Any]]]) -> None:
+    """Every result as a point per task (the mean of its seeds; each seed a small dot), one colour per
+    method, the paper's numbers as black dashes; the table names which run each point is."""
+    plt = pyplot()
+    methods = sorted({label for label, _, _ in results.values()})
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    width = 0.7 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        offset = (i - (len(methods) - 1) / 2) * width
+        xs, means = [], []
+        for label, rows, _ in results.values():
+            for t in TASKS:
+                ems = [100 * r["em"][f"QA{t}"] for r in rows if f"QA{t}" in r["em"]]
+                if label != method or not ems:
+                    continue
+                xs.append(t + offset)
+                means.append(sum(ems) / len(ems))
+                if len(ems) > 1:
+                    ax.scatter([t + offset] * len(ems), ems, s=8, color=f"C{i}", alpha=0.5)
+        ax.scatter(xs, means, s=36, color=f"C{i}", label=method, edgecolors="black", linewidths=0.4)
+    for t in TASKS:
+        cells = {row[t] for row in PAPER.values()}
+        for cell in cells:
+            y = 100.0 if cell.startswith("~") else float(cell)
+            ax.plot([t - 0.4, t + 0.4], [y, y], color="black", linestyle="--", linewidth=0.8)
+    ax.plot([], [], color="black", linestyle="--", linewidth=0.8, label="paper (GPT-2 base)")
+    ax.set_xticks(list(TASKS), [f"QA{t}" for t in TASKS])
+    ax.set_ylabel("exact match %, 1000 test questions")
+    ax.set_ylim(0, 104)
+    ax.set_title("bAbI from memory: generated stories, from scratch on one CPU core (every result)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def collect(out: Path) -> str:
+    """Every result in `out` as one table, one row per result (mean over its seeds), beside the paper;
+    the same results plotted in `out`/table.png."""
+    header = ["method", "trained on", *(f"QA{t}" for t in TASKS), "seeds", "minutes per seed", "result"]
+    body = []
+    results = read_results(out)
+    if results:
+        plot_results(out / "table.png", results)
+    for stem, (label, rows, spec) in results.items():
         cells = [percent([r["em"][f"QA{t}"] for r in rows]) if f"QA{t}" in rows[0]["em"] else "" for t in TASKS]
-        trained = "+".join(f"QA{t}" for t in config_tasks(BabiConfig(task=result["spec"]["task"]["task"])))
+        trained = "+".join(f"QA{t}" for t in config_tasks(BabiConfig(task=spec["task"]["task"])))
         minutes = "/".join(f"{r['minutes']:.0f}" for r in rows)
-        body.append([method_label(result["spec"]["method"]), trained, *cells, len(rows), minutes, path.stem])
+        body.append([label, trained, *cells, len(rows), minutes, stem])
     for method, row in PAPER.items():
         body.append(
             [
@@ -151,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "--device", type=device_option, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
     )
     parser.add_argument("--report-only", action="store_true", help="score the runs there are, train nothing")
-    parser.add_argument("--collect", action="store_true", help="write results/babi/table.md from every result")
+    parser.add_argument("--collect", action="store_true", help="write results/babi/table.{md,png} from every result")
     parser.add_argument("--runs", default=None, help="run folders (default runs/babi/<name>)")
     parser.add_argument("--out", default=None, help="results folder (default results/babi)")
     args = parser.parse_args(argv)

@@ -38,7 +38,7 @@ def save_results(folder: Path, stem: str, data: Any, markdown: str) -> None:
     (folder / f"{stem}.md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +51,7 @@ def plot_lines(
     path: Path, series: dict[str, dict[int, list[float]]], title: str, xlabel: str = "key-value pairs"
 ) -> None:
     """One line per series: x -> exact-match values (mean plotted, std as error bars), in percent."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, points in series.items():
         xs = sorted(points)
@@ -76,7 +76,7 @@ def plot_lines(
 def plot_curves(path: Path, panels: dict[str, dict[str, list[tuple[int, float]]]], title: str) -> None:
     """Held-out EM during training: one panel per key of `panels`, in it one line per run label
     ((step, EM) points); a label keeps its colour across panels."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(dict.fromkeys(label for runs in panels.values() for label in runs))
     colours = {label: plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(i) for i, label in enumerate(labels)}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 4.0), sharey=True, squeeze=False)
@@ -107,7 +107,7 @@ def plot_heatmap(
     path: Path, rows: list[str], cols: list[str], values: list[list[float]], title: str, xlabel: str, ylabel: str
 ) -> None:
     """A rows x cols grid of exact-match fractions, annotated in percent."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 3.0 + 0.55 * len(cols)), max(2.8, 1.6 + 0.45 * len(rows))))
     image = ax.imshow([[100 * v for v in row] for row in values], vmin=0, vmax=100, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols)

@@ -54,6 +54,7 @@ def test_trains_scores_every_task_of_a_mix_and_collects(babi_table, tmp_path, ca
     assert babi_table.main(["--collect", "--out", str(out)]) == 0
     table = (out / "table.md").read_text()
     assert "GradMem m=2, K=1 | QA1+QA4 |" in table and "paper: GradMem m=8, K 1-2" in table
+    assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the error breakdown of the same checkpoint on the same test questions agrees with the table
     with benchmarks_on_path():
         babi_errors = importlib.import_module("babi_errors")
